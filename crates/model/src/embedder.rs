@@ -1,0 +1,162 @@
+//! What turns a batch of images into embeddings: a backbone and, once trained, a metric head.
+//!
+//! `--model` everywhere takes a [`ModelSpec`]: a pretrained backbone name (zero-shot: the
+//! L2-normalised pooled features) or a checkpoint directory written by the trainer
+//! (`model.json` + `model.safetensors`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::prelude::*;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use data::Preprocess;
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::{Backbone, BackboneKind};
+use crate::head::{MetricHead, l2_normalize};
+use crate::weights;
+
+/// File names inside a checkpoint directory.
+pub const META_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// What `--model` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSpec {
+    Pretrained(BackboneKind),
+    Checkpoint(PathBuf),
+}
+
+impl ModelSpec {
+    /// A directory holding `model.json` is a checkpoint; anything else must be a backbone name.
+    pub fn parse(s: &str) -> Result<Self> {
+        let path = Path::new(s);
+        if path.join(META_FILE).is_file() {
+            return Ok(ModelSpec::Checkpoint(path.to_path_buf()));
+        }
+        if path.is_dir() {
+            bail!(
+                "{} is a folder without {META_FILE}: not a trained checkpoint (has its training run finished an epoch?)",
+                path.display()
+            );
+        }
+        s.parse().map(ModelSpec::Pretrained)
+    }
+}
+
+/// Describes a checkpoint: enough to rebuild the module before loading its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub backbone: String,
+    /// Output dimension of the metric head; `None` when the checkpoint has no head.
+    pub embedding_dim: Option<usize>,
+    /// Free-form description (the run's config, the epoch).
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Module, Debug)]
+pub struct Embedder {
+    pub backbone: Backbone,
+    pub head: Option<MetricHead>,
+    #[module(skip)]
+    pub kind: BackboneKind,
+}
+
+impl Embedder {
+    /// Randomly initialised; `embedding_dim` adds a metric head.
+    pub fn new(kind: BackboneKind, embedding_dim: Option<usize>, device: &Device) -> Self {
+        Self {
+            backbone: Backbone::new(kind, device),
+            head: embedding_dim.map(|d| MetricHead::new(kind.feature_dim(), d, device)),
+            kind,
+        }
+    }
+
+    /// The backbone with its ImageNet weights from the weights directory, no head.
+    pub fn pretrained(kind: BackboneKind, device: &Device) -> Result<Self> {
+        let path = weights::locate(kind)?;
+        let mut model = Self::new(kind, None, device);
+        model.backbone.load_pytorch(&path)?;
+        Ok(model)
+    }
+
+    /// Loads what a [`ModelSpec`] names, in inference mode.
+    pub fn load(spec: &ModelSpec, device: &Device) -> Result<Self> {
+        let model = match spec {
+            ModelSpec::Pretrained(kind) => Self::pretrained(*kind, device)?,
+            ModelSpec::Checkpoint(dir) => Self::load_checkpoint(dir, device)?,
+        };
+        Ok(model.valid())
+    }
+
+    pub fn preprocess(&self) -> Preprocess {
+        self.kind.preprocess()
+    }
+
+    /// Unit-length embeddings `[B, D]` of a normalised batch.
+    pub fn embed(&self, x: Tensor<4>) -> Tensor<2> {
+        let features = self.backbone.features(x);
+        match &self.head {
+            Some(head) => head.forward(features),
+            None => l2_normalize(features),
+        }
+    }
+
+    pub fn embedding_dim(&self) -> usize {
+        match &self.head {
+            Some(h) => h.projection.weight.dims()[1],
+            None => self.kind.feature_dim(),
+        }
+    }
+
+    /// Writes `model.safetensors` and `model.json` into `dir`, each atomically.
+    pub fn save_checkpoint(&self, dir: &Path, note: &str) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = dir.join(format!(".{WEIGHTS_FILE}.partial"));
+        let mut store = SafetensorsStore::from_file(&tmp);
+        self.save_into(&mut store)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join(WEIGHTS_FILE))?;
+        let meta = CheckpointMeta {
+            backbone: self.kind.name(),
+            embedding_dim: self.head.as_ref().map(|_| self.embedding_dim()),
+            note: note.to_string(),
+        };
+        write_atomic(&dir.join(META_FILE), serde_json::to_string_pretty(&meta)?.as_bytes())
+    }
+
+    /// Rebuilds the module described by `dir/model.json` and loads its weights.
+    pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Self> {
+        let meta_path = dir.join(META_FILE);
+        let meta: CheckpointMeta = serde_json::from_str(
+            &std::fs::read_to_string(&meta_path)
+                .with_context(|| format!("cannot read {}", meta_path.display()))?,
+        )
+        .with_context(|| format!("{} is not a checkpoint description", meta_path.display()))?;
+        let kind: BackboneKind = meta.backbone.parse()?;
+        let mut model = Self::new(kind, meta.embedding_dim, device);
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let mut store = SafetensorsStore::from_file(&weights_path);
+        let result = model
+            .load_from(&mut store)
+            .map_err(|e| anyhow::anyhow!("{}: cannot load: {e}", weights_path.display()))?;
+        if !result.missing.is_empty() || !result.errors.is_empty() {
+            bail!("{}: does not fit the model:\n{result}", weights_path.display());
+        }
+        Ok(model)
+    }
+}
+
+/// Writes a file so that readers see the old content or the new, never a partial one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Convolution + batch norm + activation: the unit all three backbone families are made of.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::prelude::*;
+
+/// Activation after a [`ConvBn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    #[default]
+    None,
+    Relu,
+    /// `min(max(x, 0), 6)`, used by MobileNetV2 and EfficientNet-Lite.
+    Relu6,
+}
+
+impl Activation {
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::None => x,
+            Activation::Relu => burn::tensor::activation::relu(x),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+        }
+    }
+}
+
+/// How a [`ConvBn`] pads its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// `(k - 1) / 2` on every side (PyTorch models).
+    Symmetric,
+    /// TensorFlow "SAME": the output is `ceil(in / stride)`, an odd total puts the extra pixel
+    /// at the bottom/right (EfficientNet-Lite).
+    TfSame,
+}
+
+/// Settings of one [`ConvBn`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConvBnConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub groups: usize,
+    pub padding: Padding,
+    pub activation: Activation,
+    pub bn_epsilon: f64,
+}
+
+impl ConvBnConfig {
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            groups: 1,
+            padding: Padding::Symmetric,
+            activation: Activation::None,
+            bn_epsilon: 1e-5,
+        }
+    }
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+    /// Depthwise: one group a channel.
+    pub fn depthwise(mut self) -> Self {
+        self.groups = self.in_channels;
+        self
+    }
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
+    }
+    pub fn bn_epsilon(mut self, epsilon: f64) -> Self {
+        self.bn_epsilon = epsilon;
+        self
+    }
+
+    pub fn init(&self, device: &Device) -> ConvBn {
+        let padding = match self.padding {
+            Padding::Symmetric => {
+                let p = (self.kernel - 1) / 2;
+                PaddingConfig2d::Explicit(p, p, p, p)
+            }
+            Padding::TfSame => PaddingConfig2d::Same,
+        };
+        ConvBn {
+            conv: Conv2dConfig::new(
+                [self.in_channels, self.out_channels],
+                [self.kernel, self.kernel],
+            )
+            .with_stride([self.stride, self.stride])
+            .with_groups(self.groups)
+            .with_padding(padding)
+            .with_bias(false)
+            .init(device),
+            bn: BatchNormConfig::new(self.out_channels)
+                .with_epsilon(self.bn_epsilon)
+                .init(device),
+            activation: self.activation,
+        }
+    }
+}
+
+/// A bias-free convolution, batch norm, then an activation.
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl ConvBn {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.activation.forward(self.bn.forward(self.conv.forward(x)))
+    }
+}
+
+/// Global average pooling: `[B, C, H, W]` to `[B, C]`.
+pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
+    let [b, c, _, _] = x.dims();
+    x.mean_dim(3).mean_dim(2).reshape([b, c])
+}

@@ -1,0 +1,141 @@
+//! MobileNetV2 in torchvision's layout (`features.N...`, `classifier.1`), so torchvision's
+//! `mobilenet_v2-b0353104.pth` loads directly.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+
+use crate::layers::{Activation, ConvBn, ConvBnConfig, global_avg_pool};
+
+/// torchvision's inverted-residual settings: expansion t, output channels c, repeats n,
+/// first stride s.
+const SETTINGS: [(usize, usize, usize, usize); 7] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+];
+pub const FEATURE_DIM: usize = 1280;
+
+/// Expand (1×1), depthwise (3×3), project (1×1), with a residual when shapes allow.
+#[derive(Module, Debug)]
+pub struct InvertedResidual {
+    pub expand: Option<ConvBn>,
+    pub depthwise: ConvBn,
+    pub project: ConvBn,
+    #[module(skip)]
+    pub residual: bool,
+}
+
+impl InvertedResidual {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = x.clone();
+        if let Some(expand) = &self.expand {
+            y = expand.forward(y);
+        }
+        y = self.project.forward(self.depthwise.forward(y));
+        if self.residual { y + x } else { y }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct MobileNetV2 {
+    pub stem: ConvBn,
+    pub blocks: Vec<InvertedResidual>,
+    pub head: ConvBn,
+    pub classifier: Linear,
+}
+
+impl MobileNetV2 {
+    pub fn new(num_classes: usize, device: &Device) -> Self {
+        let relu6 = Activation::Relu6;
+        let stem = ConvBnConfig::new(3, 32, 3)
+            .stride(2)
+            .activation(relu6)
+            .init(device);
+        let mut blocks = Vec::new();
+        let mut in_c = 32;
+        for (t, c, n, s) in SETTINGS {
+            for i in 0..n {
+                let stride = if i == 0 { s } else { 1 };
+                let hidden = in_c * t;
+                blocks.push(InvertedResidual {
+                    expand: (t != 1)
+                        .then(|| ConvBnConfig::new(in_c, hidden, 1).activation(relu6).init(device)),
+                    depthwise: ConvBnConfig::new(hidden, hidden, 3)
+                        .stride(stride)
+                        .depthwise()
+                        .activation(relu6)
+                        .init(device),
+                    project: ConvBnConfig::new(hidden, c, 1).init(device),
+                    residual: stride == 1 && in_c == c,
+                });
+                in_c = c;
+            }
+        }
+        let head = ConvBnConfig::new(in_c, FEATURE_DIM, 1)
+            .activation(relu6)
+            .init(device);
+        Self {
+            stem,
+            blocks,
+            head,
+            classifier: LinearConfig::new(FEATURE_DIM, num_classes).init(device),
+        }
+    }
+
+    /// Pooled 1280-d features.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = self.stem.forward(x);
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        global_avg_pool(self.head.forward(x))
+    }
+
+    pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {
+        self.classifier.forward(self.features(x))
+    }
+
+    /// Regex renames from torchvision's keys to this module's paths.
+    pub fn key_remaps(&self) -> Vec<(String, String)> {
+        let mut remaps = vec![
+            (r"^features\.0\.0\.".into(), "stem.conv.".into()),
+            (r"^features\.0\.1\.".into(), "stem.bn.".into()),
+            (format!(r"^features\.{}\.0\.", self.blocks.len() + 1), "head.conv.".into()),
+            (format!(r"^features\.{}\.1\.", self.blocks.len() + 1), "head.bn.".into()),
+            (r"^classifier\.1\.".into(), "classifier.".into()),
+        ];
+        for (i, block) in self.blocks.iter().enumerate() {
+            let f = format!(r"^features\.{}\.conv\.", i + 1);
+            let b = format!("blocks.{i}.");
+            let names: &[(&str, &str)] = if block.expand.is_some() {
+                &[
+                    ("0.0", "expand.conv"),
+                    ("0.1", "expand.bn"),
+                    ("1.0", "depthwise.conv"),
+                    ("1.1", "depthwise.bn"),
+                    ("2", "project.conv"),
+                    ("3", "project.bn"),
+                ]
+            } else {
+                &[
+                    ("0.0", "depthwise.conv"),
+                    ("0.1", "depthwise.bn"),
+                    ("1", "project.conv"),
+                    ("2", "project.bn"),
+                ]
+            };
+            for (from, to) in names {
+                remaps.push((
+                    format!(r"{f}{}\.", from.replace('.', r"\.")),
+                    format!("{b}{to}."),
+                ));
+            }
+        }
+        remaps
+    }
+}
