@@ -160,3 +160,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_round_trip_keeps_outputs() {
+        let device = Device::flex();
+        let model = Embedder::new(BackboneKind::MobileNetV2, Some(16), &device).valid();
+        let x = Tensor::<4>::random(
+            [2, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let before: Vec<f32> = model.embed(x.clone()).into_data().try_to_vec().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        model.save_checkpoint(dir.path(), "test").unwrap();
+        let spec = ModelSpec::parse(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(spec, ModelSpec::Checkpoint(dir.path().to_path_buf()));
+        let loaded = Embedder::load(&spec, &device).unwrap();
+        assert_eq!(loaded.embedding_dim(), 16);
+        let after: Vec<f32> = loaded.embed(x).into_data().try_to_vec().unwrap();
+        for (a, b) in before.iter().zip(&after) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        let norm: f32 = after[..16].iter().map(|v| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn spec_errors_are_clear() {
+        let err = ModelSpec::parse("resnet99").unwrap_err().to_string();
+        assert!(err.contains("unknown backbone") && err.contains("mobilenet_v2"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = ModelSpec::parse(dir.path().to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("model.json"));
+    }
+}
