@@ -26,7 +26,9 @@ pub enum DecodeError {
     Empty { path: PathBuf },
     #[error("{path}: not a recognised image format")]
     UnknownFormat { path: PathBuf },
-    #[error("{path}: image is {width}x{height} pixels, over the limit of {MAX_SIDE} a side or {MAX_PIXELS} pixels (possible decompression bomb)")]
+    #[error(
+        "{path}: image is {width}x{height} pixels, over the limit of {MAX_SIDE} a side or {MAX_PIXELS} pixels (possible decompression bomb)"
+    )]
     TooLarge {
         path: PathBuf,
         width: u32,
@@ -95,8 +97,17 @@ pub fn decode_dynamic(path: &Path, bytes: &[u8]) -> Result<DynamicImage, DecodeE
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|source| DecodeError::Io { path: p(), source })?;
-    if reader.format().is_none() {
-        return Err(DecodeError::UnknownFormat { path: p() });
+    match reader.format() {
+        None => return Err(DecodeError::UnknownFormat { path: p() }),
+        Some(image::ImageFormat::Jpeg) if !has_jpeg_end(bytes) => {
+            // Decoders fill a cut-off JPEG with grey and carry on; PIL refuses it ("image
+            // file is truncated"), and so do we: a half-grey image is a wrong embedding.
+            return Err(DecodeError::Corrupt {
+                path: p(),
+                reason: "truncated JPEG (no end-of-image marker)".into(),
+            });
+        }
+        Some(_) => {}
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -112,8 +123,7 @@ pub fn decode_dynamic(path: &Path, bytes: &[u8]) -> Result<DynamicImage, DecodeE
             height,
         });
     }
-    if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS
-    {
+    if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS {
         return Err(DecodeError::TooLarge {
             path: p(),
             width,
@@ -127,6 +137,13 @@ pub fn decode_dynamic(path: &Path, bytes: &[u8]) -> Result<DynamicImage, DecodeE
         img.apply_orientation(o);
     }
     Ok(img)
+}
+
+/// True when a JPEG stream has its end-of-image marker (FF D9) in its last 4 KiB (trailing
+/// padding after the marker is common and allowed).
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 #[cfg(test)]
@@ -182,11 +199,8 @@ mod tests {
             &DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 64, image::Rgb([9, 99, 199]))),
             ImageFormat::Jpeg,
         );
-        let cut = decode_bytes(Path::new("cut.jpg"), &jpeg[..jpeg.len() / 2]);
-        // A truncated JPEG either errors or decodes partially; it must never panic.
-        if let Err(e) = cut {
-            assert!(e.to_string().contains("cut.jpg"));
-        }
+        let cut = decode_bytes(Path::new("cut.jpg"), &jpeg[..jpeg.len() / 2]).unwrap_err();
+        assert!(cut.to_string().contains("cut.jpg") && cut.to_string().contains("truncated"));
     }
 
     #[test]

@@ -65,7 +65,9 @@ impl PkSampler {
         loop {
             // Classes that still have chunks, most remaining first (ties broken randomly), so
             // that no class is left alone at the end.
-            let mut open: Vec<usize> = (0..chunks.len()).filter(|&c| !chunks[c].is_empty()).collect();
+            let mut open: Vec<usize> = (0..chunks.len())
+                .filter(|&c| !chunks[c].is_empty())
+                .collect();
             if open.is_empty() {
                 break;
             }

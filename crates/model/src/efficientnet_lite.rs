@@ -151,9 +151,15 @@ impl EfficientNetLite {
             (r"^_bn0\.", "stem.bn."),
             (r"^_blocks\.(\d+)\._expand_conv\.", "blocks.$1.expand.conv."),
             (r"^_blocks\.(\d+)\._bn0\.", "blocks.$1.expand.bn."),
-            (r"^_blocks\.(\d+)\._depthwise_conv\.", "blocks.$1.depthwise.conv."),
+            (
+                r"^_blocks\.(\d+)\._depthwise_conv\.",
+                "blocks.$1.depthwise.conv.",
+            ),
             (r"^_blocks\.(\d+)\._bn1\.", "blocks.$1.depthwise.bn."),
-            (r"^_blocks\.(\d+)\._project_conv\.", "blocks.$1.project.conv."),
+            (
+                r"^_blocks\.(\d+)\._project_conv\.",
+                "blocks.$1.project.conv.",
+            ),
             (r"^_blocks\.(\d+)\._bn2\.", "blocks.$1.project.bn."),
             (r"^_conv_head\.", "head.conv."),
             (r"^_bn1\.", "head.bn."),

@@ -124,7 +124,10 @@ impl Embedder {
             embedding_dim: self.head.as_ref().map(|_| self.embedding_dim()),
             note: note.to_string(),
         };
-        write_atomic(&dir.join(META_FILE), serde_json::to_string_pretty(&meta)?.as_bytes())
+        write_atomic(
+            &dir.join(META_FILE),
+            serde_json::to_string_pretty(&meta)?.as_bytes(),
+        )
     }
 
     /// Rebuilds the module described by `dir/model.json` and loads its weights.
@@ -143,7 +146,10 @@ impl Embedder {
             .load_from(&mut store)
             .map_err(|e| anyhow::anyhow!("{}: cannot load: {e}", weights_path.display()))?;
         if !result.missing.is_empty() || !result.errors.is_empty() {
-            bail!("{}: does not fit the model:\n{result}", weights_path.display());
+            bail!(
+                "{}: does not fit the model:\n{result}",
+                weights_path.display()
+            );
         }
         Ok(model)
     }
@@ -192,7 +198,10 @@ mod tests {
     #[test]
     fn spec_errors_are_clear() {
         let err = ModelSpec::parse("resnet99").unwrap_err().to_string();
-        assert!(err.contains("unknown backbone") && err.contains("mobilenet_v2"), "{err}");
+        assert!(
+            err.contains("unknown backbone") && err.contains("mobilenet_v2"),
+            "{err}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let err = ModelSpec::parse(dir.path().to_str().unwrap()).unwrap_err();
         assert!(err.to_string().contains("model.json"));

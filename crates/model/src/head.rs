@@ -24,6 +24,11 @@ impl MetricHead {
 
 /// Rows scaled to unit length (a tiny epsilon keeps zero rows finite).
 pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
-    let norm = x.clone().powf_scalar(2.0).sum_dim(1).add_scalar(1e-12).sqrt();
+    let norm = x
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(1)
+        .add_scalar(1e-12)
+        .sqrt();
     x / norm
 }

@@ -120,7 +120,8 @@ pub struct ConvBn {
 
 impl ConvBn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.activation.forward(self.bn.forward(self.conv.forward(x)))
+        self.activation
+            .forward(self.bn.forward(self.conv.forward(x)))
     }
 }
 

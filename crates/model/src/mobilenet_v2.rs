@@ -63,8 +63,11 @@ impl MobileNetV2 {
                 let stride = if i == 0 { s } else { 1 };
                 let hidden = in_c * t;
                 blocks.push(InvertedResidual {
-                    expand: (t != 1)
-                        .then(|| ConvBnConfig::new(in_c, hidden, 1).activation(relu6).init(device)),
+                    expand: (t != 1).then(|| {
+                        ConvBnConfig::new(in_c, hidden, 1)
+                            .activation(relu6)
+                            .init(device)
+                    }),
                     depthwise: ConvBnConfig::new(hidden, hidden, 3)
                         .stride(stride)
                         .depthwise()
@@ -105,8 +108,14 @@ impl MobileNetV2 {
         let mut remaps = vec![
             (r"^features\.0\.0\.".into(), "stem.conv.".into()),
             (r"^features\.0\.1\.".into(), "stem.bn.".into()),
-            (format!(r"^features\.{}\.0\.", self.blocks.len() + 1), "head.conv.".into()),
-            (format!(r"^features\.{}\.1\.", self.blocks.len() + 1), "head.bn.".into()),
+            (
+                format!(r"^features\.{}\.0\.", self.blocks.len() + 1),
+                "head.conv.".into(),
+            ),
+            (
+                format!(r"^features\.{}\.1\.", self.blocks.len() + 1),
+                "head.bn.".into(),
+            ),
             (r"^classifier\.1\.".into(), "classifier.".into()),
         ];
         for (i, block) in self.blocks.iter().enumerate() {

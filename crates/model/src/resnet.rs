@@ -78,11 +78,16 @@ impl ResNet {
             let mut blocks = Vec::new();
             for i in 0..n {
                 let stride = if i == 0 && stage > 0 { 2 } else { 1 };
-                let downsample = (stride != 1 || in_c != out_c)
-                    .then(|| ConvBnConfig::new(in_c, out_c, 1).stride(stride).init(device));
+                let downsample = (stride != 1 || in_c != out_c).then(|| {
+                    ConvBnConfig::new(in_c, out_c, 1)
+                        .stride(stride)
+                        .init(device)
+                });
                 let block = if bottleneck {
                     ResBlock {
-                        c1: ConvBnConfig::new(in_c, width, 1).activation(relu).init(device),
+                        c1: ConvBnConfig::new(in_c, width, 1)
+                            .activation(relu)
+                            .init(device),
                         c2: ConvBnConfig::new(width, width, 3)
                             .stride(stride)
                             .activation(relu)

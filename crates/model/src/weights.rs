@@ -83,7 +83,7 @@ pub fn source(kind: BackboneKind) -> WeightSource {
 pub fn weights_dir() -> PathBuf {
     match std::env::var_os("LOOKALIKE_WEIGHTS") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights"),
+        None => workspace_root().join("weights"),
     }
 }
 
@@ -184,4 +184,14 @@ pub fn fetch(kind: BackboneKind) -> Result<PathBuf> {
     std::fs::rename(&partial, &target)
         .with_context(|| format!("cannot move weights to {}", target.display()))?;
     Ok(target)
+}
+
+/// The workspace root this crate was built in (two levels above `crates/model`).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(manifest)
+        .to_path_buf()
 }

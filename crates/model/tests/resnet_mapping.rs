@@ -30,7 +30,10 @@ fn check(depth: usize) {
     assert!(result.errors.is_empty());
     // Everything but the num_batches_tracked counters (which Burn does not keep) is applied.
     assert!(
-        result.unused.iter().all(|k| k.ends_with("num_batches_tracked")),
+        result
+            .unused
+            .iter()
+            .all(|k| k.ends_with("num_batches_tracked")),
         "unused: {:?}",
         result.unused
     );

@@ -1,1 +1,16 @@
+//! The search engine: embed folders, rank galleries by Euclidean distance, score rankings the
+//! way the competition does, and write submissions.
+//!
+//! - [`embed`]: a folder of images to an [`embed::EmbeddingSet`] (decode, preprocess, batched
+//!   forward, optional flip averaging), with a content-addressed [`cache`].
+//! - [`rank`]: exact nearest neighbours by batched matrix products, deterministic ties.
+//! - [`metrics`]: top-k accuracy, mAP@10, MAP@R, competition score, per-class figures.
+//! - [`submission`]: the competition's JSON, validated, optionally POSTed.
+//! - [`table`]: terminal tables.
 
+pub mod cache;
+pub mod embed;
+pub mod metrics;
+pub mod rank;
+pub mod submission;
+pub mod table;

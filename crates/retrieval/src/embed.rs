@@ -1,0 +1,244 @@
+//! Folder of images → embeddings: list, hash, decode and preprocess in parallel, forward in
+//! batches (optionally averaging with the horizontally flipped image), cache by content.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::prelude::*;
+use data::load::progress_bar;
+use data::{DecodeError, ImageEntry, Preprocess, decode_image, list_images};
+use image::RgbImage;
+use indicatif::ParallelProgressIterator;
+use model::{Embedder, ModelSpec};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::cache::{EmbeddingCache, cache_dir};
+
+/// How to embed.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedOptions {
+    pub batch_size: usize,
+    /// Average each embedding with the one of the mirrored image (then re-normalise).
+    pub flip: bool,
+    /// Hide progress bars and skip reports (tests, `--json`).
+    pub quiet: bool,
+    /// Use the embedding cache.
+    pub cache: bool,
+}
+
+impl Default for EmbedOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            flip: false,
+            quiet: false,
+            cache: true,
+        }
+    }
+}
+
+/// Embeddings of a list of images, row `i` for `entries[i]`, unit length.
+#[derive(Debug, Clone)]
+pub struct EmbeddingSet {
+    pub entries: Vec<ImageEntry>,
+    pub dim: usize,
+    pub values: Vec<f32>,
+}
+
+impl EmbeddingSet {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// A file's content hash and, unless its embedding is cached, its preprocessed pixels.
+type Prepared = (String, Option<Vec<f32>>);
+
+/// A loaded model on a device, with the id its cache is keyed by.
+pub struct Engine {
+    pub model: Embedder,
+    pub device: Device,
+    /// Backbone name, or `ckpt-<hash>` for a trained checkpoint.
+    pub model_id: String,
+}
+
+impl Engine {
+    /// Loads `--model` (a backbone name or checkpoint directory) on `device`.
+    pub fn load(spec: &str, device: &Device) -> Result<Self> {
+        let parsed = ModelSpec::parse(spec)?;
+        let model_id = match &parsed {
+            ModelSpec::Pretrained(kind) => kind.name(),
+            ModelSpec::Checkpoint(dir) => {
+                let hash = model::weights::sha256_file(&dir.join(model::embedder::WEIGHTS_FILE))?;
+                format!("ckpt-{}", &hash[..16])
+            }
+        };
+        Ok(Self {
+            model: Embedder::load(&parsed, device)?,
+            device: device.clone(),
+            model_id,
+        })
+    }
+
+    pub fn preprocess(&self) -> Preprocess {
+        self.model.preprocess()
+    }
+
+    /// Embeds preprocessed CHW images (each `preprocess().len()` floats).
+    pub fn embed_preprocessed(&self, images: &[Vec<f32>], options: &EmbedOptions) -> Vec<f32> {
+        let side = self.preprocess().crop as usize;
+        let bar = progress_bar(images.len(), "embedding", options.quiet);
+        let mut out = Vec::with_capacity(images.len() * self.model.embedding_dim());
+        for chunk in images.chunks(options.batch_size.max(1)) {
+            let flat: Vec<f32> = chunk.concat();
+            let x = Tensor::<4>::from_data(
+                TensorData::new(flat, [chunk.len(), 3, side, side]),
+                &self.device,
+            );
+            let mut e = self.model.embed(x.clone());
+            if options.flip {
+                e = model::head::l2_normalize(e + self.model.embed(x.flip([3])));
+            }
+            out.extend(e.into_data().try_to_vec::<f32>().expect("f32 embeddings"));
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        out
+    }
+
+    /// Embeds decoded images.
+    pub fn embed_images(&self, images: &[RgbImage], options: &EmbedOptions) -> Vec<f32> {
+        let preprocess = self.preprocess();
+        let pre: Vec<Vec<f32>> = images.par_iter().map(|i| preprocess.apply(i)).collect();
+        self.embed_preprocessed(&pre, options)
+    }
+
+    /// The cache id: the model plus every option that changes embeddings.
+    pub fn cache_id(&self, options: &EmbedOptions) -> String {
+        if options.flip {
+            format!("{}+flip", self.model_id)
+        } else {
+            self.model_id.clone()
+        }
+    }
+
+    /// Embeds every image of a folder (any supported layout). Files that cannot be decoded are
+    /// returned as errors and left out of the set.
+    pub fn embed_folder(
+        &self,
+        dir: &Path,
+        labels: Option<&Path>,
+        options: &EmbedOptions,
+    ) -> Result<(EmbeddingSet, Vec<DecodeError>)> {
+        let (_, entries) = list_images(dir, labels)?;
+        self.embed_entries(entries, options)
+            .with_context(|| format!("embedding {}", dir.display()))
+    }
+
+    /// Embeds a list of images, using and filling the cache.
+    pub fn embed_entries(
+        &self,
+        entries: Vec<ImageEntry>,
+        options: &EmbedOptions,
+    ) -> Result<(EmbeddingSet, Vec<DecodeError>)> {
+        let dim = self.model.embedding_dim();
+        let preprocess = self.preprocess();
+        let mut cache = options
+            .cache
+            .then(|| EmbeddingCache::open(&cache_dir(), &self.cache_id(options), dim));
+        let bar = progress_bar(entries.len(), "decoding", options.quiet);
+        // Read, hash, and (where not cached) decode and preprocess, in parallel.
+        let prepared: Vec<Result<Prepared, DecodeError>> = entries
+            .par_iter()
+            .progress_with(bar.clone())
+            .map(|entry| {
+                let bytes = std::fs::read(&entry.path).map_err(|source| DecodeError::Io {
+                    path: entry.path.clone(),
+                    source,
+                })?;
+                let hash = hex::encode(Sha256::digest(&bytes));
+                if cache.as_ref().is_some_and(|c| c.get(&hash).is_some()) {
+                    return Ok((hash, None));
+                }
+                let img = data::decode::decode_bytes(&entry.path, &bytes)?;
+                Ok((hash, Some(preprocess.apply(&img))))
+            })
+            .collect();
+        bar.finish_and_clear();
+        let mut kept = Vec::new();
+        let mut skipped = Vec::new();
+        let mut to_embed = Vec::new();
+        for (entry, result) in entries.into_iter().zip(prepared) {
+            match result {
+                Ok((hash, pixels)) => {
+                    if let Some(p) = pixels {
+                        to_embed.push((hash.clone(), p));
+                    }
+                    kept.push((entry, hash));
+                }
+                Err(e) => skipped.push(e),
+            }
+        }
+        let images: Vec<Vec<f32>> = to_embed
+            .iter_mut()
+            .map(|(_, p)| std::mem::take(p))
+            .collect();
+        let fresh = self.embed_preprocessed(&images, options);
+        let mut fresh_rows = std::collections::HashMap::new();
+        for (i, (hash, _)) in to_embed.into_iter().enumerate() {
+            fresh_rows.insert(hash, fresh[i * dim..(i + 1) * dim].to_vec());
+        }
+        let mut values = Vec::with_capacity(kept.len() * dim);
+        for (_, hash) in &kept {
+            match fresh_rows.get(hash) {
+                Some(row) => values.extend_from_slice(row),
+                None => values.extend_from_slice(
+                    cache
+                        .as_ref()
+                        .and_then(|c| c.get(hash))
+                        .context("cache lost a row")?,
+                ),
+            }
+        }
+        if let Some(c) = cache.as_mut() {
+            for (hash, row) in fresh_rows {
+                c.insert(hash, row);
+            }
+            if let Err(e) = c.save() {
+                eprintln!("warning: could not save the embedding cache: {e:#}");
+            }
+        }
+        if !options.quiet {
+            for e in &skipped {
+                eprintln!("skipped: {e}");
+            }
+            if !skipped.is_empty() {
+                eprintln!(
+                    "{} of {} files skipped (could not be decoded)",
+                    skipped.len(),
+                    skipped.len() + kept.len()
+                );
+            }
+        }
+        Ok((
+            EmbeddingSet {
+                entries: kept.into_iter().map(|(e, _)| e).collect(),
+                dim,
+                values,
+            },
+            skipped,
+        ))
+    }
+}
+
+/// Decodes one file for `search` with a single query image.
+pub fn decode_query(path: &Path) -> Result<RgbImage> {
+    Ok(decode_image(path)?)
+}

