@@ -54,7 +54,11 @@ impl BackboneKind {
 
     /// Evaluation preprocessing: resize to size/0.875 (256 for 224), centre crop, normalise.
     pub fn preprocess(self) -> Preprocess {
-        let crop = self.input_size();
+        self.preprocess_at(self.input_size())
+    }
+
+    /// The same transform for another input side.
+    pub fn preprocess_at(self, crop: u32) -> Preprocess {
         Preprocess {
             resize: (crop as f32 / 0.875).round() as u32,
             crop,
@@ -160,5 +164,84 @@ impl Backbone {
             );
         }
         Ok(result)
+    }
+}
+
+/// Keeps the first `total - trainable` items frozen (no gradients, batch norm in inference).
+fn freeze_prefix<T: Module>(items: Vec<T>, trainable: usize) -> Vec<T> {
+    let cut = items.len().saturating_sub(trainable);
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| if i < cut { b.freeze() } else { b })
+        .collect()
+}
+
+/// Disables every module-owned training flag: batch norm keeps using its running statistics
+/// (small P×K batches make poor statistics), while parameters still receive gradients.
+struct FreezeBatchNormStats;
+
+impl burn::module::ModuleMapper for FreezeBatchNormStats {
+    fn map_flag(
+        &mut self,
+        flag: burn::module::Param<burn::module::Flag>,
+    ) -> burn::module::Param<burn::module::Flag> {
+        flag.with_value(false)
+    }
+}
+
+impl Backbone {
+    /// Number of residual blocks (the unit of `freeze_early`).
+    pub fn num_blocks(&self) -> usize {
+        match self {
+            Backbone::MobileNetV2(m) => m.blocks.len(),
+            Backbone::EfficientNetLite(m) => m.blocks.len(),
+            Backbone::ResNet(m) => {
+                m.layer1.len() + m.layer2.len() + m.layer3.len() + m.layer4.len()
+            }
+        }
+    }
+
+    /// Freezes the stem and all but the last `trainable` blocks; the final conv (or last
+    /// stage) and the classifier stay trainable. `trainable >= num_blocks()` freezes nothing
+    /// but the stem.
+    pub fn freeze_early(self, trainable: usize) -> Self {
+        match self {
+            Backbone::MobileNetV2(mut m) => {
+                m.stem = m.stem.freeze();
+                m.blocks = freeze_prefix(m.blocks, trainable);
+                Backbone::MobileNetV2(m)
+            }
+            Backbone::EfficientNetLite(mut m) => {
+                m.stem = m.stem.freeze();
+                m.blocks = freeze_prefix(m.blocks, trainable);
+                Backbone::EfficientNetLite(m)
+            }
+            Backbone::ResNet(mut m) => {
+                m.stem = m.stem.freeze();
+                let sizes = [
+                    m.layer1.len(),
+                    m.layer2.len(),
+                    m.layer3.len(),
+                    m.layer4.len(),
+                ];
+                let mut left = trainable;
+                let mut per_layer = [0usize; 4];
+                for i in (0..4).rev() {
+                    per_layer[i] = left.min(sizes[i]);
+                    left -= per_layer[i];
+                }
+                m.layer1 = freeze_prefix(m.layer1, per_layer[0]);
+                m.layer2 = freeze_prefix(m.layer2, per_layer[1]);
+                m.layer3 = freeze_prefix(m.layer3, per_layer[2]);
+                m.layer4 = freeze_prefix(m.layer4, per_layer[3]);
+                Backbone::ResNet(m)
+            }
+        }
+    }
+
+    /// Batch norm in inference mode everywhere, parameters still trainable.
+    pub fn freeze_batch_norm_stats(self) -> Self {
+        self.map(&mut FreezeBatchNormStats)
     }
 }

@@ -45,12 +45,32 @@ impl ModelSpec {
     }
 }
 
+/// Which vector a trained model uses as its embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddingOutput {
+    /// The metric head's projection (what the loss was computed on).
+    #[default]
+    Head,
+    /// The backbone's pooled features, L2-normalised: the loss shaped them through the head,
+    /// but they keep the backbone's full width and so more of what it knew.
+    Features,
+    /// Both, each unit length, concatenated (and re-normalised).
+    Concat,
+}
+
 /// Describes a checkpoint: enough to rebuild the module before loading its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
     pub backbone: String,
     /// Output dimension of the metric head; `None` when the checkpoint has no head.
     pub embedding_dim: Option<usize>,
+    /// Which vector is the embedding (head, features, concat).
+    #[serde(default)]
+    pub output: EmbeddingOutput,
+    /// Input side the model was trained at; `None` means the backbone's own.
+    #[serde(default)]
+    pub input_size: Option<u32>,
     /// Free-form description (the run's config, the epoch).
     #[serde(default)]
     pub note: String,
@@ -62,6 +82,11 @@ pub struct Embedder {
     pub head: Option<MetricHead>,
     #[module(skip)]
     pub kind: BackboneKind,
+    #[module(skip)]
+    pub output: EmbeddingOutput,
+    /// Input side (the backbone's own unless trained at another size).
+    #[module(skip)]
+    pub input_size: u32,
 }
 
 impl Embedder {
@@ -71,6 +96,8 @@ impl Embedder {
             backbone: Backbone::new(kind, device),
             head: embedding_dim.map(|d| MetricHead::new(kind.feature_dim(), d, device)),
             kind,
+            output: EmbeddingOutput::Head,
+            input_size: kind.input_size(),
         }
     }
 
@@ -92,22 +119,32 @@ impl Embedder {
     }
 
     pub fn preprocess(&self) -> Preprocess {
-        self.kind.preprocess()
+        self.kind.preprocess_at(self.input_size)
     }
 
     /// Unit-length embeddings `[B, D]` of a normalised batch.
     pub fn embed(&self, x: Tensor<4>) -> Tensor<2> {
         let features = self.backbone.features(x);
-        match &self.head {
-            Some(head) => head.forward(features),
-            None => l2_normalize(features),
+        match (&self.head, self.output) {
+            (Some(head), EmbeddingOutput::Head) => head.forward(features),
+            (Some(head), EmbeddingOutput::Concat) => {
+                let projected = head.forward(features.clone());
+                l2_normalize(Tensor::cat(vec![projected, l2_normalize(features)], 1))
+            }
+            _ => l2_normalize(features),
         }
     }
 
+    /// Width of the head's output, when there is a head.
+    pub fn head_dim(&self) -> Option<usize> {
+        self.head.as_ref().map(|h| h.projection.weight.dims()[1])
+    }
+
     pub fn embedding_dim(&self) -> usize {
-        match &self.head {
-            Some(h) => h.projection.weight.dims()[1],
-            None => self.kind.feature_dim(),
+        match (self.head_dim(), self.output) {
+            (Some(d), EmbeddingOutput::Head) => d,
+            (Some(d), EmbeddingOutput::Concat) => d + self.kind.feature_dim(),
+            _ => self.kind.feature_dim(),
         }
     }
 
@@ -121,7 +158,9 @@ impl Embedder {
         std::fs::rename(&tmp, dir.join(WEIGHTS_FILE))?;
         let meta = CheckpointMeta {
             backbone: self.kind.name(),
-            embedding_dim: self.head.as_ref().map(|_| self.embedding_dim()),
+            embedding_dim: self.head_dim(),
+            output: self.output,
+            input_size: (self.input_size != self.kind.input_size()).then_some(self.input_size),
             note: note.to_string(),
         };
         write_atomic(
@@ -140,6 +179,8 @@ impl Embedder {
         .with_context(|| format!("{} is not a checkpoint description", meta_path.display()))?;
         let kind: BackboneKind = meta.backbone.parse()?;
         let mut model = Self::new(kind, meta.embedding_dim, device);
+        model.output = meta.output;
+        model.input_size = meta.input_size.unwrap_or(kind.input_size());
         let weights_path = dir.join(WEIGHTS_FILE);
         let mut store = SafetensorsStore::from_file(&weights_path);
         let result = model
@@ -174,7 +215,8 @@ mod tests {
     #[test]
     fn checkpoint_round_trip_keeps_outputs() {
         let device = Device::flex();
-        let model = Embedder::new(BackboneKind::MobileNetV2, Some(16), &device).valid();
+        let mut model = Embedder::new(BackboneKind::MobileNetV2, Some(16), &device).valid();
+        model.output = EmbeddingOutput::Concat;
         let x = Tensor::<4>::random(
             [2, 3, 64, 64],
             burn::tensor::Distribution::Normal(0.0, 1.0),
@@ -186,12 +228,13 @@ mod tests {
         let spec = ModelSpec::parse(dir.path().to_str().unwrap()).unwrap();
         assert_eq!(spec, ModelSpec::Checkpoint(dir.path().to_path_buf()));
         let loaded = Embedder::load(&spec, &device).unwrap();
-        assert_eq!(loaded.embedding_dim(), 16);
+        assert_eq!(loaded.embedding_dim(), 16 + 1280);
+        assert_eq!(loaded.output, EmbeddingOutput::Concat);
         let after: Vec<f32> = loaded.embed(x).into_data().try_to_vec().unwrap();
         for (a, b) in before.iter().zip(&after) {
             assert!((a - b).abs() < 1e-5);
         }
-        let norm: f32 = after[..16].iter().map(|v| v * v).sum();
+        let norm: f32 = after[..1296].iter().map(|v| v * v).sum();
         assert!((norm - 1.0).abs() < 1e-4);
     }
 

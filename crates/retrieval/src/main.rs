@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use model::BackboneKind;
 use retrieval::embed::{EmbedOptions, EmbeddingSet, Engine};
-use retrieval::metrics::{Evaluation, evaluate};
-use retrieval::rank::{Hit, distances, top_k};
+use retrieval::evaluation::{evaluate_sets, rank_sets};
+use retrieval::rank::Hit;
 use retrieval::submission::Submission;
 use retrieval::table::{evaluation_table, ranking_table};
 
@@ -155,7 +155,7 @@ fn run(cli: Cli) -> Result<()> {
             let options = model.options(json);
             let (q, _) = engine.embed_folder(&query, labels.as_deref(), &options)?;
             let (g, _) = engine.embed_folder(&gallery, gallery_labels.as_deref(), &options)?;
-            let e = evaluate_sets(&engine, &q, &g)?;
+            let e = evaluate_sets(&q, &g, &engine.device)?;
             if json {
                 let mut value = serde_json::to_value(&e.overall)?;
                 value["model"] = engine.model_id.clone().into();
@@ -201,24 +201,8 @@ fn fetch_weights(models: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Full rankings (every gallery image) for each query.
 fn rank_all(engine: &Engine, q: &EmbeddingSet, g: &EmbeddingSet, k: usize) -> Vec<Vec<Hit>> {
-    let d = distances(&q.values, &g.values, q.dim, &engine.device);
-    let names: Vec<String> = g.entries.iter().map(|e| e.name.clone()).collect();
-    top_k(&d, g.len(), &names, k)
-}
-
-fn evaluate_sets(engine: &Engine, q: &EmbeddingSet, g: &EmbeddingSet) -> Result<Evaluation> {
-    if g.is_empty() {
-        bail!("the gallery holds no readable image");
-    }
-    let q_labels: Vec<Option<&str>> = q.entries.iter().map(|e| e.label.as_deref()).collect();
-    if q_labels.iter().all(Option::is_none) {
-        bail!("no query has a label: use class sub-folders or a labels.json (--labels)");
-    }
-    let g_labels: Vec<Option<&str>> = g.entries.iter().map(|e| e.label.as_deref()).collect();
-    let rankings = rank_all(engine, q, g, g.len());
-    Ok(evaluate(&q_labels, &g_labels, &rankings))
+    rank_sets(q, g, k, &engine.device)
 }
 
 fn embed(args: &ModelArgs, images: &Path, out: &Path) -> Result<()> {

@@ -1,1 +1,17 @@
+//! Fine-tuning an embedding for retrieval.
+//!
+//! - [`config`]: the TOML run description, with `--set key=value` overrides.
+//! - [`loss`]: ArcFace and triplet (batch-hard, semi-hard) losses.
+//! - [`dataset`]: training images decoded once, augmented P×K batches.
+//! - [`schedule`]: warm-up then cosine learning rates.
+//! - [`validation`]: per-epoch retrieval metrics through the `retrieval` crate's code path.
+//! - [`checkpoint`]: the run directory (best model, last state for `--resume`).
+//! - [`training`]: the loop.
 
+pub mod checkpoint;
+pub mod config;
+pub mod dataset;
+pub mod loss;
+pub mod schedule;
+pub mod training;
+pub mod validation;

@@ -1,0 +1,71 @@
+//! The run directory:
+//!
+//! ```text
+//! <out_dir>/config.toml        the resolved configuration
+//! <out_dir>/metrics.csv        one row an epoch
+//! <out_dir>/model.json         the best model so far (usable as --model)
+//! <out_dir>/model.safetensors
+//! <out_dir>/last/              everything --resume needs: weights with their parameter ids,
+//!                              optimiser states, the epoch and step counters
+//! ```
+//!
+//! `last/` is written to `last.partial/` and swapped in by renames, so a run killed while
+//! saving still has its previous `last/` (or `last.old/`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Counters saved with the last checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimiser steps taken.
+    pub step: usize,
+    /// Best selection value so far and its epoch.
+    pub best: Option<(f64, usize)>,
+}
+
+pub fn last_dir(out: &Path) -> PathBuf {
+    out.join("last")
+}
+
+/// The last complete checkpoint directory, if any (a swap interrupted after the first rename
+/// leaves it as `last.old`).
+pub fn find_last(out: &Path) -> Option<PathBuf> {
+    [out.join("last"), out.join("last.old")]
+        .into_iter()
+        .find(|d| d.join("state.json").is_file())
+}
+
+/// Writes a checkpoint by filling `last.partial/` with `fill` and swapping it in.
+pub fn write_last(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let partial = out.join("last.partial");
+    let old = out.join("last.old");
+    let last = last_dir(out);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    }
+    std::fs::create_dir_all(&partial)?;
+    fill(&partial)?;
+    if last.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(&last, &old)?;
+    }
+    std::fs::rename(&partial, &last).context("cannot move the new checkpoint into place")?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
+}

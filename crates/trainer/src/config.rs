@@ -1,0 +1,321 @@
+//! The training configuration: data, not code. Every key can be overridden on the command
+//! line with `--set section.key=value` (the value parsed as TOML, else taken as a string).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use data::augment::AugmentConfig;
+use model::embedder::EmbeddingOutput;
+use serde::{Deserialize, Serialize};
+
+/// A query/gallery pair evaluated after every epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationPair {
+    pub name: String,
+    pub query: PathBuf,
+    pub gallery: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    Arcface,
+    Triplet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mining {
+    /// Per anchor: the farthest positive and the nearest negative (Hermans et al., 2017).
+    BatchHard,
+    /// Per positive pair: the nearest negative farther than the positive, else the farthest
+    /// negative (Schroff et al., 2015; TensorFlow's semi-hard loss).
+    SemiHard,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    pub kind: LossKind,
+    /// ArcFace: additive angular margin (radians). Triplet: distance margin.
+    pub margin: f64,
+    /// ArcFace: logit scale.
+    pub scale: f64,
+    /// Triplet: how triplets are mined.
+    pub mining: Mining,
+    /// Triplet: squared Euclidean distances instead of plain.
+    pub squared: bool,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            kind: LossKind::Arcface,
+            margin: 0.3,
+            scale: 30.0,
+            mining: Mining::BatchHard,
+            squared: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizerConfig {
+    pub kind: OptimizerKind,
+    /// Peak learning rate of the backbone (lower than the head's, to keep what it knows).
+    pub lr_backbone: f64,
+    pub lr_head: f64,
+    /// Learning rate of the loss's own parameters (ArcFace class weights).
+    pub lr_loss: f64,
+    pub weight_decay: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Linear warm-up length, in epochs (fractional allowed), then cosine decay to zero.
+    pub warmup_epochs: f64,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Adamw,
+            lr_backbone: 1e-4,
+            lr_head: 1e-3,
+            lr_loss: 1e-2,
+            weight_decay: 1e-4,
+            momentum: 0.9,
+            warmup_epochs: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FreezeConfig {
+    /// Epochs at the start with the whole backbone frozen (head and loss train alone).
+    pub backbone_epochs: usize,
+    /// After that, how many of the backbone's last blocks train (the stem and earlier blocks
+    /// stay frozen). A large number unfreezes everything but the stem.
+    pub trainable_blocks: usize,
+    /// Keep batch-norm running statistics frozen (P×K batches are small and class-skewed).
+    pub batch_norm: bool,
+}
+
+impl Default for FreezeConfig {
+    fn default() -> Self {
+        Self {
+            backbone_epochs: 1,
+            trainable_blocks: 4,
+            batch_norm: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionMetric {
+    Score,
+    Top1,
+    Map10,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionRule {
+    /// The first validation pair alone.
+    First,
+    /// The mean over validation pairs: a gain on val cannot hide a loss on novel species.
+    Mean,
+    /// The worst validation pair.
+    Min,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelectionConfig {
+    pub metric: SelectionMetric,
+    pub rule: SelectionRule,
+}
+
+impl Default for SelectionConfig {
+    fn default() -> Self {
+        Self {
+            metric: SelectionMetric::Score,
+            rule: SelectionRule::Mean,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Training folder with class sub-folders.
+    pub train: PathBuf,
+    /// Evaluated after every epoch, in order; the first is "val".
+    pub validation: Vec<ValidationPair>,
+    pub backbone: String,
+    /// Start from the ImageNet weights (false: random initialisation, for tests and ablations).
+    pub pretrained: bool,
+    /// Training and evaluation input side; 0 uses the backbone's own (224 for MobileNetV2).
+    pub image_size: u32,
+    /// Output width of the metric head.
+    pub embedding_dim: usize,
+    /// Which vector the saved model uses as its embedding.
+    pub output: EmbeddingOutput,
+    pub loss: LossConfig,
+    /// P classes a batch.
+    pub p: usize,
+    /// K images a class in a batch.
+    pub k: usize,
+    pub epochs: usize,
+    pub optimizer: OptimizerConfig,
+    pub freeze: FreezeConfig,
+    /// Weight of the distillation term: squared distance between the fine-tuned backbone's
+    /// normalised features and the frozen pretrained backbone's, on the same batch.
+    pub distill_weight: f64,
+    pub augment: AugmentConfig,
+    pub seed: u64,
+    pub out_dir: PathBuf,
+    /// `cpu` or `wgpu`.
+    pub device: String,
+    pub selection: SelectionConfig,
+    /// Evaluate the untrained model first and log it as epoch 0 (the baseline every epoch is
+    /// compared with).
+    pub baseline: bool,
+    /// Images a forward pass during validation.
+    pub eval_batch_size: usize,
+    /// Stop after this many training batches in total (0: no limit). For smoke tests.
+    pub max_steps: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            train: PathBuf::from("../shared/datasets/animals10/train"),
+            validation: Vec::new(),
+            backbone: "mobilenet_v2".into(),
+            pretrained: true,
+            image_size: 0,
+            embedding_dim: 256,
+            output: EmbeddingOutput::Head,
+            loss: LossConfig::default(),
+            p: 8,
+            k: 4,
+            epochs: 8,
+            optimizer: OptimizerConfig::default(),
+            freeze: FreezeConfig::default(),
+            distill_weight: 0.0,
+            augment: AugmentConfig::default(),
+            seed: 17,
+            out_dir: PathBuf::from("checkpoints/run"),
+            device: "cpu".into(),
+            selection: SelectionConfig::default(),
+            baseline: true,
+            eval_batch_size: 32,
+            max_steps: 0,
+        }
+    }
+}
+
+/// Sets `a.b.c = value` in a TOML table, creating tables on the way.
+fn set_key(root: &mut toml::Table, key: &str, value: &str) -> Result<()> {
+    let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut table = root;
+    for part in &parts[..parts.len() - 1] {
+        table = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .with_context(|| format!("--set {key}: {part} is not a table"))?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), parsed);
+    Ok(())
+}
+
+impl TrainConfig {
+    /// Reads a TOML file and applies `key=value` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text, overrides).with_context(|| format!("config {}", path.display()))
+    }
+
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        for o in overrides {
+            let Some((key, value)) = o.split_once('=') else {
+                bail!("--set {o:?}: expected key=value");
+            };
+            set_key(&mut table, key.trim(), value.trim())?;
+        }
+        let config: TrainConfig = toml::Value::Table(table).try_into()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.p < 2 || self.k < 2 {
+            bail!(
+                "p and k must both be at least 2 (got p = {}, k = {})",
+                self.p,
+                self.k
+            );
+        }
+        if self.epochs == 0 {
+            bail!("epochs must be at least 1");
+        }
+        self.backbone.parse::<model::BackboneKind>()?;
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_and_round_trip() {
+        let text = r#"
+            backbone = "mobilenet_v2"
+            epochs = 3
+            [loss]
+            kind = "triplet"
+        "#;
+        let c = TrainConfig::parse(
+            text,
+            &[
+                "loss.margin=0.2".into(),
+                "optimizer.kind=sgd".into(),
+                "out_dir=checkpoints/x".into(),
+                "freeze.batch_norm=false".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.loss.kind, LossKind::Triplet);
+        assert_eq!(c.loss.margin, 0.2);
+        assert_eq!(c.optimizer.kind, OptimizerKind::Sgd);
+        assert_eq!(c.out_dir, PathBuf::from("checkpoints/x"));
+        assert!(!c.freeze.batch_norm);
+        let again = TrainConfig::parse(&c.to_toml().unwrap(), &[]).unwrap();
+        assert_eq!(again, c);
+        assert!(TrainConfig::parse("epochs = 0", &[]).is_err());
+        assert!(TrainConfig::parse("nonsense = 1", &[]).is_err());
+        assert!(TrainConfig::parse("", &["noequals".into()]).is_err());
+    }
+}

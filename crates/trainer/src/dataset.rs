@@ -1,0 +1,86 @@
+//! The training set, decoded once a run, and its augmented batches.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use data::augment::{AugmentConfig, augment};
+use data::preprocess::normalize_into;
+use data::{Normalization, list_images, load_images};
+use image::RgbImage;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Decoded training images with class indices.
+pub struct TrainingSet {
+    pub images: Vec<RgbImage>,
+    pub labels: Vec<usize>,
+    /// Class names, sorted; `labels` index into this.
+    pub classes: Vec<String>,
+}
+
+impl TrainingSet {
+    /// Loads a class-folder training set. Undecodable files are reported and skipped;
+    /// distractor and unlabelled images are not training data and are left out.
+    pub fn load(dir: &Path, quiet: bool) -> Result<Self> {
+        let (_, entries) = list_images(dir, None)?;
+        let entries: Vec<_> = entries.into_iter().filter(|e| e.label.is_some()).collect();
+        if entries.is_empty() {
+            bail!(
+                "{}: no labelled training image (expected class sub-folders)",
+                dir.display()
+            );
+        }
+        let report = load_images(&entries, "decoding", quiet);
+        let mut classes: Vec<String> = report
+            .loaded
+            .iter()
+            .filter_map(|(e, _)| e.label.clone())
+            .collect();
+        classes.sort();
+        classes.dedup();
+        let mut images = Vec::with_capacity(report.loaded.len());
+        let mut labels = Vec::with_capacity(report.loaded.len());
+        for (entry, img) in report.loaded {
+            let label = entry.label.expect("filtered above");
+            labels.push(classes.binary_search(&label).expect("class listed"));
+            images.push(img);
+        }
+        Ok(Self {
+            images,
+            labels,
+            classes,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// Augmented, normalised CHW pixels of `indices`, `[len, 3, size, size]` flattened. Each
+    /// image's randomness comes from `(seed, position)`, so a batch is the same whatever the
+    /// thread scheduling and whether or not the run was resumed.
+    pub fn batch(
+        &self,
+        indices: &[usize],
+        augment_config: &AugmentConfig,
+        size: u32,
+        normalization: &Normalization,
+        seed: u64,
+    ) -> Vec<f32> {
+        let plane = 3 * (size * size) as usize;
+        let mut out = vec![0f32; indices.len() * plane];
+        out.par_chunks_mut(plane)
+            .zip(indices.par_iter().enumerate())
+            .for_each(|(dst, (pos, &i))| {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003) ^ pos as u64);
+                let view = augment(&self.images[i], augment_config, size, &mut rng);
+                normalize_into(&view, normalization, dst);
+            });
+        out
+    }
+}
