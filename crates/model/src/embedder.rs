@@ -71,6 +71,10 @@ pub struct CheckpointMeta {
     /// Input side the model was trained at; `None` means the backbone's own.
     #[serde(default)]
     pub input_size: Option<u32>,
+    /// Average every embedding with that of the mirrored image (test-time augmentation that
+    /// travels with the model, so every command applies it).
+    #[serde(default)]
+    pub flip: bool,
     /// Free-form description (the run's config, the epoch).
     #[serde(default)]
     pub note: String,
@@ -87,6 +91,9 @@ pub struct Embedder {
     /// Input side (the backbone's own unless trained at another size).
     #[module(skip)]
     pub input_size: u32,
+    /// Average with the mirrored image's embedding.
+    #[module(skip)]
+    pub flip: bool,
 }
 
 impl Embedder {
@@ -98,6 +105,7 @@ impl Embedder {
             kind,
             output: EmbeddingOutput::Head,
             input_size: kind.input_size(),
+            flip: false,
         }
     }
 
@@ -122,8 +130,18 @@ impl Embedder {
         self.kind.preprocess_at(self.input_size)
     }
 
-    /// Unit-length embeddings `[B, D]` of a normalised batch.
+    /// Unit-length embeddings `[B, D]` of a normalised batch (flip-averaged when the model
+    /// says so).
     pub fn embed(&self, x: Tensor<4>) -> Tensor<2> {
+        if self.flip {
+            let mirrored = x.clone().flip([3]);
+            return l2_normalize(self.embed_once(x) + self.embed_once(mirrored));
+        }
+        self.embed_once(x)
+    }
+
+    /// The embedding of exactly this batch, no test-time augmentation.
+    pub fn embed_once(&self, x: Tensor<4>) -> Tensor<2> {
         let features = self.backbone.features(x);
         match (&self.head, self.output) {
             (Some(head), EmbeddingOutput::Head) => head.forward(features),
@@ -161,6 +179,7 @@ impl Embedder {
             embedding_dim: self.head_dim(),
             output: self.output,
             input_size: (self.input_size != self.kind.input_size()).then_some(self.input_size),
+            flip: self.flip,
             note: note.to_string(),
         };
         write_atomic(
@@ -181,6 +200,7 @@ impl Embedder {
         let mut model = Self::new(kind, meta.embedding_dim, device);
         model.output = meta.output;
         model.input_size = meta.input_size.unwrap_or(kind.input_size());
+        model.flip = meta.flip;
         let weights_path = dir.join(WEIGHTS_FILE);
         let mut store = SafetensorsStore::from_file(&weights_path);
         let result = model

@@ -170,6 +170,8 @@ pub struct TrainConfig {
     pub embedding_dim: usize,
     /// Which vector the saved model uses as its embedding.
     pub output: EmbeddingOutput,
+    /// The saved model averages each embedding with the mirrored image's (validation too).
+    pub flip: bool,
     pub loss: LossConfig,
     /// P classes a batch.
     pub p: usize,
@@ -206,6 +208,7 @@ impl Default for TrainConfig {
             image_size: 0,
             embedding_dim: 256,
             output: EmbeddingOutput::Head,
+            flip: false,
             loss: LossConfig::default(),
             p: 8,
             k: 4,

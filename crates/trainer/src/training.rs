@@ -264,6 +264,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
         &ad,
     ));
     model.output = config.output;
+    model.flip = config.flip;
     let teacher = if config.distill_weight > 0.0 && config.pretrained {
         Some(Embedder::pretrained(kind, &device)?.backbone.valid())
     } else {
