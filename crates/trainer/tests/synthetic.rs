@@ -41,6 +41,8 @@ fn write_split(dir: &Path, per_class: usize, rng: &mut ChaCha8Rng) {
 }
 
 fn make_data(root: &Path) {
+    // The runs fine-tune the pretrained MobileNetV2: make sure its weights are there.
+    model::weights::fetch(model::BackboneKind::MobileNetV2).expect("weights");
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     write_split(&root.join("train"), 24, &mut rng);
     write_split(&root.join("query"), 4, &mut rng);
