@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::layers::{Activation, ConvBn, ConvBnConfig, Padding, global_avg_pool};
+use crate::layers::{Activation, ConvBn, ConvBnConfig, InvertedResidual, Padding, mobile_features};
 
 pub const FEATURE_DIM: usize = 1280;
 const BN_EPS: f64 = 1e-3;
@@ -65,31 +65,10 @@ fn stages(variant: u8) -> [Stage; 7] {
     }
 }
 
-/// Mobile inverted bottleneck without squeeze-excite.
-#[derive(Module, Debug)]
-pub struct MbConv {
-    pub expand: Option<ConvBn>,
-    pub depthwise: ConvBn,
-    pub project: ConvBn,
-    #[module(skip)]
-    pub residual: bool,
-}
-
-impl MbConv {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut y = x.clone();
-        if let Some(expand) = &self.expand {
-            y = expand.forward(y);
-        }
-        y = self.project.forward(self.depthwise.forward(y));
-        if self.residual { y + x } else { y }
-    }
-}
-
 #[derive(Module, Debug)]
 pub struct EfficientNetLite {
     pub stem: ConvBn,
-    pub blocks: Vec<MbConv>,
+    pub blocks: Vec<InvertedResidual>,
     pub head: ConvBn,
     pub classifier: Linear,
 }
@@ -109,7 +88,7 @@ impl EfficientNetLite {
             for i in 0..stage.repeats {
                 let stride = if i == 0 { stage.stride } else { 1 };
                 let hidden = in_c * stage.expand;
-                blocks.push(MbConv {
+                blocks.push(InvertedResidual {
                     expand: (stage.expand != 1)
                         .then(|| conv(in_c, hidden, 1).activation(relu6).init(device)),
                     depthwise: conv(hidden, hidden, stage.kernel)
@@ -133,11 +112,7 @@ impl EfficientNetLite {
     }
 
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.stem.forward(x);
-        for block in &self.blocks {
-            x = block.forward(x);
-        }
-        global_avg_pool(self.head.forward(x))
+        mobile_features(&self.stem, &self.blocks, &self.head, x)
     }
 
     pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {

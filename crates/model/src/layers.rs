@@ -130,3 +130,40 @@ pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
     let [b, c, _, _] = x.dims();
     x.mean_dim(3).mean_dim(2).reshape([b, c])
 }
+
+/// Expand (1×1), depthwise (k×k), project (1×1), with a residual when shapes allow: the block
+/// of MobileNetV2 and of EfficientNet-Lite (which drops squeeze-excite).
+#[derive(Module, Debug)]
+pub struct InvertedResidual {
+    pub expand: Option<ConvBn>,
+    pub depthwise: ConvBn,
+    pub project: ConvBn,
+    #[module(skip)]
+    pub residual: bool,
+}
+
+impl InvertedResidual {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = x.clone();
+        if let Some(expand) = &self.expand {
+            y = expand.forward(y);
+        }
+        y = self.project.forward(self.depthwise.forward(y));
+        if self.residual { y + x } else { y }
+    }
+}
+
+/// Stem, inverted-residual blocks, head convolution, global pooling: the pooled features of
+/// both mobile families.
+pub fn mobile_features(
+    stem: &ConvBn,
+    blocks: &[InvertedResidual],
+    head: &ConvBn,
+    x: Tensor<4>,
+) -> Tensor<2> {
+    let mut x = stem.forward(x);
+    for block in blocks {
+        x = block.forward(x);
+    }
+    global_avg_pool(head.forward(x))
+}

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::layers::{Activation, ConvBn, ConvBnConfig, global_avg_pool};
+use crate::layers::{Activation, ConvBn, ConvBnConfig, InvertedResidual, mobile_features};
 
 /// torchvision's inverted-residual settings: expansion t, output channels c, repeats n,
 /// first stride s.
@@ -19,27 +19,6 @@ const SETTINGS: [(usize, usize, usize, usize); 7] = [
     (6, 320, 1, 1),
 ];
 pub const FEATURE_DIM: usize = 1280;
-
-/// Expand (1×1), depthwise (3×3), project (1×1), with a residual when shapes allow.
-#[derive(Module, Debug)]
-pub struct InvertedResidual {
-    pub expand: Option<ConvBn>,
-    pub depthwise: ConvBn,
-    pub project: ConvBn,
-    #[module(skip)]
-    pub residual: bool,
-}
-
-impl InvertedResidual {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut y = x.clone();
-        if let Some(expand) = &self.expand {
-            y = expand.forward(y);
-        }
-        y = self.project.forward(self.depthwise.forward(y));
-        if self.residual { y + x } else { y }
-    }
-}
 
 #[derive(Module, Debug)]
 pub struct MobileNetV2 {
@@ -92,11 +71,7 @@ impl MobileNetV2 {
 
     /// Pooled 1280-d features.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.stem.forward(x);
-        for block in &self.blocks {
-            x = block.forward(x);
-        }
-        global_avg_pool(self.head.forward(x))
+        mobile_features(&self.stem, &self.blocks, &self.head, x)
     }
 
     pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {
