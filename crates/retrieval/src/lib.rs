@@ -3,6 +3,7 @@
 //!
 //! - [`embed`]: a folder of images to an [`embed::EmbeddingSet`] (decode, preprocess, batched
 //!   forward, optional flip averaging), with a content-addressed [`cache`].
+//! - [`expansion`]: α-query expansion and database-side augmentation.
 //! - [`evaluation`]: rank a query set against a gallery set and score it.
 //! - [`rank`]: exact nearest neighbours by batched matrix products, deterministic ties.
 //! - [`metrics`]: top-k accuracy, mAP@10, MAP@R, competition score, per-class figures.
@@ -12,6 +13,7 @@
 pub mod cache;
 pub mod embed;
 pub mod evaluation;
+pub mod expansion;
 pub mod metrics;
 pub mod rank;
 pub mod submission;

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use model::BackboneKind;
 use retrieval::embed::{EmbedOptions, EmbeddingSet, Engine};
 use retrieval::evaluation::{evaluate_sets, rank_sets};
+use retrieval::expansion::Expansion;
 use retrieval::rank::Hit;
 use retrieval::submission::Submission;
 use retrieval::table::{evaluation_table, ranking_table};
@@ -40,12 +41,29 @@ struct ModelArgs {
     /// Do not read or write the embedding cache.
     #[arg(long)]
     no_cache: bool,
+    /// α-query expansion: average each query with its N nearest gallery images (0: off).
+    #[arg(long, default_value_t = 0)]
+    qe: usize,
+    /// Database-side augmentation: average each gallery image with its N nearest (0: off).
+    #[arg(long, default_value_t = 0)]
+    dba: usize,
+    /// Weight exponent α of query expansion and database augmentation.
+    #[arg(long, default_value_t = 3.0)]
+    alpha: f32,
 }
 
 impl ModelArgs {
     fn engine(&self) -> Result<Engine> {
         Engine::load(&self.model, &model::device::device(&self.device)?)
     }
+    fn expansion(&self) -> Expansion {
+        Expansion {
+            query_neighbours: self.qe,
+            database_neighbours: self.dba,
+            alpha: self.alpha,
+        }
+    }
+
     fn options(&self, quiet: bool) -> EmbedOptions {
         EmbedOptions {
             batch_size: self.batch_size,
@@ -152,9 +170,14 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let engine = model.engine()?;
-            let options = model.options(json);
-            let (q, _) = engine.embed_folder(&query, labels.as_deref(), &options)?;
-            let (g, _) = engine.embed_folder(&gallery, gallery_labels.as_deref(), &options)?;
+            let (q, g) = embed_pair(
+                &model,
+                &engine,
+                &query,
+                &gallery,
+                (labels.as_deref(), gallery_labels.as_deref()),
+                json,
+            )?;
             let e = evaluate_sets(&q, &g, &engine.device)?;
             if json {
                 let mut value = serde_json::to_value(&e.overall)?;
@@ -205,6 +228,21 @@ fn rank_all(engine: &Engine, q: &EmbeddingSet, g: &EmbeddingSet, k: usize) -> Ve
     rank_sets(q, g, k, &engine.device)
 }
 
+/// Embeds the query and gallery folders, then applies the test-time expansions asked for.
+fn embed_pair(
+    args: &ModelArgs,
+    engine: &Engine,
+    query: &Path,
+    gallery: &Path,
+    labels: (Option<&Path>, Option<&Path>),
+    quiet: bool,
+) -> Result<(EmbeddingSet, EmbeddingSet)> {
+    let options = args.options(quiet);
+    let (q, _) = engine.embed_folder(query, labels.0, &options)?;
+    let (g, _) = engine.embed_folder(gallery, labels.1, &options)?;
+    Ok(args.expansion().apply(&q, &g, &engine.device))
+}
+
 fn embed(args: &ModelArgs, images: &Path, out: &Path) -> Result<()> {
     let engine = args.engine()?;
     let (set, skipped) = engine.embed_folder(images, None, &args.options(false))?;
@@ -236,9 +274,7 @@ fn embed(args: &ModelArgs, images: &Path, out: &Path) -> Result<()> {
 
 fn search(args: &ModelArgs, gallery: &Path, query: &Path, k: usize, json: bool) -> Result<()> {
     let engine = args.engine()?;
-    let options = args.options(json);
-    let (g, _) = engine.embed_folder(gallery, None, &options)?;
-    let (q, _) = engine.embed_folder(query, None, &options)?;
+    let (q, g) = embed_pair(args, &engine, query, gallery, (None, None), json)?;
     if q.is_empty() {
         bail!("{}: no readable query image", query.display());
     }
@@ -286,9 +322,7 @@ fn submit(
     k: usize,
 ) -> Result<()> {
     let engine = args.engine()?;
-    let options = args.options(false);
-    let (q, _) = engine.embed_folder(query, None, &options)?;
-    let (g, _) = engine.embed_folder(gallery, None, &options)?;
+    let (q, g) = embed_pair(args, &engine, query, gallery, (None, None), false)?;
     let rankings = rank_all(&engine, &q, &g, k);
     let submission = Submission {
         groupname: group.to_string(),
