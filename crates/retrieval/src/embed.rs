@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{EmbeddingCache, cache_dir};
+use crate::descriptor::Descriptor;
 
 /// How to embed.
 #[derive(Debug, Clone, Copy)]
@@ -61,18 +62,34 @@ impl EmbeddingSet {
 /// A file's content hash and, unless its embedding is cached, its preprocessed pixels.
 type Prepared = (String, Option<Vec<f32>>);
 
+/// What computes the embeddings: a network, or a traditional descriptor.
+pub enum Method {
+    Network(Box<Embedder>),
+    Descriptor(Descriptor),
+}
+
 /// A loaded model on a device, with the id its cache is keyed by.
 pub struct Engine {
-    pub model: Embedder,
+    pub method: Method,
     pub device: Device,
-    /// Backbone name, or `ckpt-<hash>` for a trained checkpoint.
+    /// Backbone or descriptor name, or `ckpt-<hash>` for a trained checkpoint.
     pub model_id: String,
 }
 
 impl Engine {
     /// Loads `--model` (a backbone name or checkpoint directory) on `device`.
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
-        let parsed = ModelSpec::parse(spec)?;
+        if let Ok(descriptor) = spec.parse::<Descriptor>() {
+            return Ok(Self {
+                method: Method::Descriptor(descriptor),
+                device: device.clone(),
+                model_id: descriptor.name().to_string(),
+            });
+        }
+        let parsed = ModelSpec::parse(spec).map_err(|e| {
+            let names: Vec<&str> = Descriptor::ALL.iter().map(|d| d.name()).collect();
+            e.context(format!("(traditional descriptors: {})", names.join(", ")))
+        })?;
         let model_id = match &parsed {
             ModelSpec::Pretrained(kind) => kind.name(),
             ModelSpec::Checkpoint(dir) => {
@@ -80,31 +97,64 @@ impl Engine {
                 format!("ckpt-{}", &hash[..16])
             }
         };
-        Ok(Self {
-            model: Embedder::load(&parsed, device)?,
-            device: device.clone(),
+        Ok(Self::network(
+            Embedder::load(&parsed, device)?,
+            device,
             model_id,
-        })
+        ))
     }
 
+    /// An engine around an already loaded network.
+    pub fn network(model: Embedder, device: &Device, model_id: impl Into<String>) -> Self {
+        Self {
+            method: Method::Network(Box::new(model)),
+            device: device.clone(),
+            model_id: model_id.into(),
+        }
+    }
+
+    pub fn embedding_dim(&self) -> usize {
+        match &self.method {
+            Method::Network(m) => m.embedding_dim(),
+            Method::Descriptor(d) => d.dim(),
+        }
+    }
+
+    /// The network's evaluation transform (descriptors use the decoded image as it is).
     pub fn preprocess(&self) -> Preprocess {
-        self.model.preprocess()
+        match &self.method {
+            Method::Network(m) => m.preprocess(),
+            Method::Descriptor(_) => data::Preprocess {
+                resize: 0,
+                crop: 0,
+                normalization: data::Normalization::IMAGENET,
+            },
+        }
     }
 
-    /// Embeds preprocessed CHW images (each `preprocess().len()` floats).
+    /// The network, for network-only operations.
+    fn net(&self) -> &Embedder {
+        match &self.method {
+            Method::Network(m) => m,
+            Method::Descriptor(d) => panic!("{d} has no network"),
+        }
+    }
+
+    /// Embeds preprocessed CHW images (each `preprocess().len()` floats); networks only.
     pub fn embed_preprocessed(&self, images: &[Vec<f32>], options: &EmbedOptions) -> Vec<f32> {
         let side = self.preprocess().crop as usize;
+        let model = self.net();
         let bar = progress_bar(images.len(), "embedding", options.quiet);
-        let mut out = Vec::with_capacity(images.len() * self.model.embedding_dim());
+        let mut out = Vec::with_capacity(images.len() * model.embedding_dim());
         for chunk in images.chunks(options.batch_size.max(1)) {
             let flat: Vec<f32> = chunk.concat();
             let x = Tensor::<4>::from_data(
                 TensorData::new(flat, [chunk.len(), 3, side, side]),
                 &self.device,
             );
-            let mut e = self.model.embed(x.clone());
+            let mut e = model.embed(x.clone());
             if options.flip {
-                e = model::head::l2_normalize(e + self.model.embed(x.flip([3])));
+                e = model::head::l2_normalize(e + model.embed(x.flip([3])));
             }
             out.extend(e.into_data().try_to_vec::<f32>().expect("f32 embeddings"));
             bar.inc(chunk.len() as u64);
@@ -115,6 +165,9 @@ impl Engine {
 
     /// Embeds decoded images.
     pub fn embed_images(&self, images: &[RgbImage], options: &EmbedOptions) -> Vec<f32> {
+        if let Method::Descriptor(d) = &self.method {
+            return images.par_iter().flat_map(|i| d.compute(i)).collect();
+        }
         let preprocess = self.preprocess();
         let pre: Vec<Vec<f32>> = images.par_iter().map(|i| preprocess.apply(i)).collect();
         self.embed_preprocessed(&pre, options)
@@ -148,8 +201,12 @@ impl Engine {
         entries: Vec<ImageEntry>,
         options: &EmbedOptions,
     ) -> Result<(EmbeddingSet, Vec<DecodeError>)> {
-        let dim = self.model.embedding_dim();
+        let dim = self.embedding_dim();
         let preprocess = self.preprocess();
+        let descriptor = match &self.method {
+            Method::Descriptor(d) => Some(*d),
+            Method::Network(_) => None,
+        };
         let mut cache = options
             .cache
             .then(|| EmbeddingCache::open(&cache_dir(), &self.cache_id(options), dim));
@@ -168,7 +225,15 @@ impl Engine {
                     return Ok((hash, None));
                 }
                 let img = data::decode::decode_bytes(&entry.path, &bytes)?;
-                Ok((hash, Some(preprocess.apply(&img))))
+                // Descriptors are computed here, during the parallel decode; networks get
+                // preprocessed pixels to batch.
+                Ok((
+                    hash,
+                    Some(match descriptor {
+                        Some(d) => d.compute(&img),
+                        None => preprocess.apply(&img),
+                    }),
+                ))
             })
             .collect();
         bar.finish_and_clear();
@@ -190,7 +255,10 @@ impl Engine {
             .iter_mut()
             .map(|(_, p)| std::mem::take(p))
             .collect();
-        let fresh = self.embed_preprocessed(&images, options);
+        let fresh = match descriptor {
+            Some(_) => images.concat(),
+            None => self.embed_preprocessed(&images, options),
+        };
         let mut fresh_rows = std::collections::HashMap::new();
         for (i, (hash, _)) in to_embed.into_iter().enumerate() {
             fresh_rows.insert(hash, fresh[i * dim..(i + 1) * dim].to_vec());

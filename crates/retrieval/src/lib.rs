@@ -5,12 +5,16 @@
 //!   forward, optional flip averaging), with a content-addressed [`cache`].
 //! - [`expansion`]: α-query expansion and database-side augmentation.
 //! - [`evaluation`]: rank a query set against a gallery set and score it.
+//! - [`descriptor`]: traditional descriptors (HSV histogram, tiny image).
 //! - [`rank`]: exact nearest neighbours by batched matrix products, deterministic ties.
 //! - [`metrics`]: top-k accuracy, mAP@10, MAP@R, competition score, per-class figures.
 //! - [`submission`]: the competition's JSON, validated, optionally POSTed.
+//! - [`compare`]: several methods on one pair, as a table (terminal, Markdown, CSV).
 //! - [`table`]: terminal tables.
 
 pub mod cache;
+pub mod compare;
+pub mod descriptor;
 pub mod embed;
 pub mod evaluation;
 pub mod expansion;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use model::BackboneKind;
+use retrieval::compare;
 use retrieval::embed::{EmbedOptions, EmbeddingSet, Engine};
 use retrieval::evaluation::{evaluate_sets, rank_sets};
 use retrieval::expansion::Expansion;
@@ -26,8 +27,9 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// A pretrained backbone (mobilenet_v2, efficientnet_lite0/1/2, resnet18/34/50) or a
-    /// checkpoint directory written by the trainer.
+    /// A pretrained backbone (mobilenet_v2, efficientnet_lite0/1/2, resnet18/34/50), a
+    /// traditional descriptor (hsv_histogram, tiny_image) or a checkpoint directory written by
+    /// the trainer.
     #[arg(long, short)]
     model: String,
     /// Compute device: cpu, or wgpu (build with --features wgpu).
@@ -123,6 +125,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run several methods on the same pair; print one table, write compare.md and compare.csv.
+    Compare {
+        #[arg(long)]
+        query: PathBuf,
+        #[arg(long)]
+        gallery: PathBuf,
+        /// Output folder for compare.md and compare.csv.
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated methods, e.g. hsv_histogram,mobilenet_v2+flip,checkpoints/arcface+qe2
+        /// (default: descriptors, zero-shot backbones, a flip variant, trained runs).
+        #[arg(long, value_delimiter = ',')]
+        methods: Vec<String>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Write the competition's submission JSON (and POST it with --url).
     Submit {
         #[command(flatten)]
@@ -194,6 +212,39 @@ fn run(cli: Cli) -> Result<()> {
                 );
                 println!("{}", evaluation_table(&e));
             }
+            Ok(())
+        }
+        Command::Compare {
+            query,
+            gallery,
+            out,
+            methods,
+            device,
+        } => {
+            let methods = if methods.is_empty() {
+                compare::default_methods(&model::weights::workspace_root().join("checkpoints"))
+            } else {
+                methods
+            };
+            let specs = methods
+                .iter()
+                .map(|m| compare::MethodSpec::parse(m))
+                .collect::<Result<Vec<_>>>()?;
+            let device = model::device::device(&device)?;
+            let rows = compare::compare(&specs, &query, &gallery, &device, false)?;
+            std::fs::create_dir_all(&out)?;
+            let md = compare::markdown(&rows);
+            model::embedder::write_atomic(&out.join("compare.md"), md.as_bytes())?;
+            model::embedder::write_atomic(
+                &out.join("compare.csv"),
+                compare::csv(&rows).as_bytes(),
+            )?;
+            println!("{md}");
+            println!(
+                "wrote {} and {}",
+                out.join("compare.md").display(),
+                out.join("compare.csv").display()
+            );
             Ok(())
         }
         Command::Submit {

@@ -169,3 +169,33 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+#[test]
+fn compare_writes_markdown_and_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cmp");
+    let (ok, stdout, stderr) = retrieval(
+        &[
+            "compare",
+            "--query",
+            shared().join("query").to_str().unwrap(),
+            "--gallery",
+            shared().join("gallery").to_str().unwrap(),
+            "--methods",
+            "hsv_histogram,tiny_image+qe1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &tmp.path().join("cache"),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("`hsv_histogram`"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[2].starts_with("tiny_image+qe1,"));
+    // Colour histograms beat chance (0.1 top-1 with ten classes) but not the networks.
+    let top1: f64 = rows[1].split(',').nth(1).unwrap().parse().unwrap();
+    assert!(top1 > 0.1 && top1 < 0.8, "{top1}");
+    assert!(out.join("compare.md").is_file());
+}

@@ -64,11 +64,7 @@ impl ValidationSet {
         device: &Device,
         batch_size: usize,
     ) -> Result<Evaluation> {
-        let engine = Engine {
-            model,
-            device: device.clone(),
-            model_id: "training".into(),
-        };
+        let engine = Engine::network(model, device, "training");
         let options = EmbedOptions {
             batch_size,
             quiet: true,
@@ -76,7 +72,7 @@ impl ValidationSet {
         };
         let embed = |p: &Prepared| EmbeddingSet {
             entries: p.entries.clone(),
-            dim: engine.model.embedding_dim(),
+            dim: engine.embedding_dim(),
             values: engine.embed_preprocessed(&p.pixels, &options),
         };
         evaluate_sets(&embed(&self.query), &embed(&self.gallery), device)

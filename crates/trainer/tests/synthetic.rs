@@ -115,7 +115,7 @@ fn training_raises_retrieval_accuracy() {
     // The run directory works as --model.
     let device = burn::prelude::Device::flex();
     let engine = retrieval::embed::Engine::load(out.to_str().unwrap(), &device).unwrap();
-    assert_eq!(engine.model.embedding_dim(), 32);
+    assert_eq!(engine.embedding_dim(), 32);
     assert_eq!(engine.preprocess().crop, 64);
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 1 + 4, "{csv}");
