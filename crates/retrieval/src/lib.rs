@@ -8,6 +8,7 @@
 //! - [`descriptor`]: traditional descriptors (HSV histogram, tiny image).
 //! - [`rank`]: exact nearest neighbours by batched matrix products, deterministic ties.
 //! - [`metrics`]: top-k accuracy, mAP@10, MAP@R, competition score, per-class figures.
+//! - [`report`]: the HTML report and contact sheet of an evaluation.
 //! - [`submission`]: the competition's JSON, validated, optionally POSTed.
 //! - [`compare`]: several methods on one pair, as a table (terminal, Markdown, CSV).
 //! - [`table`]: terminal tables.
@@ -20,5 +21,6 @@ pub mod evaluation;
 pub mod expansion;
 pub mod metrics;
 pub mod rank;
+pub mod report;
 pub mod submission;
 pub mod table;

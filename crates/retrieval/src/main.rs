@@ -124,6 +124,12 @@ enum Command {
         k: usize,
         #[arg(long)]
         json: bool,
+        /// Also write an HTML report (index.html, thumbnails, contact_sheet.png) into DIR.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Queries on the contact sheet (worst first).
+        #[arg(long, default_value_t = 6)]
+        sheet_queries: usize,
     },
     /// Run several methods on the same pair; print one table, write compare.md and compare.csv.
     Compare {
@@ -186,6 +192,8 @@ fn run(cli: Cli) -> Result<()> {
             gallery_labels,
             k,
             json,
+            report,
+            sheet_queries,
         } => {
             let engine = model.engine()?;
             let (q, g) = embed_pair(
@@ -197,6 +205,12 @@ fn run(cli: Cli) -> Result<()> {
                 json,
             )?;
             let e = evaluate_sets(&q, &g, &engine.device)?;
+            if let Some(dir) = &report {
+                let rankings = rank_all(&engine, &q, &g, k);
+                let title = format!("{} on {}", engine.model_id, query.display());
+                retrieval::report::write_report(dir, &title, &q, &g, &e, &rankings, sheet_queries)?;
+                eprintln!("report: {}", dir.join("index.html").display());
+            }
             if json {
                 let mut value = serde_json::to_value(&e.overall)?;
                 value["model"] = engine.model_id.clone().into();

@@ -199,3 +199,117 @@ fn compare_writes_markdown_and_csv() {
     assert!(top1 > 0.1 && top1 < 0.8, "{top1}");
     assert!(out.join("compare.md").is_file());
 }
+
+/// Headless Chromium, when installed (CI installs Debian's `chromium`).
+fn chromium() -> Option<PathBuf> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn report_renders_with_every_thumbnail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("report");
+    let (ok, _, stderr) = retrieval(
+        &[
+            "evaluate",
+            "--model",
+            "hsv_histogram",
+            "--query",
+            shared().join("query").to_str().unwrap(),
+            "--gallery",
+            shared().join("gallery").to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            "--sheet-queries",
+            "4",
+        ],
+        &tmp.path().join("cache"),
+    );
+    assert!(ok, "{stderr}");
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    for needle in [
+        "Per class",
+        "Top-1 confusion",
+        "Embedding map",
+        "Queries, worst first",
+        "<svg",
+    ] {
+        assert!(html.contains(needle), "no {needle}");
+    }
+    // Every thumbnail the page references exists, relative to the page.
+    let refs: Vec<&str> = html
+        .split("src=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+        .collect();
+    assert!(refs.len() >= 100 * 11, "{} images", refs.len());
+    for r in &refs {
+        assert!(report.join(r).is_file(), "missing {r}");
+    }
+    let sheet = image::open(report.join("contact_sheet.png")).unwrap();
+    assert_eq!(sheet.height(), 4 * 104);
+
+    let Some(browser) = chromium() else {
+        eprintln!("chromium not installed: skipping the browser check");
+        return;
+    };
+    // Load the page from disk, then count images that failed to load.
+    let probe = report.join("probe.html");
+    std::fs::write(
+        &probe,
+        "<html><body><iframe id=f src=\"index.html\" width=1200 height=900></iframe><script>\
+         document.getElementById('f').onload = () => { const d = document.getElementById('f').contentDocument;\
+         const imgs = [...d.images]; const bad = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;\
+         document.title = 'images ' + imgs.length + ' broken ' + bad; };</script></body></html>",
+    )
+    .unwrap();
+    let profile = tmp.path().join("profile");
+    let out = Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", probe.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let title = dom
+        .split("<title>")
+        .nth(1)
+        .and_then(|s| s.split("</title>").next())
+        .unwrap_or("");
+    assert!(
+        title.starts_with("images ") && title.ends_with(" broken 0"),
+        "title {title:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shot = tmp.path().join("shot.png");
+    let status = Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--window-size=1200,900",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", report.join("index.html").display()))
+        .status()
+        .unwrap();
+    assert!(status.success() && shot.is_file());
+}
