@@ -17,20 +17,26 @@ pub struct LoadReport {
 impl LoadReport {
     /// One line a skipped file, then a summary line; empty when nothing was skipped.
     pub fn skipped_summary(&self) -> String {
-        if self.skipped.is_empty() {
-            return String::new();
-        }
-        let mut out = String::new();
-        for e in &self.skipped {
-            out.push_str(&format!("skipped: {e}\n"));
-        }
-        out.push_str(&format!(
-            "{} of {} files skipped (could not be decoded)\n",
-            self.skipped.len(),
-            self.skipped.len() + self.loaded.len()
-        ));
-        out
+        skipped_summary(&self.skipped, self.loaded.len())
     }
+}
+
+/// One line a skipped file, then a summary line counting `loaded` good files; empty when
+/// nothing was skipped.
+pub fn skipped_summary(skipped: &[DecodeError], loaded: usize) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    for e in skipped {
+        out.push_str(&format!("skipped: {e}\n"));
+    }
+    out.push_str(&format!(
+        "{} of {} files skipped (could not be decoded)\n",
+        skipped.len(),
+        skipped.len() + loaded
+    ));
+    out
 }
 
 /// A progress bar in the project's style, hidden when `quiet` (tests, `--json`).

@@ -14,6 +14,7 @@ use crate::embed::{EmbedOptions, Engine};
 use crate::evaluation::evaluate_sets;
 use crate::expansion::Expansion;
 use crate::metrics::Metrics;
+use crate::table::metric_figures;
 
 /// One method to compare.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,18 +134,10 @@ const HEADER: [&str; 9] = [
 ];
 
 fn cells(r: &CompareRow) -> Vec<String> {
-    let m = &r.metrics;
-    vec![
-        r.method.clone(),
-        format!("{:.3}", m.top1),
-        format!("{:.3}", m.top3),
-        format!("{:.3}", m.top5),
-        format!("{:.3}", m.top10),
-        format!("{:.3}", m.map10),
-        format!("{:.3}", m.map_r),
-        format!("{:.1}", m.score),
-        format!("{:.1}", r.images_per_s),
-    ]
+    let mut cells = vec![r.method.clone()];
+    cells.extend(metric_figures(&r.metrics));
+    cells.push(format!("{:.1}", r.images_per_s));
+    cells
 }
 
 pub fn markdown(rows: &[CompareRow]) -> String {

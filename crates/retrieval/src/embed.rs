@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use data::load::progress_bar;
-use data::{DecodeError, ImageEntry, Preprocess, decode_image, list_images};
+use data::{DecodeError, ImageEntry, Preprocess, list_images};
 use image::RgbImage;
 use indicatif::ParallelProgressIterator;
 use model::{Embedder, ModelSpec};
@@ -284,16 +284,7 @@ impl Engine {
             }
         }
         if !options.quiet {
-            for e in &skipped {
-                eprintln!("skipped: {e}");
-            }
-            if !skipped.is_empty() {
-                eprintln!(
-                    "{} of {} files skipped (could not be decoded)",
-                    skipped.len(),
-                    skipped.len() + kept.len()
-                );
-            }
+            eprint!("{}", data::load::skipped_summary(&skipped, kept.len()));
         }
         Ok((
             EmbeddingSet {
@@ -304,9 +295,4 @@ impl Engine {
             skipped,
         ))
     }
-}
-
-/// Decodes one file for `search` with a single query image.
-pub fn decode_query(path: &Path) -> Result<RgbImage> {
-    Ok(decode_image(path)?)
 }

@@ -11,9 +11,9 @@ fn new_table(header: &[&str]) -> Table {
     t
 }
 
-fn metric_cells(m: &Metrics) -> Vec<String> {
+/// The figures of a metrics row, as every table prints them (top-k, mAP@10, MAP@R, score).
+pub fn metric_figures(m: &Metrics) -> Vec<String> {
     vec![
-        m.queries.to_string(),
         format!("{:.3}", m.top1),
         format!("{:.3}", m.top3),
         format!("{:.3}", m.top5),
@@ -22,6 +22,12 @@ fn metric_cells(m: &Metrics) -> Vec<String> {
         format!("{:.3}", m.map_r),
         format!("{:.1}", m.score),
     ]
+}
+
+fn metric_cells(m: &Metrics) -> Vec<String> {
+    let mut cells = vec![m.queries.to_string()];
+    cells.extend(metric_figures(m));
+    cells
 }
 
 const METRIC_HEADER: [&str; 8] = [
