@@ -1,12 +1,14 @@
-//! Seeded training augmentation: random resized crop, horizontal flip, colour jitter and
-//! optional greyscale. The same seed gives the same pixels, so a resumed run sees the same
-//! images as an uninterrupted one.
+//! Seeded training augmentation: random resized crop, horizontal flip, colour jitter,
+//! greyscale, and the renderings that take colour and texture away (see [`crate::rendering`])
+//! so that a drawing of an animal lands near photos of it. The same seed gives the same pixels,
+//! so a resumed run sees the same images as an uninterrupted one.
 
 use image::RgbImage;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::preprocess::resize_rgb;
+use crate::rendering::{blur, edge_drawing, pencil_sketch, posterize};
 
 /// Augmentation parameters (the `[augment]` table of a training config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +29,14 @@ pub struct AugmentConfig {
     pub saturation: f32,
     /// Probability of converting to greyscale (kept as three channels).
     pub grayscale: f32,
+    /// Probability of a pencil-sketch rendering (dark strokes on white, no colour).
+    pub sketch: f32,
+    /// Probability of an edge-drawing rendering (outlines only, black on white).
+    pub edges: f32,
+    /// Probability of posterising to a few flat colour levels (cartoon-like).
+    pub posterize: f32,
+    /// Probability of a Gaussian blur (radius drawn up to 2 px at the output size).
+    pub blur: f32,
 }
 
 impl Default for AugmentConfig {
@@ -39,6 +49,10 @@ impl Default for AugmentConfig {
             contrast: 0.3,
             saturation: 0.3,
             grayscale: 0.1,
+            sketch: 0.0,
+            edges: 0.0,
+            posterize: 0.0,
+            blur: 0.0,
         }
     }
 }
@@ -119,14 +133,51 @@ pub fn colour_jitter(img: &mut RgbImage, config: &AugmentConfig, rng: &mut impl 
 
 /// One augmented `size`×`size` view of `img`.
 pub fn augment(img: &RgbImage, config: &AugmentConfig, size: u32, rng: &mut impl Rng) -> RgbImage {
+    augment_with_photo(img, config, size, rng).0
+}
+
+/// One augmented view of `img` and the same view before any rendering (same crop, flip and
+/// colour): the photo a distillation teacher sees while the student sees its sketch, so the
+/// student learns to put a drawing where the photo it was drawn from lies.
+pub fn augment_with_photo(
+    img: &RgbImage,
+    config: &AugmentConfig,
+    size: u32,
+    rng: &mut impl Rng,
+) -> (RgbImage, RgbImage) {
     let (w, h) = img.dimensions();
     let crop = random_crop_box(w, h, config.scale, config.ratio, rng);
-    let mut out = resize_rgb(img, size, size, Some(crop));
+    let mut photo = resize_rgb(img, size, size, Some(crop));
     if rng.random::<f32>() < config.hflip {
-        image::imageops::flip_horizontal_in_place(&mut out);
+        image::imageops::flip_horizontal_in_place(&mut photo);
     }
-    colour_jitter(&mut out, config, rng);
-    out
+    colour_jitter(&mut photo, config, rng);
+    let mut out = photo.clone();
+    render(&mut out, config, rng);
+    (out, photo)
+}
+
+/// At most one of the texture-removing renderings, each with its own probability, then an
+/// optional blur. The random draws happen whatever is picked, so one probability changing
+/// does not shift every later image's randomness.
+fn render(img: &mut RgbImage, config: &AugmentConfig, rng: &mut impl Rng) {
+    let pick: f32 = rng.random();
+    let levels = rng.random_range(2..=4u8);
+    let sigma = rng.random_range(0.5f32..=2.0);
+    let do_blur = rng.random::<f32>() < config.blur;
+    let sketch_end = config.sketch;
+    let edges_end = sketch_end + config.edges;
+    let posterize_end = edges_end + config.posterize;
+    if pick < sketch_end {
+        *img = pencil_sketch(img);
+    } else if pick < edges_end {
+        *img = edge_drawing(img);
+    } else if pick < posterize_end {
+        posterize(img, levels);
+    }
+    if do_blur {
+        *img = blur(img, sigma);
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +200,26 @@ mod tests {
         assert_eq!(a.dimensions(), (64, 64));
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn the_photo_view_is_the_view_before_rendering() {
+        let img = gradient();
+        let plain = AugmentConfig::default();
+        let sketchy = AugmentConfig {
+            sketch: 1.0,
+            ..plain.clone()
+        };
+        let (sketch, photo) =
+            augment_with_photo(&img, &sketchy, 64, &mut ChaCha8Rng::seed_from_u64(3));
+        let same = augment(&img, &plain, 64, &mut ChaCha8Rng::seed_from_u64(3));
+        assert_eq!(photo, same);
+        assert_ne!(sketch, photo);
+        assert!(
+            sketch
+                .pixels()
+                .all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2])
+        );
     }
 
     #[test]

@@ -2,18 +2,21 @@
 //! and writes as Markdown and CSV (the README's comparison table is this output).
 //!
 //! A method is a model (`--model` syntax: backbone, descriptor or checkpoint directory) with
-//! `+`-joined test-time options: `mobilenet_v2+flip`, `checkpoints/arcface+qe2+dba1`.
+//! `+`-joined test-time options: `mobilenet_v2+flip`, `checkpoints/arcface+qe2+dba1`,
+//! `efficientnet_lite1:checkpoints/arcface+rerank` (an ensemble, re-ranked).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
 
-use crate::embed::{EmbedOptions, Engine};
+use crate::embed::EmbedOptions;
+use crate::ensemble::Ensemble;
 use crate::evaluation::evaluate_sets;
 use crate::expansion::Expansion;
 use crate::metrics::Metrics;
+use crate::rerank::KReciprocal;
 use crate::table::metric_figures;
 
 /// One method to compare.
@@ -23,6 +26,7 @@ pub struct MethodSpec {
     pub model: String,
     pub flip: bool,
     pub expansion: Expansion,
+    pub rerank: Option<KReciprocal>,
 }
 
 impl MethodSpec {
@@ -40,6 +44,7 @@ impl MethodSpec {
                 alpha: 3.0,
                 ..Default::default()
             },
+            rerank: None,
         };
         for opt in parts {
             let number = |prefix: &str| opt.strip_prefix(prefix).and_then(|n| n.parse().ok());
@@ -49,11 +54,27 @@ impl MethodSpec {
                 spec.expansion.query_neighbours = n;
             } else if let Some(n) = number("dba") {
                 spec.expansion.database_neighbours = n;
+            } else if opt == "rerank" {
+                spec.rerank = Some(KReciprocal::default());
             } else {
-                bail!("method {s:?}: unknown option {opt:?} (flip, qeN, dbaN)");
+                bail!("method {s:?}: unknown option {opt:?} (flip, qeN, dbaN, rerank)");
             }
         }
         Ok(spec)
+    }
+}
+
+/// A short name for a query/gallery pair: the query folder's parent when the folder is called
+/// `query` (`animals10/val/query` → `val`, `domains/query` → `domains`), else its own name.
+pub fn pair_name(query: &Path) -> String {
+    let own = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.display().to_string())
+    };
+    match (query.file_name(), query.parent()) {
+        (Some(n), Some(parent)) if n == "query" && parent.file_name().is_some() => own(parent),
+        _ => own(query),
     }
 }
 
@@ -87,17 +108,18 @@ pub fn default_methods(checkpoints: &Path) -> Vec<String> {
 /// One row of the comparison.
 #[derive(Debug, Clone)]
 pub struct CompareRow {
+    /// The query/gallery pair's name ([`pair_name`]).
+    pub set: String,
     pub method: String,
     pub metrics: Metrics,
     /// Query and gallery images embedded a second, decoding included, cache off.
     pub images_per_s: f64,
 }
 
-/// Runs every method on the pair.
+/// Runs every method on every query/gallery pair (each model loaded once).
 pub fn compare(
     methods: &[MethodSpec],
-    query: &Path,
-    gallery: &Path,
+    pairs: &[(PathBuf, PathBuf)],
     device: &Device,
     quiet: bool,
 ) -> Result<Vec<CompareRow>> {
@@ -107,24 +129,28 @@ pub fn compare(
             eprintln!("method {}", m.label);
         }
         let engine =
-            Engine::load(&m.model, device).with_context(|| format!("method {}", m.label))?;
+            Ensemble::load(&m.model, device).with_context(|| format!("method {}", m.label))?;
         let options = EmbedOptions {
             flip: m.flip,
             quiet,
             cache: false,
             ..Default::default()
         };
-        let start = Instant::now();
-        let (q, _) = engine.embed_folder(query, None, &options)?;
-        let (g, _) = engine.embed_folder(gallery, None, &options)?;
-        let seconds = start.elapsed().as_secs_f64();
-        let (q, g) = m.expansion.apply(&q, &g, device);
-        let e = evaluate_sets(&q, &g, device)?;
-        rows.push(CompareRow {
-            method: m.label.clone(),
-            metrics: e.overall,
-            images_per_s: (q.len() + g.len()) as f64 / seconds.max(1e-9),
-        });
+        for (query, gallery) in pairs {
+            let start = Instant::now();
+            let (q, _) = engine.embed_folder(query, None, &options)?;
+            let (g, _) = engine.embed_folder(gallery, None, &options)?;
+            let seconds = start.elapsed().as_secs_f64();
+            let (q, g) = m.expansion.apply(&q, &g, device);
+            let e = evaluate_sets(&q, &g, m.rerank.as_ref(), device)
+                .with_context(|| format!("method {} on {}", m.label, query.display()))?;
+            rows.push(CompareRow {
+                set: pair_name(query),
+                method: m.label.clone(),
+                metrics: e.overall,
+                images_per_s: (q.len() + g.len()) as f64 / seconds.max(1e-9),
+            });
+        }
     }
     Ok(rows)
 }
@@ -140,28 +166,52 @@ fn cells(r: &CompareRow) -> Vec<String> {
     cells
 }
 
+/// One Markdown table a query/gallery pair, each under its name when there are several.
 pub fn markdown(rows: &[CompareRow]) -> String {
-    let mut out = format!(
-        "| {} |\n|{}\n",
-        HEADER.join(" | "),
-        "---|".repeat(HEADER.len())
-    );
-    for r in rows {
-        let mut c = cells(r);
-        c[0] = format!("`{}`", c[0]);
-        out.push_str(&format!("| {} |\n", c.join(" | ")));
+    let mut sets: Vec<&str> = rows.iter().map(|r| r.set.as_str()).collect();
+    sets.dedup();
+    let mut seen = Vec::new();
+    sets.retain(|s| {
+        let new = !seen.contains(s);
+        seen.push(*s);
+        new
+    });
+    let mut out = String::new();
+    for set in &sets {
+        if sets.len() > 1 {
+            out.push_str(&format!("**{set}**\n\n"));
+        }
+        out.push_str(&format!(
+            "| {} |\n|{}\n",
+            HEADER.join(" | "),
+            "---|".repeat(HEADER.len())
+        ));
+        for r in rows.iter().filter(|r| r.set == *set) {
+            let mut c = cells(r);
+            c[0] = format!("`{}`", c[0]);
+            out.push_str(&format!("| {} |\n", c.join(" | ")));
+        }
+        if sets.len() > 1 {
+            out.push('\n');
+        }
     }
     out
 }
 
+fn csv_field(s: &str) -> String {
+    if s.contains(',') || s.contains('"') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 pub fn csv(rows: &[CompareRow]) -> String {
-    let mut out = HEADER.join(",") + "\n";
+    let mut out = format!("set,{}\n", HEADER.join(","));
     for r in rows {
         let mut c = cells(r);
-        if c[0].contains(',') || c[0].contains('"') {
-            c[0] = format!("\"{}\"", c[0].replace('"', "\"\""));
-        }
-        out.push_str(&(c.join(",") + "\n"));
+        c[0] = csv_field(&c[0]);
+        out.push_str(&format!("{},{}\n", csv_field(&r.set), c.join(",")));
     }
     out
 }
@@ -184,6 +234,7 @@ mod tests {
     #[test]
     fn tables() {
         let row = CompareRow {
+            set: "val".into(),
             method: "a,b".into(),
             metrics: Metrics {
                 queries: 2,
@@ -200,7 +251,7 @@ mod tests {
                 .lines()
                 .nth(1)
                 .unwrap()
-                .starts_with("\"a,b\",0.500")
+                .starts_with("val,\"a,b\",0.500")
         );
     }
 }

@@ -48,6 +48,22 @@ pub struct EmbeddingSet {
 }
 
 impl EmbeddingSet {
+    /// A set of unlabelled rows named `0`, `1`, … (synthetic data and tests).
+    pub fn from_rows<R: AsRef<[f32]>>(rows: &[R]) -> Self {
+        Self {
+            entries: (0..rows.len())
+                .map(|i| ImageEntry {
+                    path: i.to_string().into(),
+                    name: i.to_string(),
+                    label: None,
+                    distractor: false,
+                })
+                .collect(),
+            dim: rows.first().map_or(0, |r| r.as_ref().len()),
+            values: rows.iter().flat_map(|r| r.as_ref().to_vec()).collect(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

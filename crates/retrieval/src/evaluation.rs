@@ -4,19 +4,36 @@
 use anyhow::{Result, bail};
 use burn::prelude::Device;
 
+use crate::domain::per_domain;
 use crate::embed::EmbeddingSet;
 use crate::metrics::{Evaluation, evaluate};
 use crate::rank::{Hit, distances, top_k};
+use crate::rerank::KReciprocal;
 
-/// The `k` nearest gallery rows of every query (all rows when `k >= gallery.len()`).
-pub fn rank_sets(q: &EmbeddingSet, g: &EmbeddingSet, k: usize, device: &Device) -> Vec<Vec<Hit>> {
-    let d = distances(&q.values, &g.values, q.dim, device);
+/// The `k` nearest gallery rows of every query (all rows when `k >= gallery.len()`), by
+/// Euclidean distance or, with `rerank`, by k-reciprocal re-ranked distance.
+pub fn rank_sets(
+    q: &EmbeddingSet,
+    g: &EmbeddingSet,
+    k: usize,
+    rerank: Option<&KReciprocal>,
+    device: &Device,
+) -> Result<Vec<Vec<Hit>>> {
+    let d = match rerank {
+        Some(r) => r.distances(q, g, device)?,
+        None => distances(&q.values, &g.values, q.dim, device),
+    };
     let names: Vec<String> = g.entries.iter().map(|e| e.name.clone()).collect();
-    top_k(&d, g.len(), &names, k)
+    Ok(top_k(&d, g.len(), &names, k))
 }
 
 /// Ranks the whole gallery for each labelled query and computes every metric.
-pub fn evaluate_sets(q: &EmbeddingSet, g: &EmbeddingSet, device: &Device) -> Result<Evaluation> {
+pub fn evaluate_sets(
+    q: &EmbeddingSet,
+    g: &EmbeddingSet,
+    rerank: Option<&KReciprocal>,
+    device: &Device,
+) -> Result<Evaluation> {
     if g.is_empty() {
         bail!("the gallery holds no readable image");
     }
@@ -25,6 +42,9 @@ pub fn evaluate_sets(q: &EmbeddingSet, g: &EmbeddingSet, device: &Device) -> Res
         bail!("no query has a label: use class sub-folders or a labels.json (--labels)");
     }
     let g_labels: Vec<Option<&str>> = g.entries.iter().map(|e| e.label.as_deref()).collect();
-    let rankings = rank_sets(q, g, g.len(), device);
-    Ok(evaluate(&q_labels, &g_labels, &rankings))
+    let rankings = rank_sets(q, g, g.len(), rerank, device)?;
+    let mut evaluation = evaluate(&q_labels, &g_labels, &rankings);
+    let names: Vec<&str> = q.entries.iter().map(|e| e.name.as_str()).collect();
+    evaluation.per_domain = per_domain(&names, &evaluation);
+    Ok(evaluation)
 }

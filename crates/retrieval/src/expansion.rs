@@ -42,7 +42,8 @@ fn expand(
     device: &Device,
 ) -> Vec<f32> {
     let k = n + usize::from(skip_self);
-    let rankings = rank_sets(targets, pool, k, device);
+    let rankings =
+        rank_sets(targets, pool, k, None, device).expect("Euclidean ranking cannot fail");
     let dim = targets.dim;
     let mut out = targets.values.clone();
     for (i, hits) in rankings.iter().enumerate() {
@@ -103,21 +104,9 @@ impl Expansion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use data::ImageEntry;
 
     fn set(rows: &[[f32; 2]]) -> EmbeddingSet {
-        EmbeddingSet {
-            entries: (0..rows.len())
-                .map(|i| ImageEntry {
-                    path: format!("{i}").into(),
-                    name: format!("{i}"),
-                    label: None,
-                    distractor: false,
-                })
-                .collect(),
-            dim: 2,
-            values: rows.iter().flatten().copied().collect(),
-        }
+        EmbeddingSet::from_rows(rows)
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //!
 //! - [`embed`]: a folder of images to an [`embed::EmbeddingSet`] (decode, preprocess, batched
 //!   forward, optional flip averaging), with a content-addressed [`cache`].
+//! - [`ensemble`]: several models as one (weighted concatenation of unit embeddings).
 //! - [`expansion`]: α-query expansion and database-side augmentation.
+//! - [`rerank`]: k-reciprocal re-ranking.
 //! - [`evaluation`]: rank a query set against a gallery set and score it.
+//! - [`domain`]: a query's domain (sketch, cartoon, painting…) from its file name.
 //! - [`descriptor`]: traditional descriptors (HSV histogram, tiny image).
 //! - [`rank`]: exact nearest neighbours by batched matrix products, deterministic ties.
 //! - [`metrics`]: top-k accuracy, mAP@10, MAP@R, competition score, per-class figures.
@@ -16,11 +19,14 @@
 pub mod cache;
 pub mod compare;
 pub mod descriptor;
+pub mod domain;
 pub mod embed;
+pub mod ensemble;
 pub mod evaluation;
 pub mod expansion;
 pub mod metrics;
 pub mod rank;
 pub mod report;
+pub mod rerank;
 pub mod submission;
 pub mod table;

@@ -7,12 +7,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use model::BackboneKind;
 use retrieval::compare;
-use retrieval::embed::{EmbedOptions, EmbeddingSet, Engine};
+use retrieval::embed::{EmbedOptions, EmbeddingSet};
+use retrieval::ensemble::Ensemble;
 use retrieval::evaluation::{evaluate_sets, rank_sets};
 use retrieval::expansion::Expansion;
 use retrieval::rank::Hit;
+use retrieval::rerank::KReciprocal;
 use retrieval::submission::Submission;
-use retrieval::table::{evaluation_table, ranking_table};
+use retrieval::table::{domain_table, evaluation_table, ranking_table};
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +31,8 @@ struct Cli {
 struct ModelArgs {
     /// A pretrained backbone (mobilenet_v2, efficientnet_lite0/1/2, resnet18/34/50), a
     /// traditional descriptor (hsv_histogram, tiny_image) or a checkpoint directory written by
-    /// the trainer.
+    /// the trainer. Several joined by ':' (each with an optional @weight) make an ensemble:
+    /// efficientnet_lite1:checkpoints/arcface@2.
     #[arg(long, short)]
     model: String,
     /// Compute device: cpu, or wgpu (build with --features wgpu).
@@ -52,11 +55,30 @@ struct ModelArgs {
     /// Weight exponent α of query expansion and database augmentation.
     #[arg(long, default_value_t = 3.0)]
     alpha: f32,
+    /// k-reciprocal re-ranking over queries and gallery together (galleries up to thousands).
+    #[arg(long)]
+    rerank: bool,
+    /// Re-ranking: size of the k-reciprocal neighbour sets.
+    #[arg(long, default_value_t = 20)]
+    rerank_k1: usize,
+    /// Re-ranking: neighbours averaged into each set vector (1: none).
+    #[arg(long, default_value_t = 6)]
+    rerank_k2: usize,
+    /// Re-ranking: weight of the original distance.
+    #[arg(long, default_value_t = 0.3)]
+    rerank_lambda: f32,
 }
 
 impl ModelArgs {
-    fn engine(&self) -> Result<Engine> {
-        Engine::load(&self.model, &model::device::device(&self.device)?)
+    fn engine(&self) -> Result<Ensemble> {
+        Ensemble::load(&self.model, &model::device::device(&self.device)?)
+    }
+    fn rerank(&self) -> Option<KReciprocal> {
+        self.rerank.then_some(KReciprocal {
+            k1: self.rerank_k1,
+            k2: self.rerank_k2,
+            lambda: self.rerank_lambda,
+        })
     }
     fn expansion(&self) -> Expansion {
         Expansion {
@@ -106,14 +128,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Score a labelled query folder against a gallery: top-k, mAP@10, MAP@R, score.
+    /// Score labelled query folders against galleries: top-k, mAP@10, MAP@R, score, per class
+    /// and, when file names say (sketch_…, cartoon_…), per domain. Repeat --query/--gallery
+    /// to evaluate several pairs with one model.
     Evaluate {
         #[command(flatten)]
         model: ModelArgs,
-        #[arg(long)]
-        query: PathBuf,
-        #[arg(long)]
-        gallery: PathBuf,
+        #[arg(long, required = true)]
+        query: Vec<PathBuf>,
+        /// One gallery for each --query, in the same order.
+        #[arg(long, required = true)]
+        gallery: Vec<PathBuf>,
         /// labels.json for a flat query folder (default: QUERY/labels.json if present).
         #[arg(long)]
         labels: Option<PathBuf>,
@@ -124,24 +149,28 @@ enum Command {
         k: usize,
         #[arg(long)]
         json: bool,
-        /// Also write an HTML report (index.html, thumbnails, contact_sheet.png) into DIR.
+        /// Also write an HTML report (index.html, thumbnails, contact_sheet.png) into DIR
+        /// (DIR/<pair> for each pair when there are several).
         #[arg(long)]
         report: Option<PathBuf>,
         /// Queries on the contact sheet (worst first).
         #[arg(long, default_value_t = 6)]
         sheet_queries: usize,
     },
-    /// Run several methods on the same pair; print one table, write compare.md and compare.csv.
+    /// Run several methods on the same pairs; print one table a pair, write compare.md and
+    /// compare.csv. Repeat --query/--gallery for several pairs (e.g. val and domains).
     Compare {
-        #[arg(long)]
-        query: PathBuf,
-        #[arg(long)]
-        gallery: PathBuf,
+        #[arg(long, required = true)]
+        query: Vec<PathBuf>,
+        /// One gallery for each --query, in the same order.
+        #[arg(long, required = true)]
+        gallery: Vec<PathBuf>,
         /// Output folder for compare.md and compare.csv.
         #[arg(long)]
         out: PathBuf,
-        /// Comma-separated methods, e.g. hsv_histogram,mobilenet_v2+flip,checkpoints/arcface+qe2
-        /// (default: descriptors, zero-shot backbones, a flip variant, trained runs).
+        /// Comma-separated methods, e.g. hsv_histogram,mobilenet_v2+flip,checkpoints/arcface+qe2,
+        /// efficientnet_lite1:checkpoints/arcface+rerank (default: descriptors, zero-shot
+        /// backbones, a flip variant, trained runs, an ensemble).
         #[arg(long, value_delimiter = ',')]
         methods: Vec<String>,
         #[arg(long, default_value = "cpu")]
@@ -195,36 +224,77 @@ fn run(cli: Cli) -> Result<()> {
             report,
             sheet_queries,
         } => {
+            if query.len() != gallery.len() {
+                bail!(
+                    "{} --query folders but {} --gallery folders: give one gallery a query folder",
+                    query.len(),
+                    gallery.len()
+                );
+            }
+            if query.len() > 1 && (labels.is_some() || gallery_labels.is_some()) {
+                bail!("--labels and --gallery-labels apply to a single query/gallery pair");
+            }
             let engine = model.engine()?;
-            let (q, g) = embed_pair(
-                &model,
-                &engine,
-                &query,
-                &gallery,
-                (labels.as_deref(), gallery_labels.as_deref()),
-                json,
-            )?;
-            let e = evaluate_sets(&q, &g, &engine.device)?;
-            if let Some(dir) = &report {
-                let rankings = rank_all(&engine, &q, &g, k);
-                let title = format!("{} on {}", engine.model_id, query.display());
-                retrieval::report::write_report(dir, &title, &q, &g, &e, &rankings, sheet_queries)?;
-                eprintln!("report: {}", dir.join("index.html").display());
+            let several = query.len() > 1;
+            let mut results = serde_json::Map::new();
+            for (query, gallery) in query.iter().zip(&gallery) {
+                let name = compare::pair_name(query);
+                let (q, g) = embed_pair(
+                    &model,
+                    &engine,
+                    query,
+                    gallery,
+                    (labels.as_deref(), gallery_labels.as_deref()),
+                    json,
+                )?;
+                let e = evaluate_sets(&q, &g, model.rerank().as_ref(), &engine.device)?;
+                if let Some(dir) = &report {
+                    let dir = if several {
+                        dir.join(&name)
+                    } else {
+                        dir.clone()
+                    };
+                    let rankings = rank_all(&model, &engine, &q, &g, k)?;
+                    let title = format!("{} on {}", engine.model_id(), query.display());
+                    retrieval::report::write_report(
+                        &dir,
+                        &title,
+                        &q,
+                        &g,
+                        &e,
+                        &rankings,
+                        sheet_queries,
+                    )?;
+                    eprintln!("report: {}", dir.join("index.html").display());
+                }
+                if json {
+                    let mut value = serde_json::to_value(&e.overall)?;
+                    value["model"] = engine.model_id().into();
+                    value["k"] = k.into();
+                    value["per_class"] = serde_json::to_value(&e.per_class)?;
+                    value["per_domain"] = serde_json::to_value(&e.per_domain)?;
+                    results.insert(name, value);
+                } else {
+                    println!(
+                        "model {} on {name}: {} queries, {} gallery images",
+                        engine.model_id(),
+                        q.len(),
+                        g.len()
+                    );
+                    println!("{}", evaluation_table(&e));
+                    if let Some(t) = domain_table(&e) {
+                        println!("{t}");
+                    }
+                    results.insert(name, serde_json::Value::Null);
+                }
             }
             if json {
-                let mut value = serde_json::to_value(&e.overall)?;
-                value["model"] = engine.model_id.clone().into();
-                value["k"] = k.into();
-                value["per_class"] = serde_json::to_value(&e.per_class)?;
+                let value = if results.len() == 1 {
+                    results.into_iter().next().expect("one").1
+                } else {
+                    results.into()
+                };
                 println!("{}", serde_json::to_string_pretty(&value)?);
-            } else {
-                println!(
-                    "model {} on {} queries, {} gallery images",
-                    engine.model_id,
-                    q.len(),
-                    g.len()
-                );
-                println!("{}", evaluation_table(&e));
             }
             Ok(())
         }
@@ -245,7 +315,15 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|m| compare::MethodSpec::parse(m))
                 .collect::<Result<Vec<_>>>()?;
             let device = model::device::device(&device)?;
-            let rows = compare::compare(&specs, &query, &gallery, &device, false)?;
+            if query.len() != gallery.len() {
+                bail!(
+                    "{} --query folders but {} --gallery folders",
+                    query.len(),
+                    gallery.len()
+                );
+            }
+            let pairs: Vec<(PathBuf, PathBuf)> = query.into_iter().zip(gallery).collect();
+            let rows = compare::compare(&specs, &pairs, &device, false)?;
             std::fs::create_dir_all(&out)?;
             let md = compare::markdown(&rows);
             model::embedder::write_atomic(&out.join("compare.md"), md.as_bytes())?;
@@ -289,14 +367,20 @@ fn fetch_weights(models: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn rank_all(engine: &Engine, q: &EmbeddingSet, g: &EmbeddingSet, k: usize) -> Vec<Vec<Hit>> {
-    rank_sets(q, g, k, &engine.device)
+fn rank_all(
+    args: &ModelArgs,
+    engine: &Ensemble,
+    q: &EmbeddingSet,
+    g: &EmbeddingSet,
+    k: usize,
+) -> Result<Vec<Vec<Hit>>> {
+    rank_sets(q, g, k, args.rerank().as_ref(), &engine.device)
 }
 
 /// Embeds the query and gallery folders, then applies the test-time expansions asked for.
 fn embed_pair(
     args: &ModelArgs,
-    engine: &Engine,
+    engine: &Ensemble,
     query: &Path,
     gallery: &Path,
     labels: (Option<&Path>, Option<&Path>),
@@ -322,7 +406,7 @@ fn embed(args: &ModelArgs, images: &Path, out: &Path) -> Result<()> {
     let meta = HashMap::from([
         ("files".to_string(), serde_json::to_string(&names)?),
         ("labels".to_string(), serde_json::to_string(&labels)?),
-        ("model".to_string(), engine.model_id.clone()),
+        ("model".to_string(), engine.model_id()),
         ("flip".to_string(), args.flip.to_string()),
     ]);
     let data = safetensors::serialize([("embeddings", view)], Some(meta))?;
@@ -343,7 +427,7 @@ fn search(args: &ModelArgs, gallery: &Path, query: &Path, k: usize, json: bool) 
     if q.is_empty() {
         bail!("{}: no readable query image", query.display());
     }
-    let rankings = rank_all(&engine, &q, &g, k);
+    let rankings = rank_all(args, &engine, &q, &g, k)?;
     let results: Vec<(String, Vec<(String, f32)>)> = q
         .entries
         .iter()
@@ -388,7 +472,7 @@ fn submit(
 ) -> Result<()> {
     let engine = args.engine()?;
     let (q, g) = embed_pair(args, &engine, query, gallery, (None, None), false)?;
-    let rankings = rank_all(&engine, &q, &g, k);
+    let rankings = rank_all(args, &engine, &q, &g, k)?;
     let submission = Submission {
         groupname: group.to_string(),
         images: q

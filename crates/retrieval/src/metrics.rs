@@ -42,6 +42,9 @@ pub struct QueryOutcome {
 pub struct Evaluation {
     pub overall: Metrics,
     pub per_class: BTreeMap<String, Metrics>,
+    /// Per query domain (sketch, cartoon, painting…, from the file names); empty when the
+    /// names do not say.
+    pub per_domain: BTreeMap<String, Metrics>,
     /// Aligned with the labelled queries, in query order; `None` for unlabelled queries.
     pub per_query: Vec<Option<QueryOutcome>>,
 }
@@ -90,7 +93,8 @@ pub fn score_query(
     }
 }
 
-fn aggregate<'a>(outcomes: impl Iterator<Item = &'a QueryOutcome>) -> Metrics {
+/// The mean figures of some queries' outcomes.
+pub fn aggregate<'a>(outcomes: impl Iterator<Item = &'a QueryOutcome>) -> Metrics {
     let mut m = Metrics::default();
     let at = |o: &QueryOutcome, k: usize| o.first_hit.is_some_and(|r| r <= k) as u8 as f64;
     for o in outcomes {
@@ -148,6 +152,7 @@ pub fn evaluate(
     Evaluation {
         overall,
         per_class,
+        per_domain: BTreeMap::new(),
         per_query,
     }
 }

@@ -124,6 +124,34 @@ fn worst_first(per_query: &[Option<QueryOutcome>]) -> Vec<usize> {
 }
 
 /// Writes `dir/index.html`, `dir/thumbs/*.jpg` and `dir/contact_sheet.png`.
+/// A table of metrics per group (class or domain).
+fn group_table(
+    html: &mut String,
+    heading: &str,
+    key: &str,
+    groups: &BTreeMap<String, crate::metrics::Metrics>,
+) -> std::fmt::Result {
+    write!(
+        html,
+        "<h2>{heading}</h2><table><tr><th>{key}</th><th>queries</th><th>top-1</th><th>top-5</th><th>top-10</th><th>mAP@10</th><th>score</th></tr>"
+    )?;
+    for (name, c) in groups {
+        write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.1}</td></tr>",
+            escape(name),
+            c.queries,
+            c.top1,
+            c.top5,
+            c.top10,
+            c.map10,
+            c.score
+        )?;
+    }
+    html.push_str("</table>");
+    Ok(())
+}
+
 pub fn write_report(
     dir: &Path,
     title: &str,
@@ -178,21 +206,10 @@ pub fn write_report(
         <tr><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.1}</td></tr></table>",
         m.queries, m.top1, m.top3, m.top5, m.top10, m.map10, m.map_r, m.score
     )?;
-    html.push_str("<h2>Per class</h2><table><tr><th>class</th><th>queries</th><th>top-1</th><th>top-5</th><th>top-10</th><th>mAP@10</th><th>score</th></tr>");
-    for (class, c) in &evaluation.per_class {
-        write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.1}</td></tr>",
-            escape(class),
-            c.queries,
-            c.top1,
-            c.top5,
-            c.top10,
-            c.map10,
-            c.score
-        )?;
+    group_table(&mut html, "Per class", "class", &evaluation.per_class)?;
+    if !evaluation.per_domain.is_empty() {
+        group_table(&mut html, "Per domain", "domain", &evaluation.per_domain)?;
     }
-    html.push_str("</table>");
 
     // Confusion of the top-1 result: query class (rows) against the top-1 result's label.
     let mut columns: Vec<String> = evaluation.per_class.keys().cloned().collect();

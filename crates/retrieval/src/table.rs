@@ -34,20 +34,35 @@ const METRIC_HEADER: [&str; 8] = [
     "queries", "top-1", "top-3", "top-5", "top-10", "mAP@10", "MAP@R", "score",
 ];
 
-/// The overall figures, then one row a class.
-pub fn evaluation_table(e: &Evaluation) -> String {
-    let mut header = vec!["class"];
+/// One row a group (class or domain), then ALL.
+fn grouped_table(
+    key: &str,
+    groups: &std::collections::BTreeMap<String, Metrics>,
+    all: &Metrics,
+) -> String {
+    let mut header = vec![key];
     header.extend(METRIC_HEADER);
     let mut t = new_table(&header);
-    for (class, m) in &e.per_class {
-        let mut row = vec![class.clone()];
+    for (name, m) in groups {
+        let mut row = vec![name.clone()];
         row.extend(metric_cells(m));
         t.add_row(row);
     }
     let mut row = vec!["ALL".to_string()];
-    row.extend(metric_cells(&e.overall));
+    row.extend(metric_cells(all));
     t.add_row(row);
     t.to_string()
+}
+
+/// The overall figures, then one row a class.
+pub fn evaluation_table(e: &Evaluation) -> String {
+    grouped_table("class", &e.per_class, &e.overall)
+}
+
+/// One row a query domain (sketch, cartoon, painting…), then all; `None` when the query
+/// names carry no domain.
+pub fn domain_table(e: &Evaluation) -> Option<String> {
+    (!e.per_domain.is_empty()).then(|| grouped_table("domain", &e.per_domain, &e.overall))
 }
 
 /// A ranked result list: rank, gallery file, distance.

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use data::augment::{AugmentConfig, augment};
+use data::augment::{AugmentConfig, augment_with_photo};
 use data::preprocess::normalize_into;
 use data::{Normalization, list_images, load_images};
 use image::RgbImage;
@@ -61,9 +61,10 @@ impl TrainingSet {
         self.images.is_empty()
     }
 
-    /// Augmented, normalised CHW pixels of `indices`, `[len, 3, size, size]` flattened. Each
-    /// image's randomness comes from `(seed, position)`, so a batch is the same whatever the
-    /// thread scheduling and whether or not the run was resumed.
+    /// Augmented, normalised CHW pixels of `indices`, `[len, 3, size, size]` flattened, and
+    /// the same views before rendering (sketch, edges, posterise, blur) for a distillation
+    /// teacher. Each image's randomness comes from `(seed, position)`, so a batch is the same
+    /// whatever the thread scheduling and whether or not the run was resumed.
     pub fn batch(
         &self,
         indices: &[usize],
@@ -71,16 +72,20 @@ impl TrainingSet {
         size: u32,
         normalization: &Normalization,
         seed: u64,
-    ) -> Vec<f32> {
+    ) -> (Vec<f32>, Vec<f32>) {
         let plane = 3 * (size * size) as usize;
         let mut out = vec![0f32; indices.len() * plane];
+        let mut photos = vec![0f32; indices.len() * plane];
         out.par_chunks_mut(plane)
+            .zip(photos.par_chunks_mut(plane))
             .zip(indices.par_iter().enumerate())
-            .for_each(|(dst, (pos, &i))| {
+            .for_each(|((dst, photo_dst), (pos, &i))| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003) ^ pos as u64);
-                let view = augment(&self.images[i], augment_config, size, &mut rng);
+                let (view, photo) =
+                    augment_with_photo(&self.images[i], augment_config, size, &mut rng);
                 normalize_into(&view, normalization, dst);
+                normalize_into(&photo, normalization, photo_dst);
             });
-        out
+        (out, photos)
     }
 }

@@ -379,7 +379,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
                 break;
             }
             let t0 = Instant::now();
-            let pixels = train_set.batch(
+            let (pixels, photos) = train_set.batch(
                 batch,
                 &config.augment,
                 size,
@@ -389,6 +389,10 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
             let labels: Vec<usize> = batch.iter().map(|&i| train_set.labels[i]).collect();
             let s = size as usize;
             let x = Tensor::<4>::from_data(TensorData::new(pixels, [batch.len(), 3, s, s]), &ad);
+            // The teacher sees each view as a photo, before any sketch-like rendering.
+            let photo = teacher.is_some().then(|| {
+                Tensor::<4>::from_data(TensorData::new(photos, [batch.len(), 3, s, s]), &device)
+            });
             augment_s += t0.elapsed().as_secs_f64();
 
             let t1 = Instant::now();
@@ -408,8 +412,8 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
                     .0
                 }
             };
-            if let Some(t) = &teacher {
-                let target = l2_normalize(t.features(x.inner())).autodiff();
+            if let (Some(t), Some(photo)) = (&teacher, photo) {
+                let target = l2_normalize(t.features(photo)).autodiff();
                 let gap = (l2_normalize(features) - target)
                     .powf_scalar(2.0)
                     .sum_dim(1)

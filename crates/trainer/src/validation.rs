@@ -75,6 +75,6 @@ impl ValidationSet {
             dim: engine.embedding_dim(),
             values: engine.embed_preprocessed(&p.pixels, &options),
         };
-        evaluate_sets(&embed(&self.query), &embed(&self.gallery), device)
+        evaluate_sets(&embed(&self.query), &embed(&self.gallery), None, device)
     }
 }

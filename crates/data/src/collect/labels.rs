@@ -1,0 +1,109 @@
+//! From the labels images arrive with (folder names, CSV or URL-list columns) to training
+//! classes: a TOML map such as
+//!
+//! ```toml
+//! # raw label = training class
+//! [map]
+//! Chihuahua = "dog"
+//! tabby = "cat"
+//! # raw labels never to train on (e.g. species a held-out set measures)
+//! exclude = ["snake", "wolf"]
+//! # keep labels the map does not name as classes of their own (more classes help metric
+//! # learning even when the task never asks for them)
+//! keep_unmapped = true
+//! ```
+//!
+//! Without a map every label is kept as it is.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+/// The label map (a TOML file).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelMap {
+    /// Raw label → class. A raw label equal to a class named here maps to itself.
+    #[serde(default)]
+    pub map: BTreeMap<String, String>,
+    /// Raw labels (or classes) to reject.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Keep labels the map does not name, as extra classes.
+    #[serde(default)]
+    pub keep_unmapped: bool,
+}
+
+/// What becomes of one raw label.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapped {
+    Class(String),
+    Excluded,
+    Unmapped,
+}
+
+impl LabelMap {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read label map {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("label map {}", path.display()))
+    }
+
+    /// The identity map that keeps everything (no `--labels` given).
+    pub fn keep_all() -> Self {
+        Self {
+            keep_unmapped: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn apply(&self, raw: &str) -> Mapped {
+        let class = match self.map.get(raw) {
+            Some(class) => Some(class.clone()),
+            None if self.map.values().any(|c| c == raw) => Some(raw.to_string()),
+            None => None,
+        };
+        if self
+            .exclude
+            .iter()
+            .any(|e| e == raw || Some(e) == class.as_ref())
+        {
+            return Mapped::Excluded;
+        }
+        match class {
+            Some(c) => Mapped::Class(c),
+            None if self.keep_unmapped => Mapped::Class(raw.to_string()),
+            None => Mapped::Unmapped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_excludes_and_keeps() {
+        let map: LabelMap = toml::from_str(
+            r#"
+            exclude = ["snake"]
+            [map]
+            Chihuahua = "dog"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(map.apply("Chihuahua"), Mapped::Class("dog".into()));
+        assert_eq!(map.apply("dog"), Mapped::Class("dog".into()));
+        assert_eq!(map.apply("snake"), Mapped::Excluded);
+        assert_eq!(map.apply("lion"), Mapped::Unmapped);
+        let keep = LabelMap {
+            keep_unmapped: true,
+            ..map
+        };
+        assert_eq!(keep.apply("lion"), Mapped::Class("lion".into()));
+        assert_eq!(LabelMap::keep_all().apply("x"), Mapped::Class("x".into()));
+        assert!(toml::from_str::<LabelMap>("bogus = 1").is_err());
+    }
+}

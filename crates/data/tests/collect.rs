@@ -1,0 +1,254 @@
+//! `data::collect` end to end: folders with duplicates, near copies, a leaked validation image,
+//! broken and non-image files, and a URL list served by a local HTTP server (404, HTML, an
+//! oversized body, a timeout, a failure that passes on retry). Then idempotence, and a file
+//! accepted before being removed once a new protected folder covers it.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use data::collect::fetch::FetchOptions;
+use data::collect::manifest::Row;
+use data::collect::{CollectOptions, collect};
+use image::{Rgb, RgbImage};
+
+/// A photo-like image: a gradient with fifteen seeded soft discs of many sizes.
+fn scene(seed: u64) -> RgbImage {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as f32 / (1u64 << 31) as f32
+    };
+    let discs: Vec<[f32; 6]> = (0..15)
+        .map(|_| [next(), next(), 0.03 + 0.2 * next(), next(), next(), next()])
+        .collect();
+    RgbImage::from_fn(320, 240, |x, y| {
+        let (fx, fy) = (x as f32 / 320.0, y as f32 / 240.0);
+        let mut c = [fx * 120.0, fy * 120.0, 60.0];
+        for [cx, cy, r, red, green, blue] in &discs {
+            let d = ((fx - cx).powi(2) + (fy - cy).powi(2)).sqrt();
+            let a = (1.0 - d / r).clamp(0.0, 1.0);
+            for (v, t) in c.iter_mut().zip([red, green, blue]) {
+                *v = *v * (1.0 - a) + t * 255.0 * a;
+            }
+        }
+        Rgb(c.map(|v| v as u8))
+    })
+}
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode_image(img)
+        .unwrap();
+    out
+}
+
+fn put(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+type Route = (u16, &'static str, Vec<u8>);
+
+/// A tiny HTTP/1.1 server on a free local port, one thread per connection. `/slow.png`
+/// answers after 3 s; `/flaky.png` fails with 503 the first time.
+fn serve(routes: HashMap<&'static str, Route>, flaky_hits: Arc<AtomicUsize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let routes = Arc::new(routes);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let routes = routes.clone();
+            let flaky_hits = flaky_hits.clone();
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                if path == "/slow.png" {
+                    std::thread::sleep(Duration::from_secs(3));
+                }
+                let (status, content_type, body) =
+                    if path == "/flaky.png" && flaky_hits.fetch_add(1, Ordering::SeqCst) == 0 {
+                        (503, "text/plain", b"busy".to_vec())
+                    } else {
+                        routes.get(path.as_str()).cloned().unwrap_or((
+                            404,
+                            "text/plain",
+                            b"not found".to_vec(),
+                        ))
+                    };
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            });
+        }
+    });
+    address
+}
+
+/// Rows keyed by the last segment of their source.
+fn by_source(rows: &[Row]) -> HashMap<String, Row> {
+    rows.iter()
+        .map(|r| {
+            let key = r.source.rsplit(['/', '\\']).next().unwrap().to_string();
+            (key, r.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn collect_rejects_what_it_must_and_is_idempotent() {
+    let root = tempfile::tempdir().unwrap();
+    let (val, train, from, into) = (
+        root.path().join("val"),
+        root.path().join("train"),
+        root.path().join("from"),
+        root.path().join("into"),
+    );
+    let leaked = scene(1);
+    let fresh = scene(2);
+    let trained = scene(3);
+    put(&val.join("query/dog/leaked.png"), &png(&leaked));
+    put(&train.join("cat/trained.png"), &png(&trained));
+
+    // Leaks of the validation image: a byte copy, a resized JPEG, an off-centre crop.
+    put(&from.join("dog/copy_of_val.png"), &png(&leaked));
+    let small = image::imageops::resize(&leaked, 200, 150, image::imageops::Triangle);
+    put(&from.join("dog/resized_val.jpg"), &jpeg(&small, 70));
+    let crop = image::imageops::crop_imm(&leaked, 20, 20, 272, 204).to_image();
+    put(&from.join("dog/cropped_val.png"), &png(&crop));
+    // A new image, its byte copy and a recompressed copy; a copy of a training image.
+    let fresh_png = png(&fresh);
+    put(&from.join("cat/a_fresh.png"), &fresh_png);
+    put(&from.join("cat/b_fresh_copy.png"), &fresh_png);
+    put(
+        &from.join("cat/c_fresh_recompressed.jpg"),
+        &jpeg(&fresh, 60),
+    );
+    put(&from.join("cat/trained_copy.png"), &png(&trained));
+    // Broken, not an image, too small, and an image of a third class.
+    put(&from.join("cat/broken.jpg"), &jpeg(&scene(4), 90)[..400]);
+    put(&from.join("cat/notes.txt"), b"not an image");
+    put(&from.join("cat/tiny.png"), &png(&RgbImage::new(20, 20)));
+    put(&from.join("horse/horse.jpg"), &jpeg(&scene(5), 90));
+
+    let served = png(&scene(6));
+    let routes = HashMap::from([
+        ("/served.png", (200, "image/png", served.clone())),
+        ("/flaky.png", (200, "image/png", png(&scene(7)))),
+        ("/slow.png", (200, "image/png", png(&scene(8)))),
+        (
+            "/page.html",
+            (200, "text/html; charset=utf-8", b"<html></html>".to_vec()),
+        ),
+        ("/huge.png", (200, "image/png", vec![0u8; 300_000])),
+    ]);
+    let flaky_hits = Arc::new(AtomicUsize::new(0));
+    let base = serve(routes, flaky_hits.clone());
+    let list = root.path().join("urls.csv");
+    std::fs::write(
+        &list,
+        format!(
+            "url,label\n{base}/served.png,bird\n{base}/flaky.png,bird\n{base}/missing.png,bird\n\
+             {base}/page.html,bird\n{base}/huge.png,bird\n{base}/slow.png,bird\n"
+        ),
+    )
+    .unwrap();
+
+    let options = CollectOptions {
+        folders: vec![from.clone()],
+        url_lists: vec![list],
+        into: into.clone(),
+        protect: vec![val.clone()],
+        existing: vec![train.clone()],
+        fetch: FetchOptions {
+            timeout: Duration::from_secs(1),
+            max_bytes: 200_000,
+            retries: 1,
+            backoff: Duration::from_millis(50),
+        },
+        concurrency: 4,
+        quiet: true,
+        ..Default::default()
+    };
+    let rows = collect(&options).unwrap();
+    let r = by_source(&rows);
+    let reason = |name: &str| r[name].reason.as_str();
+    assert_eq!(reason("copy_of_val.png"), "leak-exact");
+    assert_eq!(reason("resized_val.jpg"), "leak-near");
+    assert_eq!(reason("cropped_val.png"), "leak-near");
+    assert!(r["cropped_val.png"].detail.contains("leaked.png"));
+    assert_eq!(reason("a_fresh.png"), "accepted");
+    assert_eq!(reason("b_fresh_copy.png"), "duplicate");
+    assert_eq!(reason("c_fresh_recompressed.jpg"), "near-duplicate");
+    assert_eq!(reason("trained_copy.png"), "in-training-set");
+    assert_eq!(reason("broken.jpg"), "corrupt");
+    assert_eq!(reason("notes.txt"), "not-an-image");
+    assert_eq!(reason("tiny.png"), "too-small");
+    assert_eq!(reason("horse.jpg"), "accepted");
+    assert_eq!(reason("served.png"), "accepted");
+    assert_eq!(reason("flaky.png"), "accepted", "{:?}", r["flaky.png"]);
+    assert_eq!(
+        flaky_hits.load(Ordering::SeqCst),
+        2,
+        "one failure, one retry"
+    );
+    assert_eq!(reason("missing.png"), "http-error");
+    assert_eq!(reason("page.html"), "not-an-image");
+    assert_eq!(reason("huge.png"), "too-large");
+    assert_eq!(reason("slow.png"), "download-failed");
+    assert_eq!(rows.len(), 17);
+
+    // Accepted files are byte-for-byte copies, under their class.
+    assert_eq!(
+        std::fs::read(into.join("cat/a_fresh.png")).unwrap(),
+        fresh_png
+    );
+    assert_eq!(std::fs::read(into.join("bird/served.png")).unwrap(), served);
+    assert_eq!(r["served.png"].file, "bird/served.png");
+    assert!(!into.join("dog").exists(), "every dog candidate was a leak");
+
+    // Running again changes nothing.
+    let manifest = std::fs::read(into.join("manifest.csv")).unwrap();
+    let again = collect(&options).unwrap();
+    assert_eq!(again, rows);
+    assert_eq!(std::fs::read(into.join("manifest.csv")).unwrap(), manifest);
+
+    // Protecting a folder that holds the accepted image removes it from the collection.
+    let test_set = root.path().join("test");
+    put(&test_set.join("x.jpg"), &jpeg(&fresh, 80));
+    let protected_more = CollectOptions {
+        protect: vec![val, test_set],
+        ..options
+    };
+    let rows = collect(&protected_more).unwrap();
+    let r = by_source(&rows);
+    assert_eq!(r["a_fresh.png"].reason, "leak-near");
+    assert!(!into.join("cat/a_fresh.png").exists());
+}
