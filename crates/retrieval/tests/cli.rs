@@ -170,8 +170,12 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+fn domains() -> PathBuf {
+    shared().join("../../domains")
+}
+
 #[test]
-fn compare_writes_markdown_and_csv() {
+fn compare_writes_markdown_and_csv_for_several_pairs() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cmp");
     let (ok, stdout, stderr) = retrieval(
@@ -181,23 +185,94 @@ fn compare_writes_markdown_and_csv() {
             shared().join("query").to_str().unwrap(),
             "--gallery",
             shared().join("gallery").to_str().unwrap(),
+            "--query",
+            domains().join("query").to_str().unwrap(),
+            "--gallery",
+            domains().join("gallery").to_str().unwrap(),
             "--methods",
-            "hsv_histogram,tiny_image+qe1",
+            "hsv_histogram,tiny_image+qe1,hsv_histogram:tiny_image@2+rerank",
             "--out",
             out.to_str().unwrap(),
         ],
         &tmp.path().join("cache"),
     );
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("`hsv_histogram`"), "{stdout}");
+    assert!(
+        stdout.contains("**val**") && stdout.contains("**domains**"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("`hsv_histogram:tiny_image@2+rerank`"),
+        "{stdout}"
+    );
     let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
-    assert_eq!(rows.len(), 3, "{csv}");
-    assert!(rows[2].starts_with("tiny_image+qe1,"));
+    assert_eq!(rows.len(), 1 + 3 * 2, "{csv}");
+    assert!(rows[0].starts_with("set,method,top-1"));
+    assert!(rows[1].starts_with("val,hsv_histogram,"), "{csv}");
+    assert!(rows[2].starts_with("domains,hsv_histogram,"), "{csv}");
     // Colour histograms beat chance (0.1 top-1 with ten classes) but not the networks.
-    let top1: f64 = rows[1].split(',').nth(1).unwrap().parse().unwrap();
+    let top1: f64 = rows[1].split(',').nth(2).unwrap().parse().unwrap();
     assert!(top1 > 0.1 && top1 < 0.8, "{top1}");
     assert!(out.join("compare.md").is_file());
+}
+
+#[test]
+fn evaluate_reports_each_pair_and_each_domain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("report");
+    let (ok, stdout, stderr) = retrieval(
+        &[
+            "evaluate",
+            "--model",
+            "tiny_image",
+            "--json",
+            "--report",
+            report.to_str().unwrap(),
+            "--query",
+            shared().join("query").to_str().unwrap(),
+            "--gallery",
+            shared().join("gallery").to_str().unwrap(),
+            "--query",
+            domains().join("query").to_str().unwrap(),
+            "--gallery",
+            domains().join("gallery").to_str().unwrap(),
+        ],
+        &tmp.path().join("cache"),
+    );
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["val"]["queries"], 100);
+    assert_eq!(v["domains"]["queries"], 60);
+    assert_eq!(v["val"]["per_domain"], serde_json::json!({}));
+    let d = &v["domains"]["per_domain"];
+    assert_eq!(d["sketch"]["queries"], 28, "{d}");
+    assert_eq!(d["cartoon"]["queries"], 16);
+    assert_eq!(d["painting"]["queries"], 16);
+    // Each domain's share of the overall top-1 adds up.
+    let overall = v["domains"]["top1"].as_f64().unwrap() * 60.0;
+    let parts: f64 = ["sketch", "cartoon", "painting"]
+        .iter()
+        .map(|k| d[k]["top1"].as_f64().unwrap() * d[k]["queries"].as_f64().unwrap())
+        .sum();
+    assert!((overall - parts).abs() < 1e-6);
+    // One report a pair; the domains report has the per-domain table.
+    let page = |pair: &str| std::fs::read_to_string(report.join(pair).join("index.html")).unwrap();
+    assert!(page("domains").contains("Per domain"));
+    assert!(!page("val").contains("Per domain"));
+    // Mismatched pairs are refused with a clear message.
+    let (ok, _, stderr) = retrieval(
+        &[
+            "evaluate",
+            "--model",
+            "tiny_image",
+            "--query",
+            shared().join("query").to_str().unwrap(),
+        ],
+        &tmp.path().join("cache"),
+    );
+    assert!(!ok);
+    assert!(stderr.contains("--gallery"), "{stderr}");
 }
 
 /// Headless Chromium, when installed (CI installs Debian's `chromium`).

@@ -159,6 +159,9 @@ impl Default for SelectionConfig {
 pub struct TrainConfig {
     /// Training folder with class sub-folders.
     pub train: PathBuf,
+    /// More training folders (e.g. a `data collect` collection); classes of the same name
+    /// merge with `train`'s. Collect with `--protect` on the validation folders first.
+    pub extra_train: Vec<PathBuf>,
     /// Evaluated after every epoch, in order; the first is "val".
     pub validation: Vec<ValidationPair>,
     pub backbone: String,
@@ -202,6 +205,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             train: PathBuf::from("../shared/datasets/animals10/train"),
+            extra_train: Vec::new(),
             validation: Vec::new(),
             backbone: "mobilenet_v2".into(),
             pretrained: true,

@@ -1,6 +1,6 @@
 //! The training set, decoded once a run, and its augmented batches.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use data::augment::{AugmentConfig, augment_with_photo};
@@ -20,16 +20,21 @@ pub struct TrainingSet {
 }
 
 impl TrainingSet {
-    /// Loads a class-folder training set. Undecodable files are reported and skipped;
-    /// distractor and unlabelled images are not training data and are left out.
-    pub fn load(dir: &Path, quiet: bool) -> Result<Self> {
-        let (_, entries) = list_images(dir, None)?;
-        let entries: Vec<_> = entries.into_iter().filter(|e| e.label.is_some()).collect();
-        if entries.is_empty() {
-            bail!(
-                "{}: no labelled training image (expected class sub-folders)",
-                dir.display()
-            );
+    /// Loads class-folder training sets (classes of the same name merge). Undecodable files
+    /// are reported and skipped; distractor and unlabelled images are not training data and
+    /// are left out.
+    pub fn load(dirs: &[PathBuf], quiet: bool) -> Result<Self> {
+        let mut entries = Vec::new();
+        for dir in dirs {
+            let (_, listed) = list_images(dir, None)?;
+            let labelled: Vec<_> = listed.into_iter().filter(|e| e.label.is_some()).collect();
+            if labelled.is_empty() {
+                bail!(
+                    "{}: no labelled training image (expected class sub-folders)",
+                    dir.display()
+                );
+            }
+            entries.extend(labelled);
         }
         let report = load_images(&entries, "decoding", quiet);
         let mut classes: Vec<String> = report

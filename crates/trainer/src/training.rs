@@ -229,7 +229,9 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
     device.seed(config.seed);
     ad.seed(config.seed);
 
-    let train_set = TrainingSet::load(&config.train, quiet)?;
+    let mut folders = vec![config.train.clone()];
+    folders.extend(config.extra_train.iter().cloned());
+    let train_set = TrainingSet::load(&folders, quiet)?;
     let sampler =
         PkSampler::new(&train_set.labels, config.p, config.k).map_err(anyhow::Error::msg)?;
     let validation: Vec<ValidationSet> = config
