@@ -34,6 +34,16 @@ pub fn evaluate_sets(
     rerank: Option<&KReciprocal>,
     device: &Device,
 ) -> Result<Evaluation> {
+    evaluate_and_rank(q, g, rerank, device).map(|(e, _)| e)
+}
+
+/// [`evaluate_sets`], also returning the full rankings (for reports, without ranking twice).
+pub fn evaluate_and_rank(
+    q: &EmbeddingSet,
+    g: &EmbeddingSet,
+    rerank: Option<&KReciprocal>,
+    device: &Device,
+) -> Result<(Evaluation, Vec<Vec<Hit>>)> {
     if g.is_empty() {
         bail!("the gallery holds no readable image");
     }
@@ -46,5 +56,5 @@ pub fn evaluate_sets(
     let mut evaluation = evaluate(&q_labels, &g_labels, &rankings);
     let names: Vec<&str> = q.entries.iter().map(|e| e.name.as_str()).collect();
     evaluation.per_domain = per_domain(&names, &evaluation);
-    Ok(evaluation)
+    Ok((evaluation, rankings))
 }

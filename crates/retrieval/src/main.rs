@@ -9,7 +9,7 @@ use model::BackboneKind;
 use retrieval::compare;
 use retrieval::embed::{EmbedOptions, EmbeddingSet};
 use retrieval::ensemble::Ensemble;
-use retrieval::evaluation::{evaluate_sets, rank_sets};
+use retrieval::evaluation::{evaluate_and_rank, rank_sets};
 use retrieval::expansion::Expansion;
 use retrieval::rank::Hit;
 use retrieval::rerank::KReciprocal;
@@ -247,14 +247,15 @@ fn run(cli: Cli) -> Result<()> {
                     (labels.as_deref(), gallery_labels.as_deref()),
                     json,
                 )?;
-                let e = evaluate_sets(&q, &g, model.rerank().as_ref(), &engine.device)?;
+                let (e, mut rankings) =
+                    evaluate_and_rank(&q, &g, model.rerank().as_ref(), &engine.device)?;
                 if let Some(dir) = &report {
                     let dir = if several {
                         dir.join(&name)
                     } else {
                         dir.clone()
                     };
-                    let rankings = rank_all(&model, &engine, &q, &g, k)?;
+                    rankings.iter_mut().for_each(|r| r.truncate(k));
                     let title = format!("{} on {}", engine.model_id(), query.display());
                     retrieval::report::write_report(
                         &dir,
