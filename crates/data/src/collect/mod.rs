@@ -317,35 +317,22 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
             row.phash = item.fingerprint.phash();
             row.width = item.width;
             row.height = item.height;
-            if let Some((src, d, exact)) = nearest(&item, protected.iter(), options.max_distance) {
-                return Err(if exact {
-                    reject("leak-exact", format!("copy of protected {src}"))
-                } else {
-                    reject(
-                        "leak-near",
-                        format!("near copy of protected {src} (distance {d})"),
-                    )
-                });
-            }
-            if let Some((src, d, exact)) = nearest(&item, existing.iter(), options.max_distance) {
-                return Err(if exact {
-                    reject("in-training-set", format!("copy of {src}"))
-                } else {
-                    reject(
-                        "near-training-set",
-                        format!("near copy of {src} (distance {d})"),
-                    )
-                });
-            }
-            if let Some((src, d, exact)) = nearest(&item, accepted.iter(), options.max_distance) {
-                return Err(if exact {
-                    reject("duplicate", format!("copy of {src}"))
-                } else {
-                    reject(
-                        "near-duplicate",
-                        format!("near copy of {src} (distance {d})"),
-                    )
-                });
+            let checks = [
+                (&protected, "leak-exact", "leak-near", "protected "),
+                (&existing, "in-training-set", "near-training-set", ""),
+                (&accepted, "duplicate", "near-duplicate", ""),
+            ];
+            for (known, exact_reason, near_reason, what) in checks {
+                if let Some((src, d, exact)) = nearest(&item, known.iter(), options.max_distance) {
+                    return Err(if exact {
+                        reject(exact_reason, format!("copy of {what}{src}"))
+                    } else {
+                        reject(
+                            near_reason,
+                            format!("near copy of {what}{src} (distance {d})"),
+                        )
+                    });
+                }
             }
             let class = match candidate
                 .raw_label

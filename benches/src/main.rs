@@ -1,0 +1,101 @@
+//! `speed`: lookalike's own speed and memory figures (issue 6). Per backbone: inference
+//! throughput at batch 1, 16 and 64, a training step, and end-to-end folder embedding
+//! (decode, preprocess, forward); then exact search latency on synthetic galleries. Prints a
+//! table and writes JSON. Peer figures (PyTorch, ONNX Runtime, FAISS) are not part of this
+//! binary; they come from a script run beside it.
+//!
+//! `cargo run --release -p benches -- --out benches/results.json`
+
+mod memory;
+mod network;
+mod search;
+mod timing;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Parser;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use model::BackboneKind;
+use retrieval::embed::{EmbedOptions, Engine};
+use timing::Measurement;
+
+#[derive(Parser)]
+#[command(name = "speed", about = "lookalike speed and memory benchmarks")]
+struct Cli {
+    /// Backbones (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "mobilenet_v2,resnet18")]
+    models: Vec<String>,
+    /// Gallery sizes for exact search (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    gallery_sizes: Vec<usize>,
+    /// Embedding width for search.
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// A folder to embed end to end with each backbone that has weights (cache off).
+    #[arg(long, default_value = "../shared/datasets/animals10/val/gallery")]
+    folder: PathBuf,
+    /// Seconds each measurement runs at least.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Write the figures as JSON here too.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn folder_embedding(kind: BackboneKind, folder: &std::path::Path) -> Option<Measurement> {
+    let engine = Engine::load(&kind.name(), &burn::prelude::Device::flex()).ok()?;
+    let options = EmbedOptions {
+        cache: false,
+        quiet: true,
+        ..Default::default()
+    };
+    memory::reset_peak();
+    let start = Instant::now();
+    let (set, _) = engine.embed_folder(folder, None, &options).ok()?;
+    let seconds = start.elapsed().as_secs_f64();
+    Some(Measurement {
+        what: format!("{kind} folder embedding ({} images)", set.len()),
+        per_second: set.len() as f64 / seconds,
+        step_ms: seconds * 1000.0,
+        peak_mib: memory::peak_mib(),
+    })
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let device = burn::prelude::Device::flex();
+    let min_time = Duration::from_secs_f64(cli.seconds);
+    let mut rows: Vec<Measurement> = Vec::new();
+    for name in &cli.models {
+        let kind: BackboneKind = name.parse()?;
+        rows.extend(network::forward(kind, &[1, 16, 64], min_time, &device));
+        rows.push(network::train_step(kind, 32, min_time, &device));
+        match folder_embedding(kind, &cli.folder) {
+            Some(m) => rows.push(m),
+            None => eprintln!("{kind}: no weights or no folder, folder embedding skipped"),
+        }
+        eprintln!("{kind} done");
+    }
+    for &size in &cli.gallery_sizes {
+        rows.push(search::exact(size, cli.dim, 100, min_time, &device));
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec!["measurement", "items/s", "ms a step", "peak MiB"]);
+    for r in &rows {
+        table.add_row(vec![
+            r.what.clone(),
+            format!("{:.1}", r.per_second),
+            format!("{:.1}", r.step_ms),
+            r.peak_mib.map_or("—".into(), |m| format!("{m:.0}")),
+        ]);
+    }
+    println!("{table}");
+    if let Some(out) = &cli.out {
+        data::write_atomic(out, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}

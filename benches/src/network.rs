@@ -1,0 +1,88 @@
+//! Backbone speed: inference forward passes at several batch sizes, and full training steps
+//! (forward, backward, AdamW update of every parameter).
+
+use std::time::Duration;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use model::{BackboneKind, Embedder};
+
+use crate::timing::{Measurement, measure};
+
+fn input(batch: usize, side: usize, device: &Device) -> Tensor<4> {
+    Tensor::random(
+        [batch, 3, side, side],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        device,
+    )
+}
+
+/// The pretrained backbone when its weights are there (random weights can overflow to
+/// infinities and denormals, which run at other speeds), else random weights, said in the label.
+fn backbone(kind: BackboneKind, device: &Device) -> (Embedder, &'static str) {
+    match Embedder::pretrained(kind, device) {
+        Ok(m) => (m, ""),
+        Err(_) => (Embedder::new(kind, None, device), " (random weights)"),
+    }
+}
+
+/// Inference throughput (images/s) of `kind`'s backbone at each batch size.
+pub fn forward(
+    kind: BackboneKind,
+    batches: &[usize],
+    min_time: Duration,
+    device: &Device,
+) -> Vec<Measurement> {
+    let (model, note) = backbone(kind, device);
+    let model = model.valid();
+    let side = kind.input_size() as usize;
+    batches
+        .iter()
+        .map(|&b| {
+            let x = input(b, side, device);
+            measure(
+                format!("{kind} forward, batch {b}{note}"),
+                b,
+                1,
+                2,
+                min_time,
+                || {
+                    let e = model.embed_once(x.clone());
+                    let _ = e.into_data();
+                },
+            )
+        })
+        .collect()
+}
+
+/// Training throughput (images/s): forward, backward of a squared-norm loss on a 256-d head,
+/// and one AdamW step over the whole backbone and head.
+pub fn train_step(
+    kind: BackboneKind,
+    batch: usize,
+    min_time: Duration,
+    device: &Device,
+) -> Measurement {
+    let ad = device.clone().autodiff();
+    let (mut model, note) = backbone(kind, &ad);
+    model.head = Some(model::MetricHead::new(kind.feature_dim(), 256, &ad));
+    let mut optimizer = AdamWConfig::new().init();
+    let side = kind.input_size() as usize;
+    let x = input(batch, side, &ad);
+    measure(
+        format!("{kind} training step, batch {batch}{note}"),
+        batch,
+        1,
+        2,
+        min_time,
+        || {
+            let features = model.backbone.features(x.clone());
+            let head = model.head.clone().expect("head");
+            let loss = head.forward(features).powf_scalar(2.0).sum_dim(1).mean();
+            let mut grads = loss.backward();
+            let g = GradientsParams::from_module(&mut grads, &model);
+            model = optimizer.step(1e-4, model.clone(), g);
+        },
+    )
+}
