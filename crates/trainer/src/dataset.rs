@@ -94,3 +94,33 @@ impl TrainingSet {
         (out, photos)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(path: &std::path::Path, shade: u8) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        RgbImage::from_pixel(40, 30, image::Rgb([shade, 0, 0]))
+            .save(path)
+            .unwrap();
+    }
+
+    #[test]
+    fn extra_folders_merge_classes_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        png(&a.join("cat/1.png"), 10);
+        png(&a.join("dog/1.png"), 20);
+        png(&b.join("cat/2.png"), 30);
+        png(&b.join("lion/1.png"), 40);
+        std::fs::write(b.join("manifest.csv"), "source\n").unwrap();
+        let set = TrainingSet::load(&[a, b.clone()], true).unwrap();
+        assert_eq!(set.classes, ["cat", "dog", "lion"]);
+        assert_eq!(set.len(), 4);
+        assert_eq!(set.labels.iter().filter(|&&l| l == 0).count(), 2);
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        assert!(TrainingSet::load(&[b, empty], true).is_err());
+    }
+}
