@@ -70,7 +70,15 @@ fn main() -> Result<()> {
     let mut rows: Vec<Measurement> = Vec::new();
     for name in &cli.models {
         let kind: BackboneKind = name.parse()?;
-        rows.extend(network::forward(kind, &[1, 16, 64], min_time, &device));
+        for folded in [false, true] {
+            rows.extend(network::forward(
+                kind,
+                &[1, 16, 64],
+                folded,
+                min_time,
+                &device,
+            ));
+        }
         rows.push(network::train_step(kind, 32, min_time, &device));
         match folder_embedding(kind, &cli.folder) {
             Some(m) => rows.push(m),

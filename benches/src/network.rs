@@ -27,15 +27,23 @@ fn backbone(kind: BackboneKind, device: &Device) -> (Embedder, &'static str) {
     }
 }
 
-/// Inference throughput (images/s) of `kind`'s backbone at each batch size.
+/// Inference throughput (images/s) of `kind`'s backbone at each batch size, with batch norms
+/// as separate layers or folded into the convolutions (what `retrieval` loads).
 pub fn forward(
     kind: BackboneKind,
     batches: &[usize],
+    folded: bool,
     min_time: Duration,
     device: &Device,
 ) -> Vec<Measurement> {
     let (model, note) = backbone(kind, device);
-    let model = model.valid();
+    let mut model = model.valid();
+    let note = if folded {
+        model.backbone = model.backbone.fold_batch_norm();
+        format!("{note}, batch norm folded")
+    } else {
+        note.to_string()
+    };
     let side = kind.input_size() as usize;
     batches
         .iter()

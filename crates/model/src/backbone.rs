@@ -127,6 +127,38 @@ impl Backbone {
         }
     }
 
+    /// Every batch norm folded into its convolution: the same outputs in inference with one
+    /// pass over each activation map fewer. Inference only (see [`crate::layers::ConvBn::fold`]).
+    pub fn fold_batch_norm(self) -> Self {
+        let fold_all = |blocks: Vec<crate::layers::InvertedResidual>| {
+            blocks.into_iter().map(|b| b.fold()).collect()
+        };
+        match self {
+            Backbone::MobileNetV2(mut m) => {
+                m.stem = m.stem.fold();
+                m.blocks = fold_all(m.blocks);
+                m.head = m.head.fold();
+                Backbone::MobileNetV2(m)
+            }
+            Backbone::EfficientNetLite(mut m) => {
+                m.stem = m.stem.fold();
+                m.blocks = fold_all(m.blocks);
+                m.head = m.head.fold();
+                Backbone::EfficientNetLite(m)
+            }
+            Backbone::ResNet(mut m) => {
+                m.stem = m.stem.fold();
+                for layer in [&mut m.layer1, &mut m.layer2, &mut m.layer3, &mut m.layer4] {
+                    *layer = std::mem::take(layer)
+                        .into_iter()
+                        .map(|b| b.fold())
+                        .collect();
+                }
+                Backbone::ResNet(m)
+            }
+        }
+    }
+
     /// ImageNet logits `[B, 1000]`.
     pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {
         match self {

@@ -117,13 +117,16 @@ impl Embedder {
         Ok(model)
     }
 
-    /// Loads what a [`ModelSpec`] names, in inference mode.
+    /// Loads what a [`ModelSpec`] names, in inference mode, batch norms folded into the
+    /// convolutions.
     pub fn load(spec: &ModelSpec, device: &Device) -> Result<Self> {
         let model = match spec {
             ModelSpec::Pretrained(kind) => Self::pretrained(*kind, device)?,
             ModelSpec::Checkpoint(dir) => Self::load_checkpoint(dir, device)?,
         };
-        Ok(model.valid())
+        let mut model = model.valid();
+        model.backbone = model.backbone.fold_batch_norm();
+        Ok(model)
     }
 
     pub fn preprocess(&self) -> Preprocess {

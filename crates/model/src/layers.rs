@@ -1,6 +1,6 @@
 //! Convolution + batch norm + activation: the unit all three backbone families are made of.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -105,6 +105,7 @@ impl ConvBnConfig {
                 .with_epsilon(self.bn_epsilon)
                 .init(device),
             activation: self.activation,
+            folded: false,
         }
     }
 }
@@ -116,12 +117,43 @@ pub struct ConvBn {
     pub bn: BatchNorm,
     #[module(skip)]
     pub activation: Activation,
+    /// The batch norm has been folded into `conv` (inference only; see [`Self::fold`]).
+    #[module(skip)]
+    pub folded: bool,
 }
 
 impl ConvBn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.activation
-            .forward(self.bn.forward(self.conv.forward(x)))
+        let y = self.conv.forward(x);
+        let y = if self.folded { y } else { self.bn.forward(y) };
+        self.activation.forward(y)
+    }
+
+    /// Folds the batch norm's running statistics and affine parameters into the convolution
+    /// (`w' = w·γ/σ`, `b' = β − μ·γ/σ`), saving one pass over every activation map. For
+    /// inference only: training would need the batch norm back, and the flag is not saved
+    /// with the weights.
+    pub fn fold(mut self) -> Self {
+        if self.folded {
+            return self;
+        }
+        let scale = self.bn.gamma.val()
+            / self
+                .bn
+                .running_var
+                .value()
+                .add_scalar(self.bn.epsilon)
+                .sqrt();
+        let mut shift = self.bn.beta.val() - self.bn.running_mean.value() * scale.clone();
+        if let Some(bias) = &self.conv.bias {
+            shift = shift + bias.val() * scale.clone();
+        }
+        let weight = self.conv.weight.val();
+        let out = weight.dims()[0];
+        self.conv.weight = Param::from_tensor(weight * scale.reshape([out, 1, 1, 1]));
+        self.conv.bias = Some(Param::from_tensor(shift));
+        self.folded = true;
+        self
     }
 }
 
@@ -143,6 +175,16 @@ pub struct InvertedResidual {
 }
 
 impl InvertedResidual {
+    /// Every batch norm folded into its convolution (inference only).
+    pub fn fold(self) -> Self {
+        Self {
+            expand: self.expand.map(ConvBn::fold),
+            depthwise: self.depthwise.fold(),
+            project: self.project.fold(),
+            residual: self.residual,
+        }
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut y = x.clone();
         if let Some(expand) = &self.expand {

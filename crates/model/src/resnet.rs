@@ -21,6 +21,16 @@ pub struct ResBlock {
 }
 
 impl ResBlock {
+    /// Every batch norm folded into its convolution (inference only).
+    pub fn fold(self) -> Self {
+        Self {
+            c1: self.c1.fold(),
+            c2: self.c2.fold(),
+            c3: self.c3.map(ConvBn::fold),
+            downsample: self.downsample.map(ConvBn::fold),
+        }
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
             Some(d) => d.forward(x.clone()),

@@ -51,12 +51,15 @@ fn check(depth: usize) {
         TensorData::new(input, [shape[0], shape[1], shape[2], shape[3]]),
         &device,
     );
-    let logits: Vec<f32> = backbone
-        .valid()
-        .logits(x)
+    let backbone = backbone.valid();
+    let folded: Vec<f32> = backbone
+        .clone()
+        .fold_batch_norm()
+        .logits(x.clone())
         .into_data()
         .try_to_vec::<f32>()
         .unwrap();
+    let logits: Vec<f32> = backbone.logits(x).into_data().try_to_vec::<f32>().unwrap();
     let want: Vec<f64> = expected["logits"]
         .as_array()
         .unwrap()
@@ -65,10 +68,15 @@ fn check(depth: usize) {
         .collect();
     assert_eq!(logits.len(), want.len());
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    for (got, want) in logits.iter().zip(&want) {
+    for ((got, folded), want) in logits.iter().zip(&folded).zip(&want) {
         assert!(
             (*got as f64 - want).abs() <= 1e-3 * scale.max(1.0),
             "resnet{depth}: {got} vs {want}"
+        );
+        // Batch norms folded into the convolutions give the same logits.
+        assert!(
+            ((got - folded) as f64).abs() <= 1e-4 * scale.max(1.0),
+            "resnet{depth} folded: {folded} vs {got}"
         );
     }
 }
