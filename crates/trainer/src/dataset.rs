@@ -66,10 +66,11 @@ impl TrainingSet {
         self.images.is_empty()
     }
 
-    /// Augmented, normalised CHW pixels of `indices`, `[len, 3, size, size]` flattened, and
-    /// the same views before rendering (sketch, edges, posterise, blur) for a distillation
-    /// teacher. Each image's randomness comes from `(seed, position)`, so a batch is the same
-    /// whatever the thread scheduling and whether or not the run was resumed.
+    /// Augmented, normalised CHW pixels of `indices`, `[len, 3, size, size]` flattened, and,
+    /// when `with_photos` (a distillation teacher needs them), the same views before rendering
+    /// (sketch, edges, posterise, blur). Each image's randomness comes from `(seed, position)`,
+    /// so a batch is the same whatever the thread scheduling and whether or not the run was
+    /// resumed.
     pub fn batch(
         &self,
         indices: &[usize],
@@ -77,21 +78,29 @@ impl TrainingSet {
         size: u32,
         normalization: &Normalization,
         seed: u64,
-    ) -> (Vec<f32>, Vec<f32>) {
+        with_photos: bool,
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
         let plane = 3 * (size * size) as usize;
         let mut out = vec![0f32; indices.len() * plane];
-        let mut photos = vec![0f32; indices.len() * plane];
+        let mut photos = vec![0f32; if with_photos { out.len() } else { 0 }];
+        let photo_slots: Vec<Option<&mut [f32]>> = if with_photos {
+            photos.chunks_mut(plane).map(Some).collect()
+        } else {
+            indices.iter().map(|_| None).collect()
+        };
         out.par_chunks_mut(plane)
-            .zip(photos.par_chunks_mut(plane))
+            .zip(photo_slots)
             .zip(indices.par_iter().enumerate())
             .for_each(|((dst, photo_dst), (pos, &i))| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003) ^ pos as u64);
                 let (view, photo) =
                     augment_with_photo(&self.images[i], augment_config, size, &mut rng);
                 normalize_into(&view, normalization, dst);
-                normalize_into(&photo, normalization, photo_dst);
+                if let Some(photo_dst) = photo_dst {
+                    normalize_into(&photo, normalization, photo_dst);
+                }
             });
-        (out, photos)
+        (out, with_photos.then_some(photos))
     }
 }
 

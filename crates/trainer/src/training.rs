@@ -387,13 +387,14 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
                 size,
                 &preprocess.normalization,
                 mix(config.seed, epoch as u64 + 1, b as u64 + 1),
+                teacher.is_some(),
             );
             let labels: Vec<usize> = batch.iter().map(|&i| train_set.labels[i]).collect();
             let s = size as usize;
             let x = Tensor::<4>::from_data(TensorData::new(pixels, [batch.len(), 3, s, s]), &ad);
             // The teacher sees each view as a photo, before any sketch-like rendering.
-            let photo = teacher.is_some().then(|| {
-                Tensor::<4>::from_data(TensorData::new(photos, [batch.len(), 3, s, s]), &device)
+            let photo = photos.map(|p| {
+                Tensor::<4>::from_data(TensorData::new(p, [batch.len(), 3, s, s]), &device)
             });
             augment_s += t0.elapsed().as_secs_f64();
 
