@@ -224,20 +224,14 @@ fn run(cli: Cli) -> Result<()> {
             report,
             sheet_queries,
         } => {
-            if query.len() != gallery.len() {
-                bail!(
-                    "{} --query folders but {} --gallery folders: give one gallery a query folder",
-                    query.len(),
-                    gallery.len()
-                );
-            }
-            if query.len() > 1 && (labels.is_some() || gallery_labels.is_some()) {
+            let pairs = pairs(query, gallery)?;
+            let several = pairs.len() > 1;
+            if several && (labels.is_some() || gallery_labels.is_some()) {
                 bail!("--labels and --gallery-labels apply to a single query/gallery pair");
             }
             let engine = model.engine()?;
-            let several = query.len() > 1;
             let mut results = serde_json::Map::new();
-            for (query, gallery) in query.iter().zip(&gallery) {
+            for (query, gallery) in &pairs {
                 let name = compare::pair_name(query);
                 let (q, g) = embed_pair(
                     &model,
@@ -316,14 +310,7 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|m| compare::MethodSpec::parse(m))
                 .collect::<Result<Vec<_>>>()?;
             let device = model::device::device(&device)?;
-            if query.len() != gallery.len() {
-                bail!(
-                    "{} --query folders but {} --gallery folders",
-                    query.len(),
-                    gallery.len()
-                );
-            }
-            let pairs: Vec<(PathBuf, PathBuf)> = query.into_iter().zip(gallery).collect();
+            let pairs = pairs(query, gallery)?;
             let rows = compare::compare(&specs, &pairs, &device, false)?;
             std::fs::create_dir_all(&out)?;
             let md = compare::markdown(&rows);
@@ -366,6 +353,18 @@ fn fetch_weights(models: &[String]) -> Result<()> {
         println!("{kind}: {}", path.display());
     }
     Ok(())
+}
+
+/// Pairs repeated `--query` and `--gallery` folders in order; their counts must match.
+fn pairs(query: Vec<PathBuf>, gallery: Vec<PathBuf>) -> Result<Vec<(PathBuf, PathBuf)>> {
+    if query.len() != gallery.len() {
+        bail!(
+            "{} --query folders but {} --gallery folders: give one gallery a query folder",
+            query.len(),
+            gallery.len()
+        );
+    }
+    Ok(query.into_iter().zip(gallery).collect())
 }
 
 fn rank_all(

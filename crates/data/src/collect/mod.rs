@@ -22,11 +22,12 @@ use anyhow::{Context, Result};
 use indicatif::ParallelProgressIterator;
 use rayon::prelude::*;
 
-use crate::decode::decode_bytes;
+use crate::decode::{DecodeError, decode_bytes};
 use crate::folder::has_image_extension;
 use crate::load::progress_bar;
 use fetch::{FetchOptions, agent, fetch};
 use fingerprint::{Fingerprint, content_hash, hasher};
+use image_hasher::Hasher;
 use labels::{LabelMap, Mapped};
 use manifest::Row;
 use source::{Candidate, Origin};
@@ -100,8 +101,22 @@ fn reject(reason: &str, detail: impl Into<String>) -> Rejection {
     (reason.to_string(), detail.into())
 }
 
+/// Reads, hashes and fingerprints one image file, known from now on as `source`.
+fn known_image(path: &Path, source: String, hasher: &Hasher) -> Result<Known, DecodeError> {
+    let bytes = std::fs::read(path).map_err(|e| DecodeError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let img = decode_bytes(path, &bytes)?;
+    Ok(Known {
+        source,
+        sha256: content_hash(&bytes),
+        fingerprint: Fingerprint::of(&img, hasher),
+    })
+}
+
 /// Fingerprints every readable image under `dirs`; unreadable ones are reported and skipped.
-fn known_images(dirs: &[PathBuf], what: &str, quiet: bool) -> Result<Vec<Known>> {
+fn known_images(dirs: &[PathBuf], what: &str, hasher: &Hasher, quiet: bool) -> Result<Vec<Known>> {
     let mut files = Vec::new();
     for d in dirs {
         files.extend(
@@ -110,25 +125,19 @@ fn known_images(dirs: &[PathBuf], what: &str, quiet: bool) -> Result<Vec<Known>>
                 .filter(|p| has_image_extension(p)),
         );
     }
-    let hasher = hasher();
     let bar = progress_bar(files.len(), what, quiet);
     let known: Vec<Option<Known>> = files
         .par_iter()
         .progress_with(bar.clone())
-        .map(|path| {
-            let bytes = std::fs::read(path).ok()?;
-            match decode_bytes(path, &bytes) {
-                Ok(img) => Some(Known {
-                    source: path.display().to_string(),
-                    sha256: content_hash(&bytes),
-                    fingerprint: Fingerprint::of(&img, &hasher),
-                }),
+        .map(
+            |path| match known_image(path, path.display().to_string(), hasher) {
+                Ok(k) => Some(k),
                 Err(e) => {
                     eprintln!("warning: {what}: {e}");
                     None
                 }
-            }
-        })
+            },
+        )
         .collect();
     bar.finish_and_clear();
     Ok(known.into_iter().flatten().collect())
@@ -138,6 +147,7 @@ fn analyse(
     candidate: &Candidate,
     options: &CollectOptions,
     http: &ureq::Agent,
+    hasher: &Hasher,
 ) -> Result<Analysed, Rejection> {
     let (bytes, downloaded) = match &candidate.origin {
         Origin::File(path) => (
@@ -161,7 +171,7 @@ fn analyse(
     }
     Ok(Analysed {
         sha256,
-        fingerprint: Fingerprint::of(&img, &hasher()),
+        fingerprint: Fingerprint::of(&img, hasher),
         width,
         height,
         body: downloaded.then_some(bytes),
@@ -256,10 +266,17 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
     candidates.sort();
     candidates.dedup_by(|a, b| a.source == b.source);
 
-    let protected = known_images(&options.protect, "fingerprinting protected", options.quiet)?;
+    let hasher = hasher();
+    let protected = known_images(
+        &options.protect,
+        "fingerprinting protected",
+        &hasher,
+        options.quiet,
+    )?;
     let existing = known_images(
         &options.existing,
         "fingerprinting training set",
+        &hasher,
         options.quiet,
     )?;
 
@@ -273,7 +290,7 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
         candidates
             .par_iter()
             .progress_with(bar.clone())
-            .map(|c| analyse(c, options, &http))
+            .map(|c| analyse(c, options, &http, &hasher))
             .collect()
     });
     bar.finish_and_clear();
@@ -288,15 +305,8 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
     let mut taken: BTreeSet<String> = BTreeSet::new();
     let mut rows: Vec<Row> = Vec::new();
     for r in &kept_before {
-        let path = options.into.join(&r.file);
-        if let Ok(bytes) = std::fs::read(&path)
-            && let Ok(img) = decode_bytes(&path, &bytes)
-        {
-            accepted.push(Known {
-                source: r.source.clone(),
-                sha256: content_hash(&bytes),
-                fingerprint: Fingerprint::of(&img, &hasher()),
-            });
+        if let Ok(known) = known_image(&options.into.join(&r.file), r.source.clone(), &hasher) {
+            accepted.push(known);
             taken.insert(r.file.clone());
             rows.push((*r).clone());
         }
