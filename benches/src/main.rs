@@ -56,6 +56,7 @@ fn folder_embedding(kind: BackboneKind, folder: &std::path::Path) -> Option<Meas
     let (set, _) = engine.embed_folder(folder, None, &options).ok()?;
     let seconds = start.elapsed().as_secs_f64();
     Some(Measurement {
+        key: format!("folder/{kind}"),
         what: format!("{kind} folder embedding ({} images)", set.len()),
         per_second: set.len() as f64 / seconds,
         step_ms: seconds * 1000.0,

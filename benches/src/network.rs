@@ -49,7 +49,9 @@ pub fn forward(
         .iter()
         .map(|&b| {
             let x = input(b, side, device);
+            let suffix = if folded { "/folded" } else { "" };
             measure(
+                format!("forward/{kind}/{b}{suffix}"),
                 format!("{kind} forward, batch {b}{note}"),
                 b,
                 1,
@@ -79,6 +81,7 @@ pub fn train_step(
     let side = kind.input_size() as usize;
     let x = input(batch, side, &ad);
     measure(
+        format!("train/{kind}/{batch}"),
         format!("{kind} training step, batch {batch}{note}"),
         batch,
         1,

@@ -34,6 +34,7 @@ pub fn exact(
     let gallery = EmbeddingSet::from_rows(&unit_rows(size, dim, &mut rng));
     let query = EmbeddingSet::from_rows(&unit_rows(queries, dim, &mut rng));
     measure(
+        format!("search/{size}x{dim}"),
         format!("exact search, {size} x {dim}, {queries} queries"),
         queries,
         1,

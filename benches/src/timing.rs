@@ -7,6 +7,9 @@ use crate::memory::{peak_mib, reset_peak};
 /// What one measurement found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Measurement {
+    /// A stable name the peers script matches on: `forward/<model>/<batch>[/folded]`,
+    /// `train/<model>/<batch>`, `folder/<model>`, `search/<rows>x<dim>`.
+    pub key: String,
     pub what: String,
     /// Items (images, queries) a second.
     pub per_second: f64,
@@ -18,6 +21,7 @@ pub struct Measurement {
 /// Runs `step` (which handles `items` items) `warmup` times, then until `min_time` has passed
 /// and at least `min_steps` steps ran.
 pub fn measure(
+    key: String,
     what: impl Into<String>,
     items: usize,
     warmup: usize,
@@ -37,6 +41,7 @@ pub fn measure(
     }
     let seconds = start.elapsed().as_secs_f64();
     Measurement {
+        key,
         what: what.into(),
         per_second: (steps * items) as f64 / seconds,
         step_ms: seconds * 1000.0 / steps as f64,

@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""lookalike against its peers, measured in one run (issue 6).
+
+Runs lookalike's own benchmark binary (`cargo run --release -p benches`), then the same models
+and shapes in PyTorch (CPU, channels-first and channels-last), in ONNX Runtime (the same PyTorch
+model exported to ONNX) and exact search in FAISS (flat L2 index) and numpy, and prints one table:
+lookalike's figure, the peer's and the ratio (above 1: lookalike is faster).
+
+    python3 benches/peers/peers.py                      # full run, about 15 minutes on 2 cores
+    python3 benches/peers/peers.py --models mobilenet_v2 --gallery-sizes 10000 --seconds 1
+
+The first run makes a virtual environment at target/peers-venv with the pinned packages of
+requirements.txt beside this file (PyPI's torch wheel brings CUDA libraries: about 3 GB), then
+re-runs itself inside it. Not part of CI.
+
+Every peer gets the machine's threads the way lookalike does: PyTorch's intra-op pool, ONNX
+Runtime's intra-op pool and FAISS's OpenMP pool are all set to --threads (default: all cores).
+Weights: MobileNetV2 loads torchvision's file from the weights folder (`$LOOKALIKE_WEIGHTS`, else
+weights/), as lookalike does; ResNet-18 has random weights on both sides (none can be fetched).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+VENV = ROOT / "target" / "peers-venv"
+REQUIREMENTS = pathlib.Path(__file__).resolve().parent / "requirements.txt"
+
+
+def ensure_venv():
+    """Re-runs this script inside target/peers-venv, making or updating it first."""
+    if pathlib.Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    stamp = VENV / "installed-requirements.txt"
+    wanted = REQUIREMENTS.read_text()
+    if not stamp.exists() or stamp.read_text() != wanted:
+        print(f"installing peers into {VENV} (once)", file=sys.stderr)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--progress-bar", "off", "-r", str(REQUIREMENTS)],
+            check=True,
+        )
+        stamp.write_text(wanted)
+    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="mobilenet_v2,resnet18")
+    p.add_argument("--gallery-sizes", default="10000,100000,1000000")
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--folder", default=str(ROOT.parent / "shared/datasets/animals10/val/gallery"))
+    p.add_argument("--seconds", type=float, default=3.0, help="each measurement runs at least this long")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--ours", help="read lookalike's figures from this JSON instead of running the binary")
+    p.add_argument("--out", default=str(ROOT / "target" / "peers" / "results.json"))
+    p.add_argument("--markdown", help="also write the table as Markdown here")
+    return p.parse_args()
+
+
+def measure(items, step, seconds, warmup=1, min_steps=2):
+    """Items a second: `step` handles `items` items; warm-up runs, then at least `seconds`."""
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    steps = 0
+    while steps < min_steps or time.perf_counter() - start < seconds:
+        step()
+        steps += 1
+    return steps * items / (time.perf_counter() - start)
+
+
+def run_ours(args):
+    out = pathlib.Path(args.out).with_name("ours.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["cargo", "run", "--release", "-p", "benches", "--",
+           "--models", args.models, "--gallery-sizes", args.gallery_sizes, "--dim", str(args.dim),
+           "--folder", args.folder, "--seconds", str(args.seconds), "--out", str(out)]
+    print("lookalike:", " ".join(cmd), file=sys.stderr)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return {m["key"]: m for m in json.loads(out.read_text())}
+
+
+# --- networks -------------------------------------------------------------------------------
+
+def weights_dir():
+    return pathlib.Path(os.environ.get("LOOKALIKE_WEIGHTS", ROOT / "weights"))
+
+
+def embedding_network(name):
+    """The backbone as lookalike embeds with it: pooled features scaled to unit length."""
+    import torch
+    import torchvision
+
+    if name == "mobilenet_v2":
+        net = torchvision.models.mobilenet_v2()
+        path = weights_dir() / "mobilenet_v2-b0353104.pth"
+        note = ""
+        if path.exists():
+            net.load_state_dict(torch.load(path, map_location="cpu"))
+        else:
+            note = " (random weights)"
+        net.classifier = torch.nn.Identity()
+        side = 224
+    elif name == "resnet18":
+        net = torchvision.models.resnet18()
+        net.fc = torch.nn.Identity()
+        note, side = " (random weights)", 224
+    else:
+        raise SystemExit(f"peers.py knows mobilenet_v2 and resnet18, not {name}")
+
+    class Embed(torch.nn.Module):
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x):
+            return torch.nn.functional.normalize(self.backbone(x), dim=1)
+
+    return Embed(net), side, note
+
+
+def torch_forward(name, batches, seconds, channels_last):
+    import torch
+
+    net, side, _ = embedding_network(name)
+    net.eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    figures = {}
+    for b in batches:
+        x = torch.randn(b, 3, side, side).to(memory_format=fmt)
+        with torch.inference_mode():
+            figures[b] = measure(b, lambda: net(x), seconds)
+    return figures
+
+
+def onnx_forward(name, batches, seconds, threads, workdir):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    net, side, _ = embedding_network(name)
+    net.eval()
+    path = workdir / f"{name}.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, side, side),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["embedding"],
+                      dynamic_axes={"x": {0: "batch"}, "embedding": {0: "batch"}})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    figures = {}
+    for b in batches:
+        x = np.random.default_rng(0).standard_normal((b, 3, side, side), dtype=np.float32)
+        figures[b] = measure(b, lambda: session.run(None, {"x": x}), seconds)
+    return figures
+
+
+def torch_train_step(name, batch, seconds, channels_last):
+    """Forward, backward of the same loss lookalike's step uses, AdamW over every parameter."""
+    import torch
+
+    net, side, _ = embedding_network(name)
+    backbone = net.backbone
+    feature_dim = {"mobilenet_v2": 1280, "resnet18": 512}[name]
+    head = torch.nn.Linear(feature_dim, 256)
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    backbone.train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    backbone = backbone.to(memory_format=fmt)
+    x = torch.randn(batch, 3, side, side).to(memory_format=fmt)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        projected = torch.nn.functional.normalize(head(backbone(x)), dim=1)
+        loss = projected.pow(2).sum(1).mean()
+        loss.backward()
+        optimizer.step()
+
+    return measure(batch, step, seconds)
+
+
+def torch_folder(name, folder, batch=32):
+    """Decode (Pillow), resize and centre-crop (torchvision), forward, like `retrieval embed`."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    net, side, note = embedding_network(name)
+    if note:
+        return None
+    net.eval()
+    prep = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(side), transforms.ToTensor(),
+        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])
+    files = sorted(p for p in pathlib.Path(folder).rglob("*") if p.is_file())
+    start = time.perf_counter()
+    done = 0
+    with torch.inference_mode():
+        for i in range(0, len(files), batch):
+            tensors = []
+            for f in files[i:i + batch]:
+                try:
+                    tensors.append(prep(Image.open(f).convert("RGB")))
+                except Exception:
+                    continue
+            if tensors:
+                net(torch.stack(tensors))
+                done += len(tensors)
+    return done / (time.perf_counter() - start)
+
+
+# --- search ---------------------------------------------------------------------------------
+
+def unit_rows(n, dim, rng):
+    import numpy as np
+
+    rows = rng.random((n, dim), dtype=np.float32) - 0.5
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
+
+
+def search(size, dim, seconds, threads, queries=100, k=10):
+    import faiss
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    gallery = unit_rows(size, dim, rng)
+    query = unit_rows(queries, dim, rng)
+    faiss.omp_set_num_threads(threads)
+    index = faiss.IndexFlatL2(dim)
+    index.add(gallery)
+    figures = {"FAISS (IndexFlatL2)": measure(queries, lambda: index.search(query, k), seconds)}
+    gallery_norms = (gallery * gallery).sum(1)
+
+    def numpy_step():
+        d = gallery_norms[None, :] - 2.0 * (query @ gallery.T)
+        top = np.argpartition(d, k, axis=1)[:, :k]
+        order = np.take_along_axis(d, top, 1).argsort(1)
+        return np.take_along_axis(top, order, 1)
+
+    figures["numpy (matmul + argpartition)"] = measure(queries, numpy_step, seconds)
+    return figures
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def main():
+    ensure_venv()
+    args = parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    models = [m for m in args.models.split(",") if m]
+    sizes = [int(s) for s in args.gallery_sizes.split(",") if s]
+    ours = json.loads(pathlib.Path(args.ours).read_text()) if args.ours else None
+    ours = {m["key"]: m for m in ours} if ours else run_ours(args)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    workdir = pathlib.Path(args.out).parent
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = []  # (measurement, our key, peer, peer figure)
+    batches = [1, 16, 64]
+    for name in models:
+        print(f"peers: {name}", file=sys.stderr)
+        _, _, note = embedding_network(name)
+        peers = {
+            "PyTorch": torch_forward(name, batches, args.seconds, False),
+            "PyTorch (channels-last)": torch_forward(name, batches, args.seconds, True),
+            "ONNX Runtime": onnx_forward(name, batches, args.seconds, args.threads, workdir),
+        }
+        for b in batches:
+            for peer, figures in peers.items():
+                rows.append((f"{name} embedding, batch {b}{note}", f"forward/{name}/{b}/folded",
+                             peer, figures[b]))
+        for peer, cl in [("PyTorch", False), ("PyTorch (channels-last)", True)]:
+            rows.append((f"{name} training step, batch 32{note}", f"train/{name}/32", peer,
+                         torch_train_step(name, 32, args.seconds, cl)))
+        folder = torch_folder(name, args.folder)
+        if folder is not None:
+            rows.append((f"{name} folder embedding (decode + resize + forward)",
+                         f"folder/{name}", "PyTorch + Pillow", folder))
+    for size in sizes:
+        print(f"peers: search {size}", file=sys.stderr)
+        for peer, figure in search(size, args.dim, args.seconds, args.threads).items():
+            rows.append((f"exact search, {size} x {args.dim}, 100 queries (queries/s)",
+                         f"search/{size}x{args.dim}", peer, figure))
+
+    table = []
+    for what, key, peer, figure in rows:
+        mine = ours.get(key, {}).get("per_second")
+        table.append({"measurement": what, "lookalike": mine, "peer": peer, "peer_figure": figure,
+                      "ratio": mine / figure if mine else None})
+    pathlib.Path(args.out).write_text(json.dumps(table, indent=2))
+    header = ["measurement (items/s)", "lookalike", "peer", "peer's", "ratio"]
+    lines = [[t["measurement"], fmt(t["lookalike"]), t["peer"], fmt(t["peer_figure"]),
+              "—" if t["ratio"] is None else f"{t['ratio']:.2f}×"] for t in table]
+    widths = [max(len(str(r[i])) for r in [header] + lines) for i in range(len(header))]
+    for r in [header] + lines:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print(f"{args.threads} threads for every peer; ratio = lookalike / peer; wrote {args.out}")
+    if args.markdown:
+        md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(str(c) for c in r) + " |" for r in lines]
+        pathlib.Path(args.markdown).write_text("\n".join(md) + "\n")
+
+
+def fmt(v):
+    return "—" if v is None else f"{v:.1f}"
+
+
+if __name__ == "__main__":
+    main()
