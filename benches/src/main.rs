@@ -39,6 +39,17 @@ struct Cli {
     /// Seconds each measurement runs at least.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Which measurements to run (comma-separated: forward, train, folder, search); handy
+    /// under a profiler.
+    #[arg(long, value_delimiter = ',', default_value = "forward,train,folder,search")]
+    only: Vec<String>,
+    /// Batch sizes for the forward measurements (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    batches: Vec<usize>,
+    /// Leave the C allocator at its defaults (freed memory goes back to the system at once),
+    /// to measure what `model::allocator::keep_freed_memory` gains.
+    #[arg(long)]
+    allocator_defaults: bool,
     /// Write the figures as JSON here too.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -66,29 +77,41 @@ fn folder_embedding(kind: BackboneKind, folder: &std::path::Path) -> Option<Meas
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if !cli.allocator_defaults && !model::allocator::keep_freed_memory() {
+        eprintln!("this allocator keeps its own policy for freed memory");
+    }
     let device = burn::prelude::Device::flex();
     let min_time = Duration::from_secs_f64(cli.seconds);
+    let wanted = |what: &str| cli.only.iter().any(|w| w == what);
     let mut rows: Vec<Measurement> = Vec::new();
     for name in &cli.models {
         let kind: BackboneKind = name.parse()?;
-        for folded in [false, true] {
-            rows.extend(network::forward(
-                kind,
-                &[1, 16, 64],
-                folded,
-                min_time,
-                &device,
-            ));
+        if wanted("forward") {
+            for folded in [false, true] {
+                rows.extend(network::forward(
+                    kind,
+                    &cli.batches,
+                    folded,
+                    min_time,
+                    &device,
+                ));
+            }
         }
-        rows.push(network::train_step(kind, 32, min_time, &device));
-        match folder_embedding(kind, &cli.folder) {
-            Some(m) => rows.push(m),
-            None => eprintln!("{kind}: no weights or no folder, folder embedding skipped"),
+        if wanted("train") {
+            rows.push(network::train_step(kind, 32, min_time, &device));
+        }
+        if wanted("folder") {
+            match folder_embedding(kind, &cli.folder) {
+                Some(m) => rows.push(m),
+                None => eprintln!("{kind}: no weights or no folder, folder embedding skipped"),
+            }
         }
         eprintln!("{kind} done");
     }
-    for &size in &cli.gallery_sizes {
-        rows.push(search::exact(size, cli.dim, 100, min_time, &device));
+    if wanted("search") {
+        for &size in &cli.gallery_sizes {
+            rows.push(search::exact(size, cli.dim, 100, min_time, &device));
+        }
     }
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);

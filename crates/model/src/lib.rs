@@ -8,8 +8,11 @@
 //! - [`head`]: the linear projection + L2 normalisation trained for retrieval.
 //! - [`embedder`]: backbone + optional head = what turns images into embeddings; a pretrained
 //!   name or a checkpoint directory gives one.
+//! - [`allocator`]: keeping freed tensor memory in the process instead of returning it to the
+//!   operating system after every layer (twice the CPU throughput at large batches).
 //! - [`device`]: choosing the compute device at run time (flex CPU, or wgpu with the feature).
 
+pub mod allocator;
 pub mod backbone;
 pub mod device;
 pub mod efficientnet_lite;

@@ -196,6 +196,7 @@ enum Command {
 }
 
 fn main() {
+    model::allocator::keep_freed_memory();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -24,6 +24,7 @@ struct Cli {
 }
 
 fn main() {
+    model::allocator::keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run(&cli) {
         eprintln!("error: {e:#}");
