@@ -41,7 +41,11 @@ struct Cli {
     seconds: f64,
     /// Which measurements to run (comma-separated: forward, train, folder, search); handy
     /// under a profiler.
-    #[arg(long, value_delimiter = ',', default_value = "forward,train,folder,search")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "forward,train,folder,search"
+    )]
     only: Vec<String>,
     /// Batch sizes for the forward measurements (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
