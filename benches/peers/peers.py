@@ -58,6 +58,8 @@ def parse_args():
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--folder", default=str(ROOT.parent / "shared/datasets/animals10/val/gallery"))
     p.add_argument("--seconds", type=float, default=3.0, help="each measurement runs at least this long")
+    p.add_argument("--only", default="forward,train,folder,search",
+                   help="which measurements (comma-separated: forward, train, folder, search)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--ours", help="read lookalike's figures from this JSON instead of running the binary")
     p.add_argument("--out", default=str(ROOT / "target" / "peers" / "results.json"))
@@ -82,7 +84,7 @@ def run_ours(args):
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["cargo", "run", "--release", "-p", "benches", "--",
            "--models", args.models, "--gallery-sizes", args.gallery_sizes, "--dim", str(args.dim),
-           "--folder", args.folder, "--seconds", str(args.seconds), "--out", str(out)]
+           "--only", args.only, "--folder", args.folder, "--seconds", str(args.seconds), "--out", str(out)]
     print("lookalike:", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, cwd=ROOT, check=True)
     return {m["key"]: m for m in json.loads(out.read_text())}
@@ -273,26 +275,29 @@ def main():
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []  # (measurement, our key, peer, peer figure)
     batches = [1, 16, 64]
+    only = set(args.only.split(","))
     for name in models:
         print(f"peers: {name}", file=sys.stderr)
         _, _, note = embedding_network(name)
-        peers = {
-            "PyTorch": torch_forward(name, batches, args.seconds, False),
-            "PyTorch (channels-last)": torch_forward(name, batches, args.seconds, True),
-            "ONNX Runtime": onnx_forward(name, batches, args.seconds, args.threads, workdir),
-        }
-        for b in batches:
-            for peer, figures in peers.items():
-                rows.append((f"{name} embedding, batch {b}{note}", f"forward/{name}/{b}/folded",
-                             peer, figures[b]))
-        for peer, cl in [("PyTorch", False), ("PyTorch (channels-last)", True)]:
-            rows.append((f"{name} training step, batch 32{note}", f"train/{name}/32", peer,
-                         torch_train_step(name, 32, args.seconds, cl)))
-        folder = torch_folder(name, args.folder)
+        if "forward" in only:
+            peers = {
+                "PyTorch": torch_forward(name, batches, args.seconds, False),
+                "PyTorch (channels-last)": torch_forward(name, batches, args.seconds, True),
+                "ONNX Runtime": onnx_forward(name, batches, args.seconds, args.threads, workdir),
+            }
+            for b in batches:
+                for peer, figures in peers.items():
+                    rows.append((f"{name} embedding, batch {b}{note}",
+                                 f"forward/{name}/{b}/folded", peer, figures[b]))
+        if "train" in only:
+            for peer, cl in [("PyTorch", False), ("PyTorch (channels-last)", True)]:
+                rows.append((f"{name} training step, batch 32{note}", f"train/{name}/32", peer,
+                             torch_train_step(name, 32, args.seconds, cl)))
+        folder = torch_folder(name, args.folder) if "folder" in only else None
         if folder is not None:
             rows.append((f"{name} folder embedding (decode + resize + forward)",
                          f"folder/{name}", "PyTorch + Pillow", folder))
-    for size in sizes:
+    for size in sizes if "search" in only else []:
         print(f"peers: search {size}", file=sys.stderr)
         for peer, figure in search(size, args.dim, args.seconds, args.threads).items():
             rows.append((f"exact search, {size} x {args.dim}, 100 queries (queries/s)",

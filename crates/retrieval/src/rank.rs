@@ -3,6 +3,7 @@
 //! results are deterministic.
 
 use burn::prelude::*;
+use rayon::prelude::*;
 
 /// One ranked result: gallery row and squared distance.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -12,14 +13,17 @@ pub struct Hit {
 }
 
 /// Squared distances `[Q, G]` between row-major matrices of width `dim`, on `device`.
+/// The products run on the device; the norms and the sum `|q|² + |g|² − 2 q·g` run in plain
+/// Rust over both cores (the flex backend's element-wise passes run on one).
 pub fn distances(query: &[f32], gallery: &[f32], dim: usize, device: &Device) -> Vec<f32> {
     let (nq, ng) = (query.len() / dim, gallery.len() / dim);
     if nq == 0 || ng == 0 {
         return Vec::new();
     }
+    let q_norms = squared_norms(query, dim);
+    let g_norms = squared_norms(gallery, dim);
     let mut out = vec![0f32; nq * ng];
     let q = Tensor::<2>::from_data(TensorData::new(query.to_vec(), [nq, dim]), device);
-    let q_norm = q.clone().powf_scalar(2.0).sum_dim(1); // [Q, 1]
     // Chunk the gallery so a million rows never need one giant product.
     let chunk_rows = (1 << 24) / nq.max(1);
     let chunk_rows = chunk_rows.clamp(1024, 1 << 16);
@@ -29,42 +33,68 @@ pub fn distances(query: &[f32], gallery: &[f32], dim: usize, device: &Device) ->
             TensorData::new(gallery[start * dim..end * dim].to_vec(), [end - start, dim]),
             device,
         );
-        let g_norm = g.clone().powf_scalar(2.0).sum_dim(1).transpose(); // [1, G]
-        let d = q_norm.clone() + g_norm - q.clone().matmul(g.transpose()).mul_scalar(2.0);
-        let d: Vec<f32> = d.clamp_min(0.0).into_data().try_to_vec().expect("f32");
+        let dots: Vec<f32> = q
+            .clone()
+            .matmul(g.transpose())
+            .into_data()
+            .try_to_vec()
+            .expect("f32");
         let width = end - start;
-        for (qi, row) in d.chunks_exact(width).enumerate() {
-            out[qi * ng + start..qi * ng + end].copy_from_slice(row);
-        }
+        out.par_chunks_exact_mut(ng)
+            .zip(dots.par_chunks_exact(width))
+            .zip(&q_norms)
+            .for_each(|((row, dots), &qn)| {
+                for ((d, &dot), &gn) in row[start..end]
+                    .iter_mut()
+                    .zip(dots)
+                    .zip(&g_norms[start..end])
+                {
+                    *d = (qn + gn - 2.0 * dot).max(0.0);
+                }
+            });
     }
     out
 }
 
-/// The `k` nearest gallery rows of each query (all of them when `k` is larger), nearest
-/// first, ties by `names`.
+fn squared_norms(rows: &[f32], dim: usize) -> Vec<f32> {
+    rows.par_chunks_exact(dim)
+        .map(|r| r.iter().map(|v| v * v).sum())
+        .collect()
+}
+
+/// The `k` nearest gallery rows of each query (all of them when `k` is 0 or larger than the
+/// gallery), nearest first, ties by `names`. Queries run in parallel.
 pub fn top_k(distances: &[f32], n_gallery: usize, names: &[String], k: usize) -> Vec<Vec<Hit>> {
     distances
-        .chunks_exact(n_gallery.max(1))
-        .map(|row| {
-            let mut hits: Vec<Hit> = row
-                .iter()
-                .enumerate()
-                .map(|(index, &distance)| Hit { index, distance })
-                .collect();
-            let cmp = |a: &Hit, b: &Hit| {
-                a.distance
-                    .total_cmp(&b.distance)
-                    .then_with(|| names[a.index].cmp(&names[b.index]))
-            };
-            let k = k.min(hits.len());
-            if k < hits.len() && k > 0 {
-                hits.select_nth_unstable_by(k - 1, cmp);
-                hits.truncate(k);
-            }
-            hits.sort_by(cmp);
-            hits
-        })
+        .par_chunks_exact(n_gallery.max(1))
+        .map(|row| nearest(row, names, k))
         .collect()
+}
+
+/// One query's `k` nearest. For a short list the k-th smallest distance is found on a plain
+/// copy of the row first, so only the rows at or below it (ties included) are compared by name.
+fn nearest(row: &[f32], names: &[String], k: usize) -> Vec<Hit> {
+    let hit = |(index, &distance): (usize, &f32)| Hit { index, distance };
+    let mut hits: Vec<Hit> = if k > 0 && k < row.len() {
+        let mut copy = row.to_vec();
+        let kth = *copy.select_nth_unstable_by(k - 1, f32::total_cmp).1;
+        row.iter()
+            .enumerate()
+            .filter(|(_, d)| d.total_cmp(&kth).is_le())
+            .map(hit)
+            .collect()
+    } else {
+        row.iter().enumerate().map(hit).collect()
+    };
+    hits.sort_by(|a, b| {
+        a.distance
+            .total_cmp(&b.distance)
+            .then_with(|| names[a.index].cmp(&names[b.index]))
+    });
+    if k > 0 {
+        hits.truncate(k);
+    }
+    hits
 }
 
 #[cfg(test)]
@@ -92,5 +122,21 @@ mod tests {
             [0, 2, 3]
         );
         assert_eq!(top_k(&d, 4, &names, 10)[0].len(), 4);
+        // k = 1 cuts between the tied rows 0 and 2: the name decides which one stays.
+        assert_eq!(
+            top_k(&d, 4, &names, 1)[1]
+                .iter()
+                .map(|h| h.index)
+                .collect::<Vec<_>>(),
+            [0]
+        );
+        let swapped: Vec<String> = ["c", "a", "b", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            top_k(&d, 4, &swapped, 1)[1]
+                .iter()
+                .map(|h| h.index)
+                .collect::<Vec<_>>(),
+            [2]
+        );
     }
 }
