@@ -110,33 +110,20 @@ mod tests {
         assert_eq!(d.len(), 8);
         assert!((d[0] - 2.0).abs() < 1e-5 && d[1].abs() < 1e-5);
         assert!((d[3] - 0.8).abs() < 1e-5);
-        let names: Vec<String> = ["b", "a", "c", "d"].iter().map(|s| s.to_string()).collect();
-        let top = top_k(&d, 4, &names, 3);
-        assert_eq!(
-            top[0].iter().map(|h| h.index).collect::<Vec<_>>(),
-            [1, 3, 0]
-        );
+        let names = |order: [&str; 4]| order.map(String::from).to_vec();
+        let indices = |names: &[String], k: usize, query: usize| -> Vec<usize> {
+            top_k(&d, 4, names, k)[query]
+                .iter()
+                .map(|h| h.index)
+                .collect()
+        };
+        let plain = names(["b", "a", "c", "d"]);
+        assert_eq!(indices(&plain, 3, 0), [1, 3, 0]);
         // Rows 0 and 2 tie for the second query: "b" (0) before "c" (2).
-        assert_eq!(
-            top[1].iter().map(|h| h.index).collect::<Vec<_>>(),
-            [0, 2, 3]
-        );
-        assert_eq!(top_k(&d, 4, &names, 10)[0].len(), 4);
-        // k = 1 cuts between the tied rows 0 and 2: the name decides which one stays.
-        assert_eq!(
-            top_k(&d, 4, &names, 1)[1]
-                .iter()
-                .map(|h| h.index)
-                .collect::<Vec<_>>(),
-            [0]
-        );
-        let swapped: Vec<String> = ["c", "a", "b", "d"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(
-            top_k(&d, 4, &swapped, 1)[1]
-                .iter()
-                .map(|h| h.index)
-                .collect::<Vec<_>>(),
-            [2]
-        );
+        assert_eq!(indices(&plain, 3, 1), [0, 2, 3]);
+        assert_eq!(indices(&plain, 10, 0).len(), 4);
+        // k = 1 cuts between the tied rows: the name decides which one stays.
+        assert_eq!(indices(&plain, 1, 1), [0]);
+        assert_eq!(indices(&names(["c", "a", "b", "d"]), 1, 1), [2]);
     }
 }
