@@ -251,4 +251,21 @@ fn collect_rejects_what_it_must_and_is_idempotent() {
     let r = by_source(&rows);
     assert_eq!(r["a_fresh.png"].reason, "leak-near");
     assert!(!into.join("cat/a_fresh.png").exists());
+
+    // A label map that files horses under another class moves the accepted copy.
+    let relabelled = CollectOptions {
+        labels: data::collect::labels::LabelMap {
+            map: [("horse".to_string(), "equine".to_string())].into(),
+            ..data::collect::labels::LabelMap::keep_all()
+        },
+        ..protected_more
+    };
+    let rows = collect(&relabelled).unwrap();
+    let r = by_source(&rows);
+    assert_eq!(r["horse.jpg"].file, "equine/horse.jpg");
+    assert!(into.join("equine/horse.jpg").is_file());
+    assert!(
+        !into.join("horse/horse.jpg").exists(),
+        "the old copy is gone"
+    );
 }

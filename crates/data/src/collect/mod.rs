@@ -7,7 +7,7 @@
 //! the label map does not take. Accepted files are copied byte for byte into
 //! `INTO/<class>/`; `INTO/manifest.csv` lists every candidate with its reason. Re-running
 //! gives the same collection and manifest; a file accepted before and rejected now (say, a
-//! new `--protect` folder) is removed.
+//! new `--protect` folder) is removed, and one whose label now maps to another class moves.
 
 pub mod fetch;
 pub mod fingerprint;
@@ -387,6 +387,14 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
                     std::fs::create_dir_all(dest.parent().expect("class folder"))?;
                     crate::write_atomic(&dest, &bytes)?;
                 }
+                // Accepted before under another name (its label now maps elsewhere): the old
+                // copy goes, or the collection would hold the image twice.
+                if let Some(before) = previous_by_source.get(candidate.source.as_str())
+                    && before.accepted
+                    && before.file != file
+                {
+                    to_remove.push((before.file.clone(), "filed elsewhere now"));
+                }
                 taken.insert(file.clone());
                 accepted.push(Known {
                     source: candidate.source.clone(),
@@ -404,19 +412,19 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
                 if let Some(before) = previous_by_source.get(candidate.source.as_str())
                     && before.accepted
                 {
-                    to_remove.push(before.file.clone());
+                    to_remove.push((before.file.clone(), "rejected now"));
                 }
             }
         }
         rows.push(row);
     }
-    for file in to_remove.into_iter().filter(|f| !taken.contains(f)) {
+    for (file, why) in to_remove.into_iter().filter(|(f, _)| !taken.contains(f)) {
         let path = options.into.join(&file);
         if path.is_file() {
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
             if !options.quiet {
-                eprintln!("removed {} (rejected now)", path.display());
+                eprintln!("removed {} ({why})", path.display());
             }
         }
     }
