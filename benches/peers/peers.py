@@ -96,27 +96,36 @@ def weights_dir():
     return pathlib.Path(os.environ.get("LOOKALIKE_WEIGHTS", ROOT / "weights"))
 
 
+WEIGHT_FILES = {"mobilenet_v2": "mobilenet_v2-b0353104.pth", "resnet18": None}
+
+
+def weights_file(name):
+    """torchvision's weight file for `name` when it is in the weights folder, else None."""
+    if name not in WEIGHT_FILES:
+        raise SystemExit(f"peers.py knows {', '.join(WEIGHT_FILES)}, not {name}")
+    path = WEIGHT_FILES[name] and weights_dir() / WEIGHT_FILES[name]
+    return path if path and path.exists() else None
+
+
+def weights_note(name):
+    return "" if weights_file(name) else " (random weights)"
+
+
 def embedding_network(name):
-    """The backbone as lookalike embeds with it: pooled features scaled to unit length."""
+    """The backbone as lookalike embeds with it (pooled features scaled to unit length), and
+    its input side."""
     import torch
     import torchvision
 
+    path = weights_file(name)
     if name == "mobilenet_v2":
         net = torchvision.models.mobilenet_v2()
-        path = weights_dir() / "mobilenet_v2-b0353104.pth"
-        note = ""
-        if path.exists():
+        if path:
             net.load_state_dict(torch.load(path, map_location="cpu"))
-        else:
-            note = " (random weights)"
         net.classifier = torch.nn.Identity()
-        side = 224
-    elif name == "resnet18":
+    else:
         net = torchvision.models.resnet18()
         net.fc = torch.nn.Identity()
-        note, side = " (random weights)", 224
-    else:
-        raise SystemExit(f"peers.py knows mobilenet_v2 and resnet18, not {name}")
 
     class Embed(torch.nn.Module):
         def __init__(self, backbone):
@@ -126,13 +135,13 @@ def embedding_network(name):
         def forward(self, x):
             return torch.nn.functional.normalize(self.backbone(x), dim=1)
 
-    return Embed(net), side, note
+    return Embed(net), 224
 
 
 def torch_forward(name, batches, seconds, channels_last):
     import torch
 
-    net, side, _ = embedding_network(name)
+    net, side = embedding_network(name)
     net.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
@@ -149,7 +158,7 @@ def onnx_forward(name, batches, seconds, threads, workdir):
     import onnxruntime as ort
     import torch
 
-    net, side, _ = embedding_network(name)
+    net, side = embedding_network(name)
     net.eval()
     path = workdir / f"{name}.onnx"
     torch.onnx.export(net, (torch.randn(1, 3, side, side),), str(path), dynamo=False,
@@ -171,7 +180,7 @@ def torch_train_step(name, batch, seconds, channels_last):
     """Forward, backward of the same loss lookalike's step uses, AdamW over every parameter."""
     import torch
 
-    net, side, _ = embedding_network(name)
+    net, side = embedding_network(name)
     backbone = net.backbone
     feature_dim = {"mobilenet_v2": 1280, "resnet18": 512}[name]
     head = torch.nn.Linear(feature_dim, 256)
@@ -198,9 +207,9 @@ def torch_folder(name, folder, batch=32):
     from PIL import Image
     from torchvision import transforms
 
-    net, side, note = embedding_network(name)
-    if note:
+    if not weights_file(name):
         return None
+    net, side = embedding_network(name)
     net.eval()
     prep = transforms.Compose([
         transforms.Resize(256), transforms.CenterCrop(side), transforms.ToTensor(),
@@ -278,7 +287,7 @@ def main():
     only = set(args.only.split(","))
     for name in models:
         print(f"peers: {name}", file=sys.stderr)
-        _, _, note = embedding_network(name)
+        note = weights_note(name)
         if "forward" in only:
             peers = {
                 "PyTorch": torch_forward(name, batches, args.seconds, False),
