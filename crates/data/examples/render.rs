@@ -1,7 +1,7 @@
 //! Writes the texture-removing renderings of one image, to see what training sees:
 //! `cargo run --release -p data --example render -- IMAGE OUT_DIR`
 
-use data::rendering::{blur, edge_drawing, pencil_sketch, posterize};
+use data::rendering::{blur, cartoon, contour_drawing, edge_drawing, pencil_sketch, posterize};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -17,6 +17,8 @@ fn main() -> anyhow::Result<()> {
         ("original", img.clone()),
         ("sketch", pencil_sketch(&img)),
         ("edges", edge_drawing(&img)),
+        ("contours", contour_drawing(&img, 2.5, 1)),
+        ("cartoon", cartoon(&img, 2.5, 4)),
         ("posterize", poster),
         ("blur", blur(&img, 2.0)),
     ] {

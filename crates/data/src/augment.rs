@@ -8,7 +8,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::preprocess::resize_rgb;
-use crate::rendering::{blur, edge_drawing, pencil_sketch, posterize};
+use crate::rendering::{blur, cartoon, contour_drawing, edge_drawing, pencil_sketch, posterize};
 
 /// Augmentation parameters (the `[augment]` table of a training config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,10 @@ pub struct AugmentConfig {
     pub sketch: f32,
     /// Probability of an edge-drawing rendering (outlines only, black on white).
     pub edges: f32,
+    /// Probability of a contour drawing (thin Canny lines on white, like a hand sketch).
+    pub contours: f32,
+    /// Probability of a cartoon rendering (smoothed flat colours with black outlines).
+    pub cartoon: f32,
     /// Probability of posterising to a few flat colour levels (cartoon-like).
     pub posterize: f32,
     /// Probability of a Gaussian blur (radius drawn up to 2 px at the output size).
@@ -51,6 +55,8 @@ impl Default for AugmentConfig {
             grayscale: 0.1,
             sketch: 0.0,
             edges: 0.0,
+            contours: 0.0,
+            cartoon: 0.0,
             posterize: 0.0,
             blur: 0.0,
         }
@@ -165,13 +171,22 @@ fn render(img: &mut RgbImage, config: &AugmentConfig, rng: &mut impl Rng) {
     let levels = rng.random_range(2..=4u8);
     let sigma = rng.random_range(0.5f32..=2.0);
     let do_blur = rng.random::<f32>() < config.blur;
+    // Line smoothing scales with the output size: 1.5 to 3.5 pixels at 224.
+    let line_sigma = rng.random_range(1.5f32..=3.5) * img.width().min(img.height()) as f32 / 224.0;
+    let thickness = rng.random_range(1..=2u32);
     let sketch_end = config.sketch;
     let edges_end = sketch_end + config.edges;
-    let posterize_end = edges_end + config.posterize;
+    let contours_end = edges_end + config.contours;
+    let cartoon_end = contours_end + config.cartoon;
+    let posterize_end = cartoon_end + config.posterize;
     if pick < sketch_end {
         *img = pencil_sketch(img);
     } else if pick < edges_end {
         *img = edge_drawing(img);
+    } else if pick < contours_end {
+        *img = contour_drawing(img, line_sigma, thickness);
+    } else if pick < cartoon_end {
+        *img = cartoon(img, line_sigma, levels + 1);
     } else if pick < posterize_end {
         posterize(img, levels);
     }
@@ -220,6 +235,41 @@ mod tests {
                 .pixels()
                 .all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2])
         );
+    }
+
+    #[test]
+    fn each_rendering_is_drawn_with_its_probability() {
+        // A disc on grass-like texture: contour drawings are black and white only, cartoons keep
+        // colour; with probability 1 every view is that rendering.
+        let img = RgbImage::from_fn(160, 160, |x, y| {
+            let (dx, dy) = (x as f32 - 80.0, y as f32 - 80.0);
+            if dx * dx + dy * dy < 50.0 * 50.0 {
+                image::Rgb([150, 90, 40])
+            } else {
+                image::Rgb([60, 140 + ((x * 7 + y * 3) % 20) as u8, 50])
+            }
+        });
+        let plain = AugmentConfig {
+            grayscale: 0.0,
+            ..Default::default()
+        };
+        let contours = AugmentConfig {
+            contours: 1.0,
+            ..plain.clone()
+        };
+        let cartoons = AugmentConfig {
+            cartoon: 1.0,
+            ..plain.clone()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..4 {
+            let view = augment(&img, &contours, 96, &mut rng);
+            assert!(view.pixels().all(|p| p.0 == [0; 3] || p.0 == [255; 3]));
+            assert!(view.pixels().any(|p| p.0 == [0; 3]));
+            let view = augment(&img, &cartoons, 96, &mut rng);
+            assert!(view.pixels().any(|p| p.0[0] != p.0[1]));
+            assert!(view.pixels().any(|p| p.0 == [0; 3]));
+        }
     }
 
     #[test]

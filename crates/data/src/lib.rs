@@ -6,7 +6,7 @@
 //! - [`load`]: decode many files in parallel with a progress bar, reporting and skipping bad ones.
 //! - [`preprocess`]: torchvision-style evaluation transform (resize, centre crop, normalise).
 //! - [`augment`]: seeded training augmentation (random resized crop, flip, colour jitter and
-//!   the texture-removing [`rendering`]s: sketch, edges, posterise, blur).
+//!   the texture-removing [`rendering`]s: sketch, edges, contours, cartoon, posterise, blur).
 //! - [`sampler`]: P×K batch sampling with a defined epoch.
 //! - [`collect`]: ingest extra images from folders and URL lists, rejecting broken files,
 //!   duplicates and leaks of protected (validation/test) images, with a manifest.

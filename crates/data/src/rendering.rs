@@ -1,5 +1,6 @@
 //! Renderings of a photo that keep its shapes and drop its colour and texture: a pencil
-//! sketch, an edge drawing, a posterised (cartoon-like) version and a blur. ImageNet features
+//! sketch, an edge drawing, a contour drawing (thin lines, like a hand sketch), a cartoon (flat
+//! colours with dark outlines), a posterised version and a blur. ImageNet features
 //! lean on texture, so a drawing of a dog lands near objects rather than near photos of dogs;
 //! training on these renderings teaches the embedding that shape is what matters.
 
@@ -75,6 +76,165 @@ pub fn edge_drawing(img: &RgbImage) -> RgbImage {
     to_rgb(&out)
 }
 
+/// Contour drawing: thin black lines on white where the smoothed image has a lasting edge,
+/// like a hand-drawn sketch. Canny's method (Gaussian smoothing by `sigma` pixels, Sobel
+/// gradients, non-maximum suppression, hysteresis between the 90th percentile of the gradient
+/// and half of it), then chains shorter than an eighth of the image side are dropped, so fur
+/// and grass texture leave no specks. `thickness` 1 draws one-pixel lines; each extra unit
+/// widens them by a pixel on every side.
+pub fn contour_drawing(img: &RgbImage, sigma: f32, thickness: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let lines = thicken(&contour_lines(&grey(img), sigma), w, h, thickness);
+    RgbImage::from_fn(w, h, |x, y| {
+        let v = if lines[(y * w + x) as usize] { 0 } else { 255 };
+        Rgb([v, v, v])
+    })
+}
+
+/// Cartoon: the photo smoothed, posterised to `levels` flat values a channel, with the contour
+/// lines of [`contour_drawing`] drawn over it in black, two pixels wide, like cel-shaded
+/// clip art.
+pub fn cartoon(img: &RgbImage, sigma: f32, levels: u8) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let lines = thicken(&contour_lines(&grey(img), sigma), w, h, 2);
+    let mut flat = imageops::blur(img, (sigma * 0.75).max(0.5));
+    posterize(&mut flat, levels);
+    for (i, px) in flat.pixels_mut().enumerate() {
+        if lines[i] {
+            px.0 = [0, 0, 0];
+        }
+    }
+    flat
+}
+
+/// Canny edge pixels of `g` (row-major, `true` on a line), see [`contour_drawing`].
+fn contour_lines(g: &GrayImage, sigma: f32) -> Vec<bool> {
+    let (w, h) = (g.width() as usize, g.height() as usize);
+    let smooth = imageops::blur(
+        &image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_fn(
+            g.width(),
+            g.height(),
+            |x, y| image::Luma([g.get_pixel(x, y).0[0] as f32]),
+        ),
+        sigma.max(0.3),
+    );
+    let at = |x: usize, y: usize, dx: isize, dy: isize| -> f32 {
+        let x = (x as isize + dx).clamp(0, w as isize - 1) as u32;
+        let y = (y as isize + dy).clamp(0, h as isize - 1) as u32;
+        smooth.get_pixel(x, y).0[0]
+    };
+    let mut magnitude = vec![0f32; w * h];
+    let mut direction = vec![0u8; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let gx = at(x, y, 1, -1) + 2.0 * at(x, y, 1, 0) + at(x, y, 1, 1)
+                - at(x, y, -1, -1)
+                - 2.0 * at(x, y, -1, 0)
+                - at(x, y, -1, 1);
+            let gy = at(x, y, -1, 1) + 2.0 * at(x, y, 0, 1) + at(x, y, 1, 1)
+                - at(x, y, -1, -1)
+                - 2.0 * at(x, y, 0, -1)
+                - at(x, y, 1, -1);
+            magnitude[y * w + x] = (gx * gx + gy * gy).sqrt();
+            // The gradient's direction rounded to 0°, 45°, 90° or 135°.
+            let angle = gy.atan2(gx).to_degrees().rem_euclid(180.0);
+            direction[y * w + x] = (((angle + 22.5) / 45.0) as u8) % 4;
+        }
+    }
+    // Non-maximum suppression: keep a pixel only where it is the ridge across the edge.
+    let m = |x: isize, y: isize| -> f32 {
+        if x < 0 || y < 0 || x >= w as isize || y >= h as isize {
+            0.0
+        } else {
+            magnitude[y as usize * w + x as usize]
+        }
+    };
+    let mut ridge = vec![0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let (dx, dy) = [(1, 0), (1, 1), (0, 1), (-1, 1)][direction[y * w + x] as usize];
+            let (xi, yi) = (x as isize, y as isize);
+            let v = magnitude[y * w + x];
+            if v >= m(xi + dx, yi + dy) && v >= m(xi - dx, yi - dy) {
+                ridge[y * w + x] = v;
+            }
+        }
+    }
+    let mut sorted = magnitude.clone();
+    sorted.sort_by(f32::total_cmp);
+    // A floor keeps a flat image (all gradients near zero) from drawing its noise.
+    let high = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)].max(8.0);
+    let low = high / 2.0;
+    // Hysteresis and length filter over 8-connected chains of weak pixels.
+    let min_len = (w.min(h) / 8).max(3);
+    let mut lines = vec![false; w * h];
+    let mut seen = vec![false; w * h];
+    let mut stack = Vec::new();
+    let mut chain = Vec::new();
+    for start in 0..w * h {
+        if seen[start] || ridge[start] < low {
+            continue;
+        }
+        seen[start] = true;
+        stack.push(start);
+        chain.clear();
+        let mut strong = false;
+        while let Some(i) = stack.pop() {
+            chain.push(i);
+            strong |= ridge[i] >= high;
+            let (x, y) = ((i % w) as isize, (i / w) as isize);
+            for (dx, dy) in [
+                (-1, -1),
+                (0, -1),
+                (1, -1),
+                (-1, 0),
+                (1, 0),
+                (-1, 1),
+                (0, 1),
+                (1, 1),
+            ] {
+                let (nx, ny) = (x + dx, y + dy);
+                if nx < 0 || ny < 0 || nx >= w as isize || ny >= h as isize {
+                    continue;
+                }
+                let j = ny as usize * w + nx as usize;
+                if !seen[j] && ridge[j] >= low {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            }
+        }
+        if strong && chain.len() >= min_len {
+            for &i in &chain {
+                lines[i] = true;
+            }
+        }
+    }
+    lines
+}
+
+/// Widens one-pixel lines: `thickness` 1 leaves them, each extra unit adds a pixel all round.
+fn thicken(lines: &[bool], w: u32, h: u32, thickness: u32) -> Vec<bool> {
+    let (w, h) = (w as isize, h as isize);
+    let r = thickness.saturating_sub(1) as isize;
+    if r == 0 {
+        return lines.to_vec();
+    }
+    let mut out = vec![false; lines.len()];
+    for y in 0..h {
+        for x in 0..w {
+            if lines[(y * w + x) as usize] {
+                for ny in (y - r).max(0)..=(y + r).min(h - 1) {
+                    for nx in (x - r).max(0)..=(x + r).min(w - 1) {
+                        out[(ny * w + nx) as usize] = true;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Posterise: each channel quantised to `levels` flat values (2 to 255), like cel shading.
 pub fn posterize(img: &mut RgbImage, levels: u8) {
     let levels = levels.max(2) as f32;
@@ -129,6 +289,72 @@ mod tests {
         assert!(e.get_pixel(5, 90).0[0] > 200);
         let rim = (15..=21).map(|x| e.get_pixel(x, 48).0[0]).min().unwrap();
         assert!(rim < 60, "rim {rim}");
+    }
+
+    /// The disc on a background of fine noise-like texture (a one-pixel checkerboard of small
+    /// contrast), as fur or grass would be.
+    fn disc_on_texture() -> RgbImage {
+        RgbImage::from_fn(96, 96, |x, y| {
+            let (dx, dy) = (x as f32 - 48.0, y as f32 - 48.0);
+            if dx * dx + dy * dy < 30.0 * 30.0 {
+                Rgb([40, 60, 160])
+            } else {
+                let t = if (x + y) % 2 == 0 { 12 } else { 0 };
+                Rgb([200 + t, 190 + t, 120 + t])
+            }
+        })
+    }
+
+    fn dark(img: &RgbImage) -> Vec<(u32, u32)> {
+        img.enumerate_pixels()
+            .filter(|(_, _, p)| p.0[0] < 128)
+            .map(|(x, y, _)| (x, y))
+            .collect()
+    }
+
+    #[test]
+    fn contours_are_thin_lines_on_the_outline_only() {
+        let c = contour_drawing(&disc_on_texture(), 1.5, 1);
+        assert!(is_grey(&c));
+        assert!(c.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+        let dark = dark(&c);
+        // Every line pixel lies on the disc's rim, none in the textured background.
+        for &(x, y) in &dark {
+            let r = ((x as f32 - 48.0).powi(2) + (y as f32 - 48.0).powi(2)).sqrt();
+            assert!(
+                (r - 30.0).abs() < 3.0,
+                "line pixel at ({x}, {y}), radius {r}"
+            );
+        }
+        // The rim is drawn nearly all the way round, one or two pixels wide.
+        let circumference = 2.0 * std::f32::consts::PI * 30.0;
+        let n = dark.len() as f32;
+        assert!(
+            n > 0.8 * circumference && n < 2.5 * circumference,
+            "{n} line pixels"
+        );
+    }
+
+    #[test]
+    fn thicker_contours_cover_more_and_a_flat_image_draws_nothing() {
+        let thin = dark(&contour_drawing(&disc(), 1.5, 1)).len();
+        let thick = dark(&contour_drawing(&disc(), 1.5, 2)).len();
+        assert!(thick > 2 * thin, "{thin} then {thick}");
+        let flat = RgbImage::from_pixel(64, 48, Rgb([90, 120, 30]));
+        assert!(dark(&contour_drawing(&flat, 1.5, 2)).is_empty());
+    }
+
+    #[test]
+    fn cartoon_is_flat_colour_with_black_outline() {
+        let c = cartoon(&disc_on_texture(), 1.5, 3);
+        // Inside the disc: one flat posterised colour; on the rim: black.
+        assert_eq!(c.get_pixel(48, 48).0, [0, 0, 128]);
+        let rim = (16..=21)
+            .map(|x| c.get_pixel(x, 48).0)
+            .filter(|p| *p == [0, 0, 0])
+            .count();
+        assert!(rim >= 1, "no outline at the rim");
+        assert!(c.get_pixel(5, 90).0 != [0, 0, 0]);
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl TrainingSet {
 
     /// Augmented, normalised CHW pixels of `indices`, `[len, 3, size, size]` flattened, and,
     /// when `with_photos` (a distillation teacher needs them), the same views before rendering
-    /// (sketch, edges, posterise, blur). Each image's randomness comes from `(seed, position)`,
+    /// (sketch, edges, contours, cartoon, posterise, blur). Each image's randomness comes from `(seed, position)`,
     /// so a batch is the same whatever the thread scheduling and whether or not the run was
     /// resumed.
     pub fn batch(
