@@ -325,4 +325,30 @@ mod tests {
         assert!(TrainConfig::parse("nonsense = 1", &[]).is_err());
         assert!(TrainConfig::parse("", &["noequals".into()]).is_err());
     }
+
+    /// Every training config shipped in `configs/` parses (deny_unknown_fields catches a
+    /// misspelt key), and the domains recipes turn their renderings on.
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            // collect.toml is a label map for `data collect`, not a training config.
+            if !name.ends_with(".toml") || name == "collect.toml" {
+                continue;
+            }
+            let c = TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            if name.starts_with("domains") {
+                assert!(c.augment.sketch + c.augment.contours > 0.0, "{name}");
+            }
+            parsed += 1;
+        }
+        assert!(
+            parsed >= 4,
+            "only {parsed} configs found in {}",
+            dir.display()
+        );
+    }
 }
