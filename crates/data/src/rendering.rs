@@ -20,6 +20,40 @@ fn to_rgb(grey: &GrayImage) -> RgbImage {
     })
 }
 
+type GreyF32 = image::ImageBuffer<image::Luma<f32>, Vec<f32>>;
+
+/// The greyscale image as floats, so smoothing keeps fractions.
+fn to_f32(g: &GrayImage) -> GreyF32 {
+    GreyF32::from_fn(g.width(), g.height(), |x, y| {
+        image::Luma([g.get_pixel(x, y).0[0] as f32])
+    })
+}
+
+/// Sobel gradients `[gx, gy]` of every pixel, row-major, edges clamped (the border pixel
+/// repeats).
+fn sobel(g: &GreyF32) -> Vec<[f32; 2]> {
+    let (w, h) = (g.width() as i64, g.height() as i64);
+    let at = |x: i64, y: i64| -> f32 {
+        g.get_pixel(x.clamp(0, w - 1) as u32, y.clamp(0, h - 1) as u32)
+            .0[0]
+    };
+    let mut out = Vec::with_capacity((w * h) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let gx = at(x + 1, y - 1) + 2.0 * at(x + 1, y) + at(x + 1, y + 1)
+                - at(x - 1, y - 1)
+                - 2.0 * at(x - 1, y)
+                - at(x - 1, y + 1);
+            let gy = at(x - 1, y + 1) + 2.0 * at(x, y + 1) + at(x + 1, y + 1)
+                - at(x - 1, y - 1)
+                - 2.0 * at(x, y - 1)
+                - at(x + 1, y - 1);
+            out.push([gx, gy]);
+        }
+    }
+    out
+}
+
 /// Pencil sketch by colour dodge: the greyscale image divided by its blurred negative. Flat
 /// regions go white and only the strokes around edges stay dark, like graphite on paper.
 pub fn pencil_sketch(img: &RgbImage) -> RgbImage {
@@ -47,25 +81,10 @@ pub fn pencil_sketch(img: &RgbImage) -> RgbImage {
 pub fn edge_drawing(img: &RgbImage) -> RgbImage {
     let g = imageops::blur(&grey(img), 1.0);
     let (w, h) = g.dimensions();
-    let at = |x: i64, y: i64| -> f32 {
-        let x = x.clamp(0, w as i64 - 1) as u32;
-        let y = y.clamp(0, h as i64 - 1) as u32;
-        g.get_pixel(x, y).0[0] as f32
-    };
-    let mut magnitude = Vec::with_capacity((w * h) as usize);
-    for y in 0..h as i64 {
-        for x in 0..w as i64 {
-            let gx = at(x + 1, y - 1) + 2.0 * at(x + 1, y) + at(x + 1, y + 1)
-                - at(x - 1, y - 1)
-                - 2.0 * at(x - 1, y)
-                - at(x - 1, y + 1);
-            let gy = at(x - 1, y + 1) + 2.0 * at(x, y + 1) + at(x + 1, y + 1)
-                - at(x - 1, y - 1)
-                - 2.0 * at(x, y - 1)
-                - at(x + 1, y - 1);
-            magnitude.push((gx * gx + gy * gy).sqrt());
-        }
-    }
+    let magnitude: Vec<f32> = sobel(&to_f32(&g))
+        .into_iter()
+        .map(|[gx, gy]| (gx * gx + gy * gy).sqrt())
+        .collect();
     let mut sorted = magnitude.clone();
     sorted.sort_by(f32::total_cmp);
     let strong = sorted[(sorted.len() * 98 / 100).min(sorted.len() - 1)].max(1.0);
@@ -110,36 +129,14 @@ pub fn cartoon(img: &RgbImage, sigma: f32, levels: u8) -> RgbImage {
 /// Canny edge pixels of `g` (row-major, `true` on a line), see [`contour_drawing`].
 fn contour_lines(g: &GrayImage, sigma: f32) -> Vec<bool> {
     let (w, h) = (g.width() as usize, g.height() as usize);
-    let smooth = imageops::blur(
-        &image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_fn(
-            g.width(),
-            g.height(),
-            |x, y| image::Luma([g.get_pixel(x, y).0[0] as f32]),
-        ),
-        sigma.max(0.3),
-    );
-    let at = |x: usize, y: usize, dx: isize, dy: isize| -> f32 {
-        let x = (x as isize + dx).clamp(0, w as isize - 1) as u32;
-        let y = (y as isize + dy).clamp(0, h as isize - 1) as u32;
-        smooth.get_pixel(x, y).0[0]
-    };
+    let gradients = sobel(&imageops::blur(&to_f32(g), sigma.max(0.3)));
     let mut magnitude = vec![0f32; w * h];
     let mut direction = vec![0u8; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            let gx = at(x, y, 1, -1) + 2.0 * at(x, y, 1, 0) + at(x, y, 1, 1)
-                - at(x, y, -1, -1)
-                - 2.0 * at(x, y, -1, 0)
-                - at(x, y, -1, 1);
-            let gy = at(x, y, -1, 1) + 2.0 * at(x, y, 0, 1) + at(x, y, 1, 1)
-                - at(x, y, -1, -1)
-                - 2.0 * at(x, y, 0, -1)
-                - at(x, y, 1, -1);
-            magnitude[y * w + x] = (gx * gx + gy * gy).sqrt();
-            // The gradient's direction rounded to 0°, 45°, 90° or 135°.
-            let angle = gy.atan2(gx).to_degrees().rem_euclid(180.0);
-            direction[y * w + x] = (((angle + 22.5) / 45.0) as u8) % 4;
-        }
+    for (i, [gx, gy]) in gradients.into_iter().enumerate() {
+        magnitude[i] = (gx * gx + gy * gy).sqrt();
+        // The gradient's direction rounded to 0°, 45°, 90° or 135°.
+        let angle = gy.atan2(gx).to_degrees().rem_euclid(180.0);
+        direction[i] = (((angle + 22.5) / 45.0) as u8) % 4;
     }
     // Non-maximum suppression: keep a pixel only where it is the ridge across the edge.
     let m = |x: isize, y: isize| -> f32 {
@@ -254,16 +251,21 @@ pub fn blur(img: &RgbImage, sigma: f32) -> RgbImage {
 mod tests {
     use super::*;
 
-    /// A dark disc on a light textured background.
-    fn disc() -> RgbImage {
+    /// A dark disc of radius 30 centred in a 96×96 image, on `background`.
+    fn disc_on(background: impl Fn(u32, u32) -> Rgb<u8>) -> RgbImage {
         RgbImage::from_fn(96, 96, |x, y| {
             let (dx, dy) = (x as f32 - 48.0, y as f32 - 48.0);
             if dx * dx + dy * dy < 30.0 * 30.0 {
                 Rgb([40, 60, 160])
             } else {
-                Rgb([200 + (x % 3) as u8 * 10, 190, 120])
+                background(x, y)
             }
         })
+    }
+
+    /// The disc on a light background with faint vertical stripes.
+    fn disc() -> RgbImage {
+        disc_on(|x, _| Rgb([200 + (x % 3) as u8 * 10, 190, 120]))
     }
 
     fn is_grey(img: &RgbImage) -> bool {
@@ -294,14 +296,9 @@ mod tests {
     /// The disc on a background of fine noise-like texture (a one-pixel checkerboard of small
     /// contrast), as fur or grass would be.
     fn disc_on_texture() -> RgbImage {
-        RgbImage::from_fn(96, 96, |x, y| {
-            let (dx, dy) = (x as f32 - 48.0, y as f32 - 48.0);
-            if dx * dx + dy * dy < 30.0 * 30.0 {
-                Rgb([40, 60, 160])
-            } else {
-                let t = if (x + y) % 2 == 0 { 12 } else { 0 };
-                Rgb([200 + t, 190 + t, 120 + t])
-            }
+        disc_on(|x, y| {
+            let t = if (x + y) % 2 == 0 { 12 } else { 0 };
+            Rgb([200 + t, 190 + t, 120 + t])
         })
     }
 
