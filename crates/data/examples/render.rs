@@ -1,7 +1,21 @@
 //! Writes the texture-removing renderings of one image, to see what training sees:
 //! `cargo run --release -p data --example render -- IMAGE OUT_DIR`
 
-use data::rendering::{blur, cartoon, contour_drawing, edge_drawing, pencil_sketch, posterize};
+use data::rendering::{
+    blur, cartoon, contour_drawing, edge_drawing, pencil_sketch, posterize, random_convolution,
+};
+
+/// A fixed 3×3 restyling filter (training draws a new one for every view).
+const RESTYLE: [f32; 81] = {
+    let mut w = [0.0; 81];
+    let mut i = 0;
+    while i < 81 {
+        // A deterministic spread of signs and sizes in [-0.33, 0.33].
+        w[i] = ((i * 37 % 17) as f32 - 8.0) / 24.0;
+        i += 1;
+    }
+    w
+};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,6 +35,10 @@ fn main() -> anyhow::Result<()> {
         ("cartoon", cartoon(&img, 2.5, 4)),
         ("posterize", poster),
         ("blur", blur(&img, 2.0)),
+        (
+            "random-convolution",
+            random_convolution(&img, &RESTYLE, 3, 0.3),
+        ),
     ] {
         rendered.save(out.join(format!("{name}.png")))?;
     }

@@ -3,12 +3,15 @@
 //! so that a drawing of an animal lands near photos of it. The same seed gives the same pixels,
 //! so a resumed run sees the same images as an uninterrupted one.
 
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::preprocess::resize_rgb;
-use crate::rendering::{blur, cartoon, contour_drawing, edge_drawing, pencil_sketch, posterize};
+use crate::rendering::{
+    blur, cartoon, contour_drawing, edge_drawing, keep_foreground, pencil_sketch, posterize,
+    random_convolution,
+};
 
 /// Augmentation parameters (the `[augment]` table of a training config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,8 +42,15 @@ pub struct AugmentConfig {
     pub cartoon: f32,
     /// Probability of posterising to a few flat colour levels (cartoon-like).
     pub posterize: f32,
+    /// Probability of a random-convolution restyling (random 1–7 px filter mixed with the
+    /// photo: random colours and textures, same shapes).
+    pub random_convolution: f32,
     /// Probability of a Gaussian blur (radius drawn up to 2 px at the output size).
     pub blur: f32,
+    /// Probability that a drawing (sketch, edges, contours, cartoon) keeps only the animal, on
+    /// white, where the image has a foreground map (the trainer estimates one per photo when
+    /// this is above 0).
+    pub foreground: f32,
 }
 
 impl Default for AugmentConfig {
@@ -58,7 +68,9 @@ impl Default for AugmentConfig {
             contours: 0.0,
             cartoon: 0.0,
             posterize: 0.0,
+            random_convolution: 0.0,
             blur: 0.0,
+            foreground: 0.0,
         }
     }
 }
@@ -139,14 +151,16 @@ pub fn colour_jitter(img: &mut RgbImage, config: &AugmentConfig, rng: &mut impl 
 
 /// One augmented `size`×`size` view of `img`.
 pub fn augment(img: &RgbImage, config: &AugmentConfig, size: u32, rng: &mut impl Rng) -> RgbImage {
-    augment_with_photo(img, config, size, rng).0
+    augment_with_photo(img, None, config, size, rng).0
 }
 
 /// One augmented view of `img` and the same view before any rendering (same crop, flip and
 /// colour): the photo a distillation teacher sees while the student sees its sketch, so the
-/// student learns to put a drawing where the photo it was drawn from lies.
+/// student learns to put a drawing where the photo it was drawn from lies. `foreground` (any
+/// size, stretched over the image) says where the animal is, for drawings of it alone.
 pub fn augment_with_photo(
     img: &RgbImage,
+    foreground: Option<&GrayImage>,
     config: &AugmentConfig,
     size: u32,
     rng: &mut impl Rng,
@@ -154,19 +168,43 @@ pub fn augment_with_photo(
     let (w, h) = img.dimensions();
     let crop = random_crop_box(w, h, config.scale, config.ratio, rng);
     let mut photo = resize_rgb(img, size, size, Some(crop));
+    let mut mask = foreground.map(|m| crop_foreground(m, (w, h), crop, size));
     if rng.random::<f32>() < config.hflip {
         image::imageops::flip_horizontal_in_place(&mut photo);
+        if let Some(m) = mask.as_mut() {
+            image::imageops::flip_horizontal_in_place(m);
+        }
     }
     colour_jitter(&mut photo, config, rng);
     let mut out = photo.clone();
-    render(&mut out, config, rng);
+    render(&mut out, mask.as_ref(), config, rng);
     (out, photo)
+}
+
+/// The part of a foreground map under `crop` (in image pixels), at `size`×`size`, smoothly
+/// interpolated.
+fn crop_foreground(
+    mask: &GrayImage,
+    (w, h): (u32, u32),
+    (left, top, cw, ch): (f64, f64, f64, f64),
+    size: u32,
+) -> GrayImage {
+    let sx = mask.width() as f64 / w as f64;
+    let sy = mask.height() as f64 / h as f64;
+    let rgb = image::DynamicImage::ImageLuma8(mask.clone()).to_rgb8();
+    let crop = (left * sx, top * sy, cw * sx, ch * sy);
+    image::DynamicImage::ImageRgb8(resize_rgb(&rgb, size, size, Some(crop))).to_luma8()
 }
 
 /// At most one of the texture-removing renderings, each with its own probability, then an
 /// optional blur. The random draws happen whatever is picked, so one probability changing
 /// does not shift every later image's randomness.
-fn render(img: &mut RgbImage, config: &AugmentConfig, rng: &mut impl Rng) {
+fn render(
+    img: &mut RgbImage,
+    foreground: Option<&GrayImage>,
+    config: &AugmentConfig,
+    rng: &mut impl Rng,
+) {
     let pick: f32 = rng.random();
     let levels = rng.random_range(2..=4u8);
     let sigma = rng.random_range(0.5f32..=2.0);
@@ -174,11 +212,20 @@ fn render(img: &mut RgbImage, config: &AugmentConfig, rng: &mut impl Rng) {
     // Line smoothing scales with the output size: 1.5 to 3.5 pixels at 224.
     let line_sigma = rng.random_range(1.5f32..=3.5) * img.width().min(img.height()) as f32 / 224.0;
     let thickness = rng.random_range(1..=2u32);
+    let alone = rng.random::<f32>() < config.foreground;
+    let k = [1, 3, 5, 7][rng.random_range(0..4usize)];
+    // Uniform weights with the variance of He initialisation over the 3·k² inputs.
+    let bound = (3.0 / (3.0 * (k * k) as f32)).sqrt();
+    let weights: Vec<f32> = (0..9 * k * k)
+        .map(|_| rng.random_range(-bound..=bound))
+        .collect();
+    let keep: f32 = rng.random();
     let sketch_end = config.sketch;
     let edges_end = sketch_end + config.edges;
     let contours_end = edges_end + config.contours;
     let cartoon_end = contours_end + config.cartoon;
     let posterize_end = cartoon_end + config.posterize;
+    let restyle_end = posterize_end + config.random_convolution;
     if pick < sketch_end {
         *img = pencil_sketch(img);
     } else if pick < edges_end {
@@ -189,6 +236,11 @@ fn render(img: &mut RgbImage, config: &AugmentConfig, rng: &mut impl Rng) {
         *img = cartoon(img, line_sigma, levels + 1);
     } else if pick < posterize_end {
         posterize(img, levels);
+    } else if pick < restyle_end {
+        *img = random_convolution(img, &weights, k, keep);
+    }
+    if let Some(mask) = foreground.filter(|_| alone && pick < cartoon_end) {
+        keep_foreground(img, mask);
     }
     if do_blur {
         *img = blur(img, sigma);
@@ -226,7 +278,7 @@ mod tests {
             ..plain.clone()
         };
         let (sketch, photo) =
-            augment_with_photo(&img, &sketchy, 64, &mut ChaCha8Rng::seed_from_u64(3));
+            augment_with_photo(&img, None, &sketchy, 64, &mut ChaCha8Rng::seed_from_u64(3));
         let same = augment(&img, &plain, 64, &mut ChaCha8Rng::seed_from_u64(3));
         assert_eq!(photo, same);
         assert_ne!(sketch, photo);
@@ -235,6 +287,62 @@ mod tests {
                 .pixels()
                 .all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2])
         );
+    }
+
+    #[test]
+    fn drawings_of_the_animal_alone_follow_the_foreground_through_crop_and_flip() {
+        // Squares everywhere, so a contour drawing has lines in both halves; the foreground
+        // map says the animal is in the right half only.
+        let img = RgbImage::from_fn(192, 192, |x, y| {
+            let v = if (x / 24 + y / 24) % 2 == 0 { 40 } else { 220 };
+            image::Rgb([v, v, v])
+        });
+        let right_half =
+            GrayImage::from_fn(8, 8, |x, _| image::Luma([if x < 4 { 0 } else { 255 }]));
+        let whole = AugmentConfig {
+            scale: [1.0, 1.0],
+            ratio: [1.0, 1.0],
+            hflip: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            grayscale: 0.0,
+            contours: 1.0,
+            foreground: 1.0,
+            ..Default::default()
+        };
+        let dark_in = |view: &RgbImage, xs: std::ops::Range<u32>| {
+            xs.flat_map(|x| (0..view.height()).map(move |y| (x, y)))
+                .filter(|&(x, y)| view.get_pixel(x, y).0 == [0; 3])
+                .count()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (view, photo) = augment_with_photo(&img, Some(&right_half), &whole, 96, &mut rng);
+        assert_eq!(dark_in(&view, 0..36), 0, "lines kept in the background");
+        assert!(dark_in(&view, 60..96) > 50, "the foreground lost its lines");
+        assert!(
+            photo.pixels().any(|p| p.0 == [40; 3]),
+            "the photo view is not masked"
+        );
+
+        let flipped = AugmentConfig {
+            hflip: 1.0,
+            ..whole.clone()
+        };
+        let (view, _) = augment_with_photo(&img, Some(&right_half), &flipped, 96, &mut rng);
+        assert_eq!(
+            dark_in(&view, 60..96),
+            0,
+            "the mask did not flip with the image"
+        );
+        assert!(dark_in(&view, 0..36) > 50);
+
+        let everywhere = AugmentConfig {
+            foreground: 0.0,
+            ..whole
+        };
+        let (view, _) = augment_with_photo(&img, Some(&right_half), &everywhere, 96, &mut rng);
+        assert!(dark_in(&view, 0..36) > 50, "foreground 0 still masked");
     }
 
     #[test]

@@ -54,6 +54,25 @@ fn sobel(g: &GreyF32) -> Vec<[f32; 2]> {
     out
 }
 
+/// Paints white wherever `foreground` (same size; 0 background, 255 object) says there is no
+/// object, blending across the ramp between `FOREGROUND_RAMP` thresholds. A hand sketch or a
+/// clip-art cartoon draws the animal alone on white; a rendering of a whole photo also draws
+/// grass, branches and fences, which no drawn query has.
+pub fn keep_foreground(img: &mut RgbImage, foreground: &GrayImage) {
+    assert_eq!(img.dimensions(), foreground.dimensions(), "mask size");
+    let [lo, hi] = FOREGROUND_RAMP;
+    for (px, m) in img.pixels_mut().zip(foreground.pixels()) {
+        let t = ((m.0[0] as f32 / 255.0 - lo) / (hi - lo)).clamp(0.0, 1.0);
+        let alpha = t * t * (3.0 - 2.0 * t);
+        px.0 =
+            px.0.map(|v| (alpha * v as f32 + (1.0 - alpha) * 255.0).round() as u8);
+    }
+}
+
+/// Foreground strengths (fractions of the image's strongest) below which a pixel is background
+/// and above which it is object; smooth in between.
+pub const FOREGROUND_RAMP: [f32; 2] = [0.3, 0.5];
+
 /// Pencil sketch by colour dodge: the greyscale image divided by its blurred negative. Flat
 /// regions go white and only the strokes around edges stay dark, like graphite on paper.
 pub fn pencil_sketch(img: &RgbImage) -> RgbImage {
@@ -242,6 +261,55 @@ pub fn posterize(img: &mut RgbImage, levels: u8) {
     }
 }
 
+/// Random-convolution style randomisation (RandConv, Xu et al. 2021): the image through a
+/// random `k`×`k` convolution, 3 channels in and out (`weights` laid out `[out][in][ky][kx]`),
+/// each output channel standardised to mid-grey ± 60 levels per standard deviation, then mixed
+/// with the original (`keep` of it). Colours and local textures become random while shapes
+/// stay, so the network cannot lean on any one style: a painting or a cartoon is one more.
+pub fn random_convolution(img: &RgbImage, weights: &[f32], k: usize, keep: f32) -> RgbImage {
+    assert_eq!(weights.len(), 9 * k * k, "3×3×k×k weights");
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let r = (k / 2) as i64;
+    let at = |x: i64, y: i64, c: usize| -> f32 {
+        img.get_pixel(x.clamp(0, w - 1) as u32, y.clamp(0, h - 1) as u32)
+            .0[c] as f32
+            / 255.0
+    };
+    let n = (w * h) as usize;
+    let mut out = vec![[0f32; 3]; n];
+    for y in 0..h {
+        for x in 0..w {
+            let mut acc = [0f32; 3];
+            for i in 0..3 {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let v = at(x + kx as i64 - r, y + ky as i64 - r, i);
+                        for (o, a) in acc.iter_mut().enumerate() {
+                            *a += weights[((o * 3 + i) * k + ky) * k + kx] * v;
+                        }
+                    }
+                }
+            }
+            out[(y * w + x) as usize] = acc;
+        }
+    }
+    let mut stats = [(0f32, 0f32); 3];
+    for (c, stat) in stats.iter_mut().enumerate() {
+        let mean = out.iter().map(|p| p[c]).sum::<f32>() / n as f32;
+        let var = out.iter().map(|p| (p[c] - mean).powi(2)).sum::<f32>() / n as f32;
+        *stat = (mean, var.sqrt().max(1e-6));
+    }
+    RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        let p = out[(y as i64 * w + x as i64) as usize];
+        let original = img.get_pixel(x, y).0;
+        Rgb(std::array::from_fn(|c| {
+            let (mean, std) = stats[c];
+            let styled = (128.0 + 60.0 * (p[c] - mean) / std).clamp(0.0, 255.0);
+            (keep * original[c] as f32 + (1.0 - keep) * styled).round() as u8
+        }))
+    })
+}
+
 /// Gaussian blur with standard deviation `sigma` pixels.
 pub fn blur(img: &RgbImage, sigma: f32) -> RgbImage {
     imageops::blur(img, sigma)
@@ -270,6 +338,33 @@ mod tests {
 
     fn is_grey(img: &RgbImage) -> bool {
         img.pixels().all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2])
+    }
+
+    #[test]
+    fn keep_foreground_whitens_the_background_and_keeps_the_object() {
+        let mut img = RgbImage::from_pixel(3, 1, Rgb([10, 20, 30]));
+        let mask = GrayImage::from_raw(3, 1, vec![0, 102, 255]).unwrap();
+        keep_foreground(&mut img, &mask);
+        assert_eq!(img.get_pixel(0, 0).0, [255; 3]);
+        assert_eq!(img.get_pixel(2, 0).0, [10, 20, 30]);
+        // 0.4 is halfway up the ramp: halfway between the pixel and white.
+        let mid = img.get_pixel(1, 0).0;
+        assert!((mid[0] as i32 - 133).abs() <= 2, "{mid:?}");
+    }
+
+    #[test]
+    fn random_convolution_restyles_colours_and_keeps_shapes() {
+        let img = disc();
+        // 1×1: a per-pixel colour map, so the disc stays one colour and the background another.
+        let swap: Vec<f32> = vec![0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0];
+        let styled = random_convolution(&img, &swap, 1, 0.0);
+        let inside = styled.get_pixel(48, 48).0;
+        assert!(styled.pixels().filter(|p| p.0 == inside).count() > 2500);
+        assert_ne!(inside, styled.get_pixel(2, 2).0);
+        assert_ne!(inside, img.get_pixel(48, 48).0, "colours unchanged");
+        // The disc is blue: with red and blue swapped it turns red-dominant.
+        assert!(inside[0] > inside[2], "{inside:?}");
+        assert_eq!(random_convolution(&img, &[0.5; 81], 3, 1.0), img);
     }
 
     #[test]

@@ -118,6 +118,16 @@ impl Backbone {
         }
     }
 
+    /// The last feature map `[B, D, H/32, W/32]` before pooling: where in the image the
+    /// features come from (a foreground estimate, see the trainer's `foreground`).
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Backbone::MobileNetV2(m) => m.feature_map(x),
+            Backbone::EfficientNetLite(m) => m.feature_map(x),
+            Backbone::ResNet(m) => m.feature_map(x),
+        }
+    }
+
     /// Pooled features `[B, D]` of a normalised batch `[B, 3, H, W]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         match self {

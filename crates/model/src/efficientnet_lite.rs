@@ -6,7 +6,10 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::layers::{Activation, ConvBn, ConvBnConfig, InvertedResidual, Padding, mobile_features};
+use crate::layers::{
+    Activation, ConvBn, ConvBnConfig, InvertedResidual, Padding, global_avg_pool,
+    mobile_feature_map,
+};
 
 pub const FEATURE_DIM: usize = 1280;
 const BN_EPS: f64 = 1e-3;
@@ -112,7 +115,12 @@ impl EfficientNetLite {
     }
 
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        mobile_features(&self.stem, &self.blocks, &self.head, x)
+        global_avg_pool(self.feature_map(x))
+    }
+
+    /// The last feature map, before pooling.
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        mobile_feature_map(&self.stem, &self.blocks, &self.head, x)
     }
 
     pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {

@@ -202,17 +202,17 @@ impl InvertedResidual {
     }
 }
 
-/// Stem, inverted-residual blocks, head convolution, global pooling: the pooled features of
-/// both mobile families.
-pub fn mobile_features(
+/// Stem, inverted-residual blocks, head convolution: the last feature map `[B, C, H/32, W/32]`
+/// of both mobile families (global pooling gives their features).
+pub fn mobile_feature_map(
     stem: &ConvBn,
     blocks: &[InvertedResidual],
     head: &ConvBn,
     x: Tensor<4>,
-) -> Tensor<2> {
+) -> Tensor<4> {
     let mut x = stem.forward(x);
     for block in blocks {
         x = block.forward(x);
     }
-    global_avg_pool(head.forward(x))
+    head.forward(x)
 }

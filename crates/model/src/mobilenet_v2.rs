@@ -5,7 +5,9 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::layers::{Activation, ConvBn, ConvBnConfig, InvertedResidual, mobile_features};
+use crate::layers::{
+    Activation, ConvBn, ConvBnConfig, InvertedResidual, global_avg_pool, mobile_feature_map,
+};
 
 /// torchvision's inverted-residual settings: expansion t, output channels c, repeats n,
 /// first stride s.
@@ -71,7 +73,12 @@ impl MobileNetV2 {
 
     /// Pooled 1280-d features.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        mobile_features(&self.stem, &self.blocks, &self.head, x)
+        global_avg_pool(self.feature_map(x))
+    }
+
+    /// The last feature map, before pooling.
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        mobile_feature_map(&self.stem, &self.blocks, &self.head, x)
     }
 
     pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {

@@ -136,13 +136,18 @@ impl ResNet {
     }
 
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        global_avg_pool(self.feature_map(x))
+    }
+
+    /// The last stage's output, before pooling.
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = self.maxpool.forward(self.stem.forward(x));
         for layer in [&self.layer1, &self.layer2, &self.layer3, &self.layer4] {
             for block in layer {
                 x = block.forward(x);
             }
         }
-        global_avg_pool(x)
+        x
     }
 
     pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {

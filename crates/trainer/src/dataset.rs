@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use data::augment::{AugmentConfig, augment_with_photo};
 use data::preprocess::normalize_into;
 use data::{Normalization, list_images, load_images};
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -17,6 +17,8 @@ pub struct TrainingSet {
     pub labels: Vec<usize>,
     /// Class names, sorted; `labels` index into this.
     pub classes: Vec<String>,
+    /// Where the animal is in each image (see [`crate::foreground`]), when estimated.
+    pub foreground: Option<Vec<GrayImage>>,
 }
 
 impl TrainingSet {
@@ -55,6 +57,7 @@ impl TrainingSet {
             images,
             labels,
             classes,
+            foreground: None,
         })
     }
 
@@ -93,8 +96,9 @@ impl TrainingSet {
             .zip(indices.par_iter().enumerate())
             .for_each(|((dst, photo_dst), (pos, &i))| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003) ^ pos as u64);
+                let foreground = self.foreground.as_ref().map(|f| &f[i]);
                 let (view, photo) =
-                    augment_with_photo(&self.images[i], augment_config, size, &mut rng);
+                    augment_with_photo(&self.images[i], foreground, augment_config, size, &mut rng);
                 normalize_into(&view, normalization, dst);
                 if let Some(photo_dst) = photo_dst {
                     normalize_into(&photo, normalization, photo_dst);

@@ -3,6 +3,7 @@
 //! - [`config`]: the TOML run description, with `--set key=value` overrides.
 //! - [`loss`]: ArcFace and triplet (batch-hard, semi-hard) losses.
 //! - [`dataset`]: training images decoded once, augmented P×K batches.
+//! - [`foreground`]: where the animal is in each training photo, for drawings of it alone.
 //! - [`schedule`]: warm-up then cosine learning rates.
 //! - [`validation`]: per-epoch retrieval metrics through the `retrieval` crate's code path.
 //! - [`checkpoint`]: the run directory (best model, last state for `--resume`).
@@ -11,6 +12,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
+pub mod foreground;
 pub mod loss;
 pub mod schedule;
 pub mod training;

@@ -23,6 +23,7 @@ use retrieval::metrics::Metrics;
 use crate::checkpoint::{TrainState, find_last, read_state, write_last};
 use crate::config::{LossKind, OptimizerKind, SelectionMetric, SelectionRule, TrainConfig};
 use crate::dataset::TrainingSet;
+use crate::foreground::foreground_maps;
 use crate::loss::arcface::{ArcFace, one_hot};
 use crate::loss::triplet_loss;
 use crate::schedule::warmup_cosine;
@@ -231,7 +232,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
 
     let mut folders = vec![config.train.clone()];
     folders.extend(config.extra_train.iter().cloned());
-    let train_set = TrainingSet::load(&folders, quiet)?;
+    let mut train_set = TrainingSet::load(&folders, quiet)?;
     let sampler =
         PkSampler::new(&train_set.labels, config.p, config.k).map_err(anyhow::Error::msg)?;
     let validation: Vec<ValidationSet> = config
@@ -272,6 +273,26 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
     } else {
         None
     };
+    if config.augment.foreground > 0.0 {
+        if !config.pretrained {
+            bail!(
+                "[augment] foreground needs the pretrained backbone (pretrained = true) to find the animals"
+            );
+        }
+        let finder = match &teacher {
+            Some(t) => t.clone(),
+            None => Embedder::pretrained(kind, &device)?.backbone.valid(),
+        };
+        train_set.foreground = Some(foreground_maps(
+            &finder,
+            &train_set.images,
+            size,
+            &preprocess.normalization,
+            config.eval_batch_size,
+            &device,
+            quiet,
+        ));
+    }
     let mut arcface = (config.loss.kind == LossKind::Arcface).then(|| {
         ArcFace::new(
             train_set.classes.len(),
