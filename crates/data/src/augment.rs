@@ -7,7 +7,7 @@ use image::{GrayImage, RgbImage};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::preprocess::resize_rgb;
+use crate::preprocess::{resize_grey, resize_rgb};
 use crate::rendering::{
     blur, cartoon, contour_drawing, edge_drawing, keep_foreground, pencil_sketch, posterize,
     random_convolution,
@@ -191,9 +191,8 @@ fn crop_foreground(
 ) -> GrayImage {
     let sx = mask.width() as f64 / w as f64;
     let sy = mask.height() as f64 / h as f64;
-    let rgb = image::DynamicImage::ImageLuma8(mask.clone()).to_rgb8();
     let crop = (left * sx, top * sy, cw * sx, ch * sy);
-    image::DynamicImage::ImageRgb8(resize_rgb(&rgb, size, size, Some(crop))).to_luma8()
+    resize_grey(mask, size, size, Some(crop))
 }
 
 /// At most one of the texture-removing renderings, each with its own probability, then an

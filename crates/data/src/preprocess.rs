@@ -3,7 +3,7 @@
 
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
 /// Per-channel normalisation applied to pixel values scaled to [0, 1].
@@ -47,9 +47,32 @@ pub fn resize_rgb(
     crop: Option<(f64, f64, f64, f64)>,
 ) -> RgbImage {
     let (w, h) = img.dimensions();
-    let src = Image::from_vec_u8(w, h, img.as_raw().clone(), PixelType::U8x3)
-        .expect("buffer matches dimensions");
-    let mut dst = Image::new(width.max(1), height.max(1), PixelType::U8x3);
+    let raw = resize_raw(img.as_raw(), (w, h), PixelType::U8x3, (width, height), crop);
+    RgbImage::from_raw(width.max(1), height.max(1), raw).expect("buffer size")
+}
+
+/// [`resize_rgb`] for a one-channel image (a mask or a map).
+pub fn resize_grey(
+    img: &GrayImage,
+    width: u32,
+    height: u32,
+    crop: Option<(f64, f64, f64, f64)>,
+) -> GrayImage {
+    let (w, h) = img.dimensions();
+    let raw = resize_raw(img.as_raw(), (w, h), PixelType::U8, (width, height), crop);
+    GrayImage::from_raw(width.max(1), height.max(1), raw).expect("buffer size")
+}
+
+/// The bilinear resize behind [`resize_rgb`] and [`resize_grey`], on raw interleaved bytes.
+fn resize_raw(
+    raw: &[u8],
+    (w, h): (u32, u32),
+    pixel: PixelType,
+    (width, height): (u32, u32),
+    crop: Option<(f64, f64, f64, f64)>,
+) -> Vec<u8> {
+    let src = Image::from_vec_u8(w, h, raw.to_vec(), pixel).expect("buffer matches dimensions");
+    let mut dst = Image::new(width.max(1), height.max(1), pixel);
     let mut options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     if let Some((left, top, cw, ch)) = crop {
         options = options.crop(left, top, cw, ch);
@@ -57,7 +80,7 @@ pub fn resize_rgb(
     Resizer::new()
         .resize(&src, &mut dst, &options)
         .expect("pixel types match");
-    RgbImage::from_raw(dst.width(), dst.height(), dst.into_vec()).expect("buffer size")
+    dst.into_vec()
 }
 
 /// Size after torchvision's `Resize(size)`: the shorter side becomes `size`, the longer side

@@ -2,9 +2,8 @@
 //! cartoon of the animal alone (what `[augment] foreground` trains on):
 //! `cargo run --release -p trainer --example foreground -- BACKBONE OUT_DIR IMAGE...`
 
-use data::preprocess::resize_rgb;
+use data::preprocess::resize_grey;
 use data::rendering::{cartoon, contour_drawing, keep_foreground};
-use image::DynamicImage;
 use model::{BackboneKind, Embedder};
 
 fn main() -> anyhow::Result<()> {
@@ -34,13 +33,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     for (i, (photo, map)) in photos.iter().zip(&maps).enumerate() {
         let (w, h) = photo.dimensions();
-        let mask = DynamicImage::ImageRgb8(resize_rgb(
-            &DynamicImage::ImageLuma8(map.clone()).to_rgb8(),
-            w,
-            h,
-            None,
-        ))
-        .to_luma8();
+        let mask = resize_grey(map, w, h, None);
         let sigma = 2.5 * w.min(h) as f32 / 224.0;
         let mut contours = contour_drawing(photo, sigma, 1);
         keep_foreground(&mut contours, &mask);
