@@ -51,6 +51,11 @@ pub struct AugmentConfig {
     /// white, where the image has a foreground map (the trainer estimates one per photo when
     /// this is above 0).
     pub foreground: f32,
+    /// Probability that a view left a photo (not a sketch, edge, contour or cartoon drawing)
+    /// keeps only the animal, on white, where the image has a foreground map. Hand sketches and
+    /// clip art sit on white paper, so without this a white background is something only
+    /// drawings and the odd studio photo share, and drawings land on those photos.
+    pub photo_on_white: f32,
 }
 
 impl Default for AugmentConfig {
@@ -71,6 +76,7 @@ impl Default for AugmentConfig {
             random_convolution: 0.0,
             blur: 0.0,
             foreground: 0.0,
+            photo_on_white: 0.0,
         }
     }
 }
@@ -211,7 +217,9 @@ fn render(
     // Line smoothing scales with the output size: 1.5 to 3.5 pixels at 224.
     let line_sigma = rng.random_range(1.5f32..=3.5) * img.width().min(img.height()) as f32 / 224.0;
     let thickness = rng.random_range(1..=2u32);
-    let alone = rng.random::<f32>() < config.foreground;
+    // One draw decides both: a drawing keeps the animal alone with probability `foreground`,
+    // a photo with probability `photo_on_white`.
+    let alone_draw: f32 = rng.random();
     let k = [1, 3, 5, 7][rng.random_range(0..4usize)];
     // Uniform weights with the variance of He initialisation over the 3·k² inputs.
     let bound = (3.0 / (3.0 * (k * k) as f32)).sqrt();
@@ -238,7 +246,12 @@ fn render(
     } else if pick < restyle_end {
         *img = random_convolution(img, &weights, k, keep);
     }
-    if let Some(mask) = foreground.filter(|_| alone && pick < cartoon_end) {
+    let alone = if pick < cartoon_end {
+        alone_draw < config.foreground
+    } else {
+        alone_draw < config.photo_on_white
+    };
+    if let Some(mask) = foreground.filter(|_| alone) {
         keep_foreground(img, mask);
     }
     if do_blur {
@@ -288,6 +301,25 @@ mod tests {
         );
     }
 
+    /// No crop, flip or colour change, so a view's pixels are the image's.
+    fn whole_image_unjittered() -> AugmentConfig {
+        AugmentConfig {
+            scale: [1.0, 1.0],
+            ratio: [1.0, 1.0],
+            hflip: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            grayscale: 0.0,
+            ..Default::default()
+        }
+    }
+
+    /// A foreground map that puts the animal in the right half of the image.
+    fn right_half_foreground() -> GrayImage {
+        GrayImage::from_fn(8, 8, |x, _| image::Luma([if x < 4 { 0 } else { 255 }]))
+    }
+
     #[test]
     fn drawings_of_the_animal_alone_follow_the_foreground_through_crop_and_flip() {
         // Squares everywhere, so a contour drawing has lines in both halves; the foreground
@@ -296,19 +328,11 @@ mod tests {
             let v = if (x / 24 + y / 24) % 2 == 0 { 40 } else { 220 };
             image::Rgb([v, v, v])
         });
-        let right_half =
-            GrayImage::from_fn(8, 8, |x, _| image::Luma([if x < 4 { 0 } else { 255 }]));
+        let right_half = right_half_foreground();
         let whole = AugmentConfig {
-            scale: [1.0, 1.0],
-            ratio: [1.0, 1.0],
-            hflip: 0.0,
-            brightness: 0.0,
-            contrast: 0.0,
-            saturation: 0.0,
-            grayscale: 0.0,
             contours: 1.0,
             foreground: 1.0,
-            ..Default::default()
+            ..whole_image_unjittered()
         };
         let dark_in = |view: &RgbImage, xs: std::ops::Range<u32>| {
             xs.flat_map(|x| (0..view.height()).map(move |y| (x, y)))
@@ -342,6 +366,31 @@ mod tests {
         };
         let (view, _) = augment_with_photo(&img, Some(&right_half), &everywhere, 96, &mut rng);
         assert!(dark_in(&view, 0..36) > 50, "foreground 0 still masked");
+    }
+
+    #[test]
+    fn photos_on_white_keep_the_animal_and_whiten_the_rest() {
+        let img = RgbImage::from_fn(96, 96, |x, _| image::Rgb([if x < 48 { 30 } else { 90 }; 3]));
+        let right_half = right_half_foreground();
+        let on_white = AugmentConfig {
+            photo_on_white: 1.0,
+            ..whole_image_unjittered()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let (view, photo) = augment_with_photo(&img, Some(&right_half), &on_white, 96, &mut rng);
+        assert_eq!(view.get_pixel(10, 50).0, [255; 3], "background kept");
+        assert_eq!(view.get_pixel(85, 50).0, [90; 3], "the animal was changed");
+        assert_eq!(photo, img, "the photo view is masked too");
+
+        // Drawings are governed by `foreground` only: photo_on_white leaves them whole.
+        let drawn = AugmentConfig {
+            sketch: 1.0,
+            ..on_white
+        };
+        let seeded = || ChaCha8Rng::seed_from_u64(6);
+        let (masked, _) = augment_with_photo(&img, Some(&right_half), &drawn, 96, &mut seeded());
+        let (whole, _) = augment_with_photo(&img, None, &drawn, 96, &mut seeded());
+        assert_eq!(masked, whole, "a drawing was masked by photo_on_white");
     }
 
     #[test]
