@@ -1,5 +1,6 @@
-//! Writes, for each image, the foreground map a backbone gives it and the contour drawing and
-//! cartoon of the animal alone (what `[augment] foreground` trains on):
+//! Writes, for each image, the foreground map a backbone gives it, the contour drawing and
+//! cartoon of the animal alone (what `[augment] foreground` trains on) and the photo of it alone
+//! on white (`[augment] photo_on_white`):
 //! `cargo run --release -p trainer --example foreground -- BACKBONE OUT_DIR IMAGE...`
 
 use data::preprocess::resize_grey;
@@ -39,9 +40,12 @@ fn main() -> anyhow::Result<()> {
         keep_foreground(&mut contours, &mask);
         let mut toon = cartoon(photo, sigma, 4);
         keep_foreground(&mut toon, &mask);
+        let mut on_white = photo.clone();
+        keep_foreground(&mut on_white, &mask);
         mask.save(out.join(format!("{i}-map.png")))?;
         contours.save(out.join(format!("{i}-contours.png")))?;
         toon.save(out.join(format!("{i}-cartoon.png")))?;
+        on_white.save(out.join(format!("{i}-photo-on-white.png")))?;
     }
     Ok(())
 }
