@@ -49,7 +49,7 @@ pub struct AugmentConfig {
     pub blur: f32,
     /// Probability that a drawing (sketch, edges, contours, cartoon) keeps only the animal, on
     /// white, where the image has a foreground map (the trainer estimates one per photo when
-    /// this is above 0).
+    /// [`AugmentConfig::uses_foreground`]).
     pub foreground: f32,
     /// Probability that a view left a photo (not a sketch, edge, contour or cartoon drawing)
     /// keeps only the animal, on white, where the image has a foreground map. Hand sketches and
@@ -78,6 +78,13 @@ impl Default for AugmentConfig {
             foreground: 0.0,
             photo_on_white: 0.0,
         }
+    }
+}
+
+impl AugmentConfig {
+    /// Whether any key masks views with a foreground map, so the maps must be estimated.
+    pub fn uses_foreground(&self) -> bool {
+        self.foreground > 0.0 || self.photo_on_white > 0.0
     }
 }
 

@@ -273,7 +273,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
     } else {
         None
     };
-    if config.augment.foreground > 0.0 || config.augment.photo_on_white > 0.0 {
+    if config.augment.uses_foreground() {
         if !config.pretrained {
             bail!(
                 "[augment] foreground and photo_on_white need the pretrained backbone (pretrained = true) to find the animals"
