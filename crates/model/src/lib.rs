@@ -18,6 +18,7 @@ pub mod device;
 pub mod efficientnet_lite;
 pub mod embedder;
 pub mod head;
+pub mod interpolate;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod resnet;

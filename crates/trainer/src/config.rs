@@ -167,8 +167,14 @@ pub struct TrainConfig {
     pub backbone: String,
     /// Start from the ImageNet weights (false: random initialisation, for tests and ablations).
     pub pretrained: bool,
-    /// Training and evaluation input side; 0 uses the backbone's own (224 for MobileNetV2).
-    pub image_size: u32,
+    /// Input side of the saved model and of validation; absent: the backbone's own (224 for
+    /// MobileNetV2, 240 for EfficientNet-Lite1).
+    pub image_size: Option<u32>,
+    /// Input side of the training views; absent: `image_size`. Training below the side the
+    /// model embeds at costs less a step and, with random-resized crops, matches the apparent
+    /// object size of the uncropped evaluation images better (Touvron et al., "Fixing the
+    /// train-test resolution discrepancy", NeurIPS 2019).
+    pub train_image_size: Option<u32>,
     /// Output width of the metric head.
     pub embedding_dim: usize,
     /// Which vector the saved model uses as its embedding.
@@ -186,6 +192,10 @@ pub struct TrainConfig {
     /// Weight of the distillation term: squared distance between the fine-tuned backbone's
     /// normalised features and the frozen pretrained backbone's, on the same batch.
     pub distill_weight: f64,
+    /// WiSE-FT: the model validated and saved each epoch is `wise_ft · fine-tuned +
+    /// (1 − wise_ft) · pretrained`, backbone weight by weight (the head as trained); training
+    /// goes on from the fine-tuned weights. Absent: the fine-tuned weights themselves.
+    pub wise_ft: Option<f64>,
     pub augment: AugmentConfig,
     pub seed: u64,
     pub out_dir: PathBuf,
@@ -209,7 +219,8 @@ impl Default for TrainConfig {
             validation: Vec::new(),
             backbone: "mobilenet_v2".into(),
             pretrained: true,
-            image_size: 0,
+            image_size: None,
+            train_image_size: None,
             embedding_dim: 256,
             output: EmbeddingOutput::Head,
             flip: false,
@@ -220,6 +231,7 @@ impl Default for TrainConfig {
             optimizer: OptimizerConfig::default(),
             freeze: FreezeConfig::default(),
             distill_weight: 0.0,
+            wise_ft: None,
             augment: AugmentConfig::default(),
             seed: 17,
             out_dir: PathBuf::from("checkpoints/run"),
@@ -284,6 +296,14 @@ impl TrainConfig {
             bail!("epochs must be at least 1");
         }
         self.backbone.parse::<model::BackboneKind>()?;
+        if let Some(a) = self.wise_ft
+            && !(0.0..=1.0).contains(&a)
+        {
+            bail!("wise_ft must lie between 0 and 1 (got {a})");
+        }
+        if self.wise_ft.is_some() && !self.pretrained {
+            bail!("wise_ft blends with the pretrained weights: it needs pretrained = true");
+        }
         Ok(())
     }
 

@@ -27,7 +27,7 @@ use crate::foreground::foreground_maps;
 use crate::loss::arcface::{ArcFace, one_hot};
 use crate::loss::triplet_loss;
 use crate::schedule::warmup_cosine;
-use crate::validation::ValidationSet;
+use crate::validation::Validation;
 
 type Optimizer = burn::optim::ModuleOptimizer;
 
@@ -138,20 +138,28 @@ fn append(path: &Path, line: &str) -> Result<()> {
     Ok(())
 }
 
-/// Embeds and scores every validation pair with the model's current weights.
+/// Embeds and scores every validation pair with `model` (in inference mode).
 fn validate(
-    validation: &[ValidationSet],
+    validation: &Validation,
     model: &Embedder,
     device: &Device,
     config: &TrainConfig,
 ) -> Result<Vec<(String, Metrics)>> {
-    validation
-        .iter()
-        .map(|v| {
-            let e = v.evaluate(model.valid(), device, config.eval_batch_size)?;
-            Ok((v.name.clone(), e.overall))
-        })
-        .collect()
+    validation.evaluate(model.valid(), device, config.eval_batch_size)
+}
+
+/// The model an epoch validates and saves: the fine-tuned weights, or with `wise_ft` their
+/// blend with the pretrained backbone.
+fn kept_model(
+    model: &Embedder,
+    pretrained: Option<&model::Backbone>,
+    config: &TrainConfig,
+) -> Result<Embedder> {
+    let mut kept = model.valid();
+    if let (Some(alpha), Some(pre)) = (config.wise_ft, pretrained) {
+        kept.backbone = model::interpolate::interpolate(kept.backbone, pre, alpha)?;
+    }
+    Ok(kept)
 }
 
 /// One line an epoch on stderr.
@@ -219,11 +227,8 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
     let device = model::device::device(&config.device)?;
     let ad = device.clone().autodiff();
     let kind: BackboneKind = config.backbone.parse()?;
-    let size = if config.image_size > 0 {
-        config.image_size
-    } else {
-        kind.input_size()
-    };
+    let size = config.image_size.unwrap_or_else(|| kind.input_size());
+    let train_size = config.train_image_size.unwrap_or(size);
     let preprocess = kind.preprocess_at(size);
     // Seeds parameter initialisation (head, ArcFace centres, and a backbone trained from
     // scratch), so that two runs of one config start from the same weights.
@@ -235,11 +240,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
     let mut train_set = TrainingSet::load(&folders, quiet)?;
     let sampler =
         PkSampler::new(&train_set.labels, config.p, config.k).map_err(anyhow::Error::msg)?;
-    let validation: Vec<ValidationSet> = config
-        .validation
-        .iter()
-        .map(|pair| ValidationSet::load(pair, &preprocess))
-        .collect::<Result<_>>()?;
+    let validation = Validation::load(&config.validation, &preprocess)?;
     if !quiet {
         eprintln!(
             "training {} on {} images of {} classes; validating on {}",
@@ -268,21 +269,23 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
     ));
     model.output = config.output;
     model.flip = config.flip;
-    let teacher = if config.distill_weight > 0.0 && config.pretrained {
+    let pretrained_backbone = if config.pretrained {
         Some(Embedder::pretrained(kind, &device)?.backbone.valid())
     } else {
         None
     };
+    let teacher = pretrained_backbone
+        .clone()
+        .filter(|_| config.distill_weight > 0.0);
     if config.augment.uses_foreground() {
         if !config.pretrained {
             bail!(
                 "[augment] foreground and photo_on_white need the pretrained backbone (pretrained = true) to find the animals"
             );
         }
-        let finder = match &teacher {
-            Some(t) => t.clone(),
-            None => Embedder::pretrained(kind, &device)?.backbone.valid(),
-        };
+        let finder = pretrained_backbone
+            .clone()
+            .expect("pretrained checked above");
         train_set.foreground = Some(foreground_maps(
             &finder,
             &train_set.images,
@@ -377,6 +380,9 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
         model = backbone_for_epoch(model, config, epoch);
         let backbone_trains =
             epoch >= config.freeze.backbone_epochs && config.freeze.trainable_blocks > 0;
+        // A frozen backbone is the teacher (same weights, same batch-norm statistics): the
+        // distillation term is zero, so the teacher's forward pass is skipped.
+        let distill = teacher.is_some() && backbone_trains;
         let batches = sampler.epoch(&mut ChaCha8Rng::seed_from_u64(mix(
             config.seed,
             epoch as u64,
@@ -405,13 +411,13 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
             let (pixels, photos) = train_set.batch(
                 batch,
                 &config.augment,
-                size,
+                train_size,
                 &preprocess.normalization,
                 mix(config.seed, epoch as u64 + 1, b as u64 + 1),
-                teacher.is_some(),
+                distill,
             );
             let labels: Vec<usize> = batch.iter().map(|&i| train_set.labels[i]).collect();
-            let s = size as usize;
+            let s = train_size as usize;
             let x = Tensor::<4>::from_data(TensorData::new(pixels, [batch.len(), 3, s, s]), &ad);
             // The teacher sees each view as a photo, before any sketch-like rendering.
             let photo = photos.map(|p| {
@@ -482,7 +488,8 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
         bar.finish_and_clear();
 
         let t2 = Instant::now();
-        let results = validate(&validation, &model, &device, config)?;
+        let kept = kept_model(&model, pretrained_backbone.as_ref(), config)?;
+        let results = validate(&validation, &kept, &device, config)?;
         let eval_s = t2.elapsed().as_secs_f64();
         let steps = batches.len().max(1);
         let record = EpochRecord {
@@ -500,9 +507,11 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
         state.epoch = epoch + 1;
         if state.best.is_none_or(|(best, _)| record.selection > best) {
             state.best = Some((record.selection, epoch + 1));
-            model
-                .valid()
-                .save_checkpoint(out, &format!("{} epoch {}", config.backbone, epoch + 1))?;
+            let note = match config.wise_ft {
+                Some(a) => format!("{} epoch {}, WiSE-FT {a}", config.backbone, epoch + 1),
+                None => format!("{} epoch {}", config.backbone, epoch + 1),
+            };
+            kept.save_checkpoint(out, &note)?;
         }
         write_last(out, |dir| {
             model

@@ -189,3 +189,38 @@ fn killed_run_resumes_to_the_same_result() {
     assert_eq!(a.len(), 4);
     assert_eq!(a, b, "a resumed run must end where a straight one does");
 }
+
+/// Training views smaller than the embedding side, a WiSE-FT blend as the kept model, and the
+/// same pair validated under two names (one pool of distinct images behind both).
+#[test]
+fn smaller_training_views_and_wise_ft() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_data(tmp.path());
+    let out = tmp.path().join("run");
+    let root = tmp.path().display().to_string();
+    let text = config_text(tmp.path(), &out, 2).replace(
+        "[loss]",
+        &format!(
+            "[[validation]]\nname = \"again\"\nquery = \"{root}/query\"\ngallery = \"{root}/gallery\"\n\n[loss]"
+        ),
+    );
+    let config =
+        TrainConfig::parse(&text, &["train_image_size=48".into(), "wise_ft=0.5".into()]).unwrap();
+    let outcome = trainer::training::train(&config, false, true).unwrap();
+    for record in &outcome.history {
+        let (a, b) = (&record.validation[0].1, &record.validation[1].1);
+        assert_eq!(a.top1, b.top1);
+        assert_eq!(a.map10, b.map10);
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    assert!(
+        meta["note"].as_str().unwrap().contains("WiSE-FT 0.5"),
+        "{meta}"
+    );
+    assert_eq!(meta["input_size"], 64, "{meta}");
+    // The kept model embeds at the evaluation side: retrieval loads and scores it as trained.
+    let last = outcome.history.last().unwrap();
+    assert!(last.validation[0].1.map10 > 0.0);
+    assert!(TrainConfig::parse(&text, &["wise_ft=1.5".into()]).is_err());
+}
