@@ -63,6 +63,30 @@ pub fn write_last(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<
     Ok(())
 }
 
+/// Removes what an earlier run left in `out`: its checkpoints (`last/`, `last.old/`,
+/// `last.partial/`), best model and metrics. `config.toml` and anything else stay.
+pub fn clear_run(out: &Path) -> Result<()> {
+    for dir in ["last", "last.old", "last.partial"] {
+        let path = out.join(dir);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    for file in [
+        model::embedder::META_FILE,
+        model::embedder::WEIGHTS_FILE,
+        "metrics.csv",
+    ] {
+        let path = out.join(file);
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn read_state(dir: &Path) -> Result<TrainState> {
     let path = dir.join("state.json");
     let text = std::fs::read_to_string(&path)

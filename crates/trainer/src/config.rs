@@ -296,6 +296,19 @@ impl TrainConfig {
             bail!("epochs must be at least 1");
         }
         self.backbone.parse::<model::BackboneKind>()?;
+        let o = &self.optimizer;
+        for (name, value) in [
+            ("optimizer.lr_backbone", o.lr_backbone),
+            ("optimizer.lr_head", o.lr_head),
+            ("optimizer.lr_loss", o.lr_loss),
+            ("optimizer.weight_decay", o.weight_decay),
+            ("optimizer.warmup_epochs", o.warmup_epochs),
+            ("distill_weight", self.distill_weight),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                bail!("{name} must be a finite number, 0 or more (got {value})");
+            }
+        }
         if let Some(a) = self.wise_ft
             && !(0.0..=1.0).contains(&a)
         {
@@ -342,6 +355,16 @@ mod tests {
         let again = TrainConfig::parse(&c.to_toml().unwrap(), &[]).unwrap();
         assert_eq!(again, c);
         assert!(TrainConfig::parse("epochs = 0", &[]).is_err());
+        for bad in [
+            "optimizer.lr_backbone=-1e-4",
+            "optimizer.lr_head=-0.1",
+            "optimizer.lr_loss=nan",
+            "distill_weight=-1",
+        ] {
+            let e = TrainConfig::parse(text, &[bad.into()]).unwrap_err();
+            let key = bad.split('=').next().unwrap();
+            assert!(format!("{e:#}").contains(key), "{bad}: {e:#}");
+        }
         assert!(TrainConfig::parse("nonsense = 1", &[]).is_err());
         assert!(TrainConfig::parse("", &["noequals".into()]).is_err());
     }

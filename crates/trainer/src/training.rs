@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use retrieval::metrics::Metrics;
 
-use crate::checkpoint::{TrainState, find_last, read_state, write_last};
+use crate::checkpoint::{TrainState, clear_run, find_last, read_state, write_last};
 use crate::config::{LossKind, OptimizerKind, SelectionMetric, SelectionRule, TrainConfig};
 use crate::dataset::TrainingSet;
 use crate::foreground::foreground_maps;
@@ -312,9 +312,11 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
     let mut state = TrainState::default();
     let csv = out.join("metrics.csv");
     let header = csv_header(config);
+    let mut resumed = false;
     if resume {
         match find_last(out) {
             Some(dir) => {
+                resumed = true;
                 state = read_state(&dir)?;
                 let load_err = |what: &str| format!("cannot resume from {}: {what}", dir.display());
                 model = model
@@ -346,6 +348,11 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
                 }
             }
         }
+    }
+    if !resumed {
+        // A fresh run owns its directory: nothing of an earlier run (its last/ checkpoint,
+        // best model or metrics rows) may be resumed from or mixed in later.
+        clear_run(out)?;
     }
     truncate_csv(&csv, &header, state.epoch)?;
 
@@ -452,12 +459,18 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
             }
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
+                let advice = match state.epoch {
+                    0 => "no epoch has finished, so there is nothing to resume: lower the learning rates or the ArcFace scale and start again (without --resume)".to_string(),
+                    done => format!(
+                        "the best epoch so far is the model in {}; {} holds epoch {done}, which may already carry the divergence: lower the learning rates or the ArcFace scale and start again, or --resume with lower rates",
+                        out.display(),
+                        out.join("last").display()
+                    ),
+                };
                 bail!(
-                    "the loss became {value} at epoch {}, batch {}: stopping. The last good checkpoint is {} (epoch {}); lower the learning rates or the ArcFace scale and run again with --resume",
+                    "the loss became {value} at epoch {}, batch {}: stopping. {advice}",
                     epoch + 1,
                     b + 1,
-                    out.join("last").display(),
-                    state.epoch
                 );
             }
             let mut grads = loss.backward();

@@ -224,3 +224,38 @@ fn smaller_training_views_and_wise_ft() {
     assert!(last.validation[0].1.map10 > 0.0);
     assert!(TrainConfig::parse(&text, &["wise_ft=1.5".into()]).is_err());
 }
+
+/// A fresh run into the directory of an earlier one keeps nothing of it: one row an epoch in
+/// metrics.csv, and no checkpoint of the old run left for a --resume to continue.
+#[test]
+fn fresh_run_replaces_an_earlier_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_data(tmp.path());
+    let out = tmp.path().join("run");
+    let old = TrainConfig::parse(&config_text(tmp.path(), &out, 2), &[]).unwrap();
+    trainer::training::train(&old, false, true).unwrap();
+    assert_eq!(metrics_rows(&out).len(), 3);
+
+    // The new run is killed before its first epoch ends (here: it fails at once, on a
+    // loss made infinite); the old run's last/ must not survive for --resume to pick up.
+    let failing = TrainConfig::parse(
+        &config_text(tmp.path(), &out, 1),
+        &["loss.scale=1e39".into()],
+    )
+    .unwrap();
+    let err = trainer::training::train(&failing, false, true).unwrap_err();
+    assert!(format!("{err:#}").contains("nothing to resume"), "{err:#}");
+    assert!(
+        !out.join("last").exists(),
+        "the old run's checkpoint survived"
+    );
+    assert!(
+        !out.join("model.json").exists(),
+        "the old run's model survived"
+    );
+
+    let fresh = TrainConfig::parse(&config_text(tmp.path(), &out, 1), &[]).unwrap();
+    trainer::training::train(&fresh, false, true).unwrap();
+    let epochs: Vec<String> = metrics_rows(&out).iter().map(|r| r[0].clone()).collect();
+    assert_eq!(epochs, ["0", "1"]);
+}
