@@ -6,7 +6,7 @@
 //! and each unmap interrupts the other cores to flush their TLBs. Profiling a MobileNetV2
 //! forward at batch 16 on 2 cores put about a third of the time in the kernel (page faults,
 //! `munmap`, TLB shoot-downs); keeping freed memory doubled throughput at batch 64
-//! (`cargo run --release -p benches`, README "Performance").
+//! (`cargo run --release -p benches`, docs/performance.md).
 //!
 //! The price: the process keeps up to [`TOP_PAD`] of freed memory resident instead of handing
 //! it back, so its resident size stays near its peak.

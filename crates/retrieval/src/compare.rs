@@ -1,5 +1,5 @@
 //! Several methods on the same query/gallery pair, one table: what `retrieval compare` prints
-//! and writes as Markdown and CSV (the README's comparison table is this output).
+//! and writes as Markdown and CSV (the comparison table in docs/guide.md is this output).
 //!
 //! A method is a model (`--model` syntax: backbone, descriptor or checkpoint directory) with
 //! `+`-joined test-time options: `mobilenet_v2+flip`, `checkpoints/arcface+qe2+dba1`,
@@ -80,7 +80,7 @@ pub fn pair_name(query: &Path) -> String {
 
 /// The methods compared when none are named: two traditional descriptors, zero-shot
 /// backbones, a flip-averaged variant, and every trained run under `checkpoints/` that the
-/// README's configs produce.
+/// shipped configs (`configs/`) produce.
 pub fn default_methods(checkpoints: &Path) -> Vec<String> {
     let mut methods: Vec<String> = [
         "hsv_histogram",
@@ -93,7 +93,7 @@ pub fn default_methods(checkpoints: &Path) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for run in ["arcface", "triplet"] {
+    for run in ["arcface", "domains-lite1", "mobilenet-head", "triplet"] {
         let relative = Path::new("checkpoints").join(run);
         let dir = checkpoints.join(run);
         if relative.join(model::embedder::META_FILE).is_file() {
