@@ -386,6 +386,9 @@ mod tests {
             if name.starts_with("domains") {
                 assert!(c.augment.sketch + c.augment.contours > 0.0, "{name}");
             }
+            // Selection and reporting see every visible set, val first.
+            let names: Vec<&str> = c.validation.iter().map(|v| v.name.as_str()).collect();
+            assert_eq!(names, ["val", "photos", "novel", "domains"], "{name}");
             parsed += 1;
         }
         assert!(
