@@ -15,8 +15,9 @@ use crate::efficientnet_lite::EfficientNetLite;
 use crate::mobilenet_v2::MobileNetV2;
 use crate::resnet::ResNet;
 
-/// Which pretrained network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which pretrained network. In configuration files it is its name (`efficientnet_lite1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum BackboneKind {
     MobileNetV2,
     EfficientNetLite(u8),
@@ -82,6 +83,19 @@ impl BackboneKind {
 impl fmt::Display for BackboneKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name())
+    }
+}
+
+impl TryFrom<String> for BackboneKind {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<BackboneKind> for String {
+    fn from(kind: BackboneKind) -> String {
+        kind.name()
     }
 }
 

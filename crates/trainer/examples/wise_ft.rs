@@ -25,8 +25,8 @@ fn main() -> Result<()> {
         .map(|a| a.trim().parse().context("alphas: comma-separated numbers"))
         .collect::<Result<_>>()?;
     let config = TrainConfig::load(&run.join("config.toml"), &[])?;
-    let device = model::device::device(&config.device)?;
-    let kind: BackboneKind = config.backbone.parse()?;
+    let device = config.device.device()?;
+    let kind: BackboneKind = config.backbone;
     let size = config.image_size.unwrap_or_else(|| kind.input_size());
     let validation = Validation::load(&config.validation, &kind.preprocess_at(size))?;
 

@@ -15,7 +15,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use burn::module::Module;
+use model::embedder::write_atomic;
 use serde::{Deserialize, Serialize};
+
+use crate::learner::{Learner, Optimizer};
 
 /// Counters saved with the last checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -92,4 +96,63 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
+}
+
+/// Saves everything `--resume` needs (weights with their parameter ids, optimiser states,
+/// counters) as the new `last/`, swapped in atomically.
+pub fn save(out: &Path, learner: &Learner, state: &TrainState) -> Result<()> {
+    let err = |e| anyhow::anyhow!("{e:?}");
+    write_last(out, |dir| {
+        learner
+            .model
+            .clone()
+            .save_file(dir.join("model.bpk"))
+            .map_err(err)?;
+        if let Some(a) = &learner.arcface {
+            a.clone().save_file(dir.join("loss.bpk")).map_err(err)?;
+        }
+        for (o, name) in [
+            (&learner.opt_backbone, "optim_backbone.bpk"),
+            (&learner.opt_head, "optim_head.bpk"),
+            (&learner.opt_loss, "optim_loss.bpk"),
+        ] {
+            o.save(dir.join(name))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        write_atomic(
+            &dir.join("state.json"),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )
+    })
+}
+
+/// Loads the last checkpoint in `out` into a freshly built `learner`; `None` when there is
+/// nothing to resume.
+pub fn restore(out: &Path, mut learner: Learner) -> Result<(Learner, Option<TrainState>)> {
+    let Some(dir) = find_last(out) else {
+        return Ok((learner, None));
+    };
+    let state = read_state(&dir)?;
+    let load_err = |what: &str| format!("cannot resume from {}: {what}", dir.display());
+    learner.model = learner
+        .model
+        .try_load_file(dir.join("model.bpk"))
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .with_context(|| load_err("model"))?;
+    if let Some(a) = learner.arcface.take() {
+        learner.arcface = Some(
+            a.try_load_file(dir.join("loss.bpk"))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))
+                .with_context(|| load_err("loss"))?,
+        );
+    }
+    let load_opt = |o: Optimizer, name: &str| -> Result<Optimizer> {
+        o.load(dir.join(name))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+            .with_context(|| load_err(name))
+    };
+    learner.opt_backbone = load_opt(learner.opt_backbone, "optim_backbone.bpk")?;
+    learner.opt_head = load_opt(learner.opt_head, "optim_head.bpk")?;
+    learner.opt_loss = load_opt(learner.opt_loss, "optim_loss.bpk")?;
+    Ok((learner, Some(state)))
 }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use data::augment::AugmentConfig;
+use model::BackboneKind;
+use model::device::DeviceKind;
 use model::embedder::EmbeddingOutput;
 use serde::{Deserialize, Serialize};
 
@@ -154,6 +156,55 @@ impl Default for SelectionConfig {
     }
 }
 
+impl OptimizerConfig {
+    /// A fresh optimiser of this kind (one per parameter group; learning rates come per step).
+    pub fn build(&self) -> burn::optim::ModuleOptimizer {
+        use burn::optim::decay::WeightDecayConfig;
+        use burn::optim::momentum::MomentumConfig;
+        use burn::optim::{AdamWConfig, SgdConfig};
+        match self.kind {
+            OptimizerKind::Adamw => AdamWConfig::new()
+                .with_weight_decay(self.weight_decay as f32)
+                .init(),
+            OptimizerKind::Sgd => SgdConfig::new()
+                .with_weight_decay(Some(WeightDecayConfig::new(self.weight_decay as f32)))
+                .with_momentum(Some(
+                    MomentumConfig::new()
+                        .with_momentum(self.momentum)
+                        .with_dampening(0.0),
+                ))
+                .init(),
+        }
+    }
+}
+
+impl FreezeConfig {
+    /// Whether any backbone parameter trains in `epoch` (counted from 0).
+    pub fn backbone_trains(&self, epoch: usize) -> bool {
+        epoch >= self.backbone_epochs && self.trainable_blocks > 0
+    }
+}
+
+impl SelectionConfig {
+    /// The value an epoch is ranked by, from its validation figures (0 without any).
+    pub fn value(&self, validation: &[(String, retrieval::metrics::Metrics)]) -> f64 {
+        let pick = |m: &retrieval::metrics::Metrics| match self.metric {
+            SelectionMetric::Score => m.score,
+            SelectionMetric::Top1 => m.top1 * 1000.0,
+            SelectionMetric::Map10 => m.map10 * 1000.0,
+        };
+        let values: Vec<f64> = validation.iter().map(|(_, m)| pick(m)).collect();
+        if values.is_empty() {
+            return 0.0;
+        }
+        match self.rule {
+            SelectionRule::First => values[0],
+            SelectionRule::Mean => values.iter().sum::<f64>() / values.len() as f64,
+            SelectionRule::Min => values.iter().cloned().fold(f64::INFINITY, f64::min),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -164,7 +215,7 @@ pub struct TrainConfig {
     pub extra_train: Vec<PathBuf>,
     /// Evaluated after every epoch, in order; the first is "val".
     pub validation: Vec<ValidationPair>,
-    pub backbone: String,
+    pub backbone: BackboneKind,
     /// Start from the ImageNet weights (false: random initialisation, for tests and ablations).
     pub pretrained: bool,
     /// Input side of the saved model and of validation; absent: the backbone's own (224 for
@@ -199,16 +250,15 @@ pub struct TrainConfig {
     pub augment: AugmentConfig,
     pub seed: u64,
     pub out_dir: PathBuf,
-    /// `cpu` or `wgpu`.
-    pub device: String,
+    pub device: DeviceKind,
     pub selection: SelectionConfig,
     /// Evaluate the untrained model first and log it as epoch 0 (the baseline every epoch is
     /// compared with).
     pub baseline: bool,
     /// Images a forward pass during validation.
     pub eval_batch_size: usize,
-    /// Stop after this many training batches in total (0: no limit). For smoke tests.
-    pub max_steps: usize,
+    /// Stop after this many training batches in total (absent: no limit). For smoke tests.
+    pub max_steps: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -217,7 +267,7 @@ impl Default for TrainConfig {
             train: PathBuf::from("../shared/datasets/animals10/train"),
             extra_train: Vec::new(),
             validation: Vec::new(),
-            backbone: "mobilenet_v2".into(),
+            backbone: BackboneKind::MobileNetV2,
             pretrained: true,
             image_size: None,
             train_image_size: None,
@@ -235,11 +285,11 @@ impl Default for TrainConfig {
             augment: AugmentConfig::default(),
             seed: 17,
             out_dir: PathBuf::from("checkpoints/run"),
-            device: "cpu".into(),
+            device: DeviceKind::Cpu,
             selection: SelectionConfig::default(),
             baseline: true,
             eval_batch_size: 32,
-            max_steps: 0,
+            max_steps: None,
         }
     }
 }
@@ -295,7 +345,6 @@ impl TrainConfig {
         if self.epochs == 0 {
             bail!("epochs must be at least 1");
         }
-        self.backbone.parse::<model::BackboneKind>()?;
         let o = &self.optimizer;
         for (name, value) in [
             ("optimizer.lr_backbone", o.lr_backbone),

@@ -1,0 +1,164 @@
+//! What training changes: the embedder (backbone and head), the ArcFace centres, and one
+//! optimiser per parameter group; and the step that changes them.
+
+use anyhow::{Result, bail};
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use model::head::l2_normalize;
+use model::{Backbone, BackboneKind, Embedder, MetricHead};
+
+use crate::config::{LossKind, TrainConfig};
+use crate::loss::arcface::{ArcFace, one_hot};
+use crate::loss::triplet_loss;
+
+pub type Optimizer = burn::optim::ModuleOptimizer;
+
+pub struct Learner {
+    pub model: Embedder,
+    pub arcface: Option<ArcFace>,
+    pub opt_backbone: Optimizer,
+    pub opt_head: Optimizer,
+    pub opt_loss: Optimizer,
+    /// The autodiff device everything trains on.
+    pub device: Device,
+}
+
+/// One training batch: views (and, for distillation, the same views as photos) with labels.
+pub struct Batch {
+    pub views: Tensor<4>,
+    pub photos: Option<Tensor<4>>,
+    pub labels: Vec<usize>,
+}
+
+/// Peak learning rates scaled by the schedule for this step.
+pub struct Rates {
+    pub backbone: Option<f64>,
+    pub head: f64,
+    pub loss: f64,
+}
+
+impl Learner {
+    /// The backbone (pretrained or random), a fresh head and loss, fresh optimisers.
+    pub fn new(config: &TrainConfig, classes: usize, size: u32, ad: &Device) -> Result<Self> {
+        let kind: BackboneKind = config.backbone;
+        let mut model = if config.pretrained {
+            Embedder::pretrained(kind, ad)?
+        } else {
+            Embedder::new(kind, None, ad)
+        };
+        model.input_size = size;
+        model.head = Some(MetricHead::new(
+            kind.feature_dim(),
+            config.embedding_dim,
+            ad,
+        ));
+        model.output = config.output;
+        model.flip = config.flip;
+        let arcface = (config.loss.kind == LossKind::Arcface).then(|| {
+            ArcFace::new(
+                classes,
+                config.embedding_dim,
+                config.loss.margin,
+                config.loss.scale,
+                ad,
+            )
+        });
+        Ok(Self {
+            model,
+            arcface,
+            opt_backbone: config.optimizer.build(),
+            opt_head: config.optimizer.build(),
+            opt_loss: config.optimizer.build(),
+            device: ad.clone(),
+        })
+    }
+
+    /// Sets which backbone parameters train in `epoch`.
+    pub fn for_epoch(mut self, config: &TrainConfig, epoch: usize) -> Self {
+        let f = &config.freeze;
+        let backbone = self.model.backbone;
+        self.model.backbone = if !f.backbone_trains(epoch) {
+            backbone.freeze()
+        } else {
+            let b = backbone.unfreeze().freeze_early(f.trainable_blocks);
+            if f.batch_norm {
+                b.freeze_batch_norm_stats()
+            } else {
+                b
+            }
+        };
+        self
+    }
+
+    /// Forward, loss (plus distillation toward `teacher` when the batch carries photos),
+    /// backward, one optimiser step per group. Returns the updated learner and the loss; a
+    /// non-finite loss is an error.
+    pub fn step(
+        mut self,
+        batch: Batch,
+        teacher: Option<&Backbone>,
+        config: &TrainConfig,
+        rates: &Rates,
+    ) -> Result<(Self, f64)> {
+        let ad = self.device.clone();
+        let features = self.model.backbone.features(batch.views);
+        let head = self.model.head.as_ref().expect("training model has a head");
+        let embeddings = head.forward(features.clone());
+        let mut loss = match &self.arcface {
+            Some(a) => a.forward(embeddings, one_hot(&batch.labels, a.centres.dims()[0], &ad)),
+            None => {
+                triplet_loss(
+                    embeddings,
+                    &batch.labels,
+                    config.loss.mining,
+                    config.loss.margin,
+                    config.loss.squared,
+                )
+                .0
+            }
+        };
+        // The teacher sees each view as a photo, before any sketch-like rendering.
+        if let (Some(t), Some(photo)) = (teacher, batch.photos) {
+            let target = l2_normalize(t.features(photo)).autodiff();
+            let gap = (l2_normalize(features) - target)
+                .powf_scalar(2.0)
+                .sum_dim(1)
+                .mean();
+            loss = loss + gap.mul_scalar(config.distill_weight);
+        }
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        if !value.is_finite() {
+            bail!("the loss became {value}");
+        }
+        let mut grads = loss.backward();
+        let mut model = self.model;
+        if let Some(lr) = rates.backbone {
+            let g = GradientsParams::from_module(&mut grads, &model.backbone);
+            model.backbone = self.opt_backbone.step(lr, model.backbone, g);
+        }
+        self.model = model;
+        let head = self.model.head.take().expect("head");
+        let g = GradientsParams::from_module(&mut grads, &head);
+        self.model.head = Some(self.opt_head.step(rates.head, head, g));
+        if let Some(a) = self.arcface.take() {
+            let g = GradientsParams::from_module(&mut grads, &a);
+            self.arcface = Some(self.opt_loss.step(rates.loss, a, g));
+        }
+        Ok((self, value))
+    }
+
+    /// The model an epoch validates and saves: the fine-tuned weights, or with `wise_ft`
+    /// their blend with the pretrained backbone.
+    pub fn kept_model(
+        &self,
+        pretrained: Option<&Backbone>,
+        config: &TrainConfig,
+    ) -> Result<Embedder> {
+        let mut kept = self.model.valid();
+        if let (Some(alpha), Some(pre)) = (config.wise_ft, pretrained) {
+            kept.backbone = model::interpolate::interpolate(kept.backbone, pre, alpha)?;
+        }
+        Ok(kept)
+    }
+}
