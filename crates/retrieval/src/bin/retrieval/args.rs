@@ -1,0 +1,130 @@
+//! What several commands share: the model and test-time options, query/gallery pairing,
+//! embedding a pair, and naming ranked hits.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use clap::Args;
+use retrieval::embed::{EmbedOptions, EmbeddingSet};
+use retrieval::ensemble::Ensemble;
+use retrieval::expansion::Expansion;
+use retrieval::rank::Hit;
+use retrieval::rerank::KReciprocal;
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A pretrained backbone (mobilenet_v2, efficientnet_lite0/1/2, resnet18/34/50), a
+    /// traditional descriptor (hsv_histogram, tiny_image) or a checkpoint directory written by
+    /// the trainer. Several joined by ':' (each with an optional @weight) make an ensemble:
+    /// efficientnet_lite1:checkpoints/arcface@2.
+    #[arg(long, short)]
+    pub model: String,
+    /// Compute device: cpu, or wgpu (build with --features wgpu).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Average each embedding with that of the mirrored image.
+    #[arg(long)]
+    pub flip: bool,
+    /// Do not read or write the embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// α-query expansion: average each query with its N nearest gallery images (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub qe: usize,
+    /// Database-side augmentation: average each gallery image with its N nearest (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub dba: usize,
+    /// Weight exponent α of query expansion and database augmentation.
+    #[arg(long, default_value_t = 3.0)]
+    pub alpha: f32,
+    /// k-reciprocal re-ranking over queries and gallery together (galleries up to thousands).
+    #[arg(long)]
+    pub rerank: bool,
+    /// Re-ranking: size of the k-reciprocal neighbour sets.
+    #[arg(long, default_value_t = 20)]
+    pub rerank_k1: usize,
+    /// Re-ranking: neighbours averaged into each set vector (1: none).
+    #[arg(long, default_value_t = 6)]
+    pub rerank_k2: usize,
+    /// Re-ranking: weight of the original distance.
+    #[arg(long, default_value_t = 0.3)]
+    pub rerank_lambda: f32,
+}
+
+impl ModelArgs {
+    pub fn engine(&self) -> Result<Ensemble> {
+        Ensemble::load(&self.model, &model::device::device(&self.device)?)
+    }
+
+    pub fn rerank(&self) -> Option<KReciprocal> {
+        self.rerank.then_some(KReciprocal {
+            k1: self.rerank_k1,
+            k2: self.rerank_k2,
+            lambda: self.rerank_lambda,
+        })
+    }
+
+    fn expansion(&self) -> Expansion {
+        Expansion {
+            query_neighbours: self.qe,
+            database_neighbours: self.dba,
+            alpha: self.alpha,
+        }
+    }
+
+    pub fn options(&self, quiet: bool) -> EmbedOptions {
+        EmbedOptions {
+            batch_size: self.batch_size,
+            flip: self.flip,
+            quiet,
+            cache: !self.no_cache,
+        }
+    }
+
+    /// Embeds the query and gallery folders, then applies the test-time expansions asked for.
+    pub fn embed_pair(
+        &self,
+        engine: &Ensemble,
+        query: &Path,
+        gallery: &Path,
+        labels: (Option<&Path>, Option<&Path>),
+        quiet: bool,
+    ) -> Result<(EmbeddingSet, EmbeddingSet)> {
+        let options = self.options(quiet);
+        let (q, _) = engine.embed_folder(query, labels.0, &options)?;
+        let (g, _) = engine.embed_folder(gallery, labels.1, &options)?;
+        Ok(self.expansion().apply(&q, &g, &engine.device))
+    }
+}
+
+/// Pairs repeated `--query` and `--gallery` folders in order; their counts must match.
+pub fn pairs(query: Vec<PathBuf>, gallery: Vec<PathBuf>) -> Result<Vec<(PathBuf, PathBuf)>> {
+    if query.len() != gallery.len() {
+        bail!(
+            "{} --query folders but {} --gallery folders: give one gallery a query folder",
+            query.len(),
+            gallery.len()
+        );
+    }
+    Ok(query.into_iter().zip(gallery).collect())
+}
+
+/// Each query's name with its hits as (gallery name, squared distance).
+pub type NamedRanking = (String, Vec<(String, f32)>);
+
+/// Turns index hits into names, query by query.
+pub fn named(q: &EmbeddingSet, g: &EmbeddingSet, rankings: &[Vec<Hit>]) -> Vec<NamedRanking> {
+    q.entries
+        .iter()
+        .zip(rankings)
+        .map(|(e, hits)| {
+            let rows = hits
+                .iter()
+                .map(|h| (g.entries[h.index].name.clone(), h.distance))
+                .collect();
+            (e.name.clone(), rows)
+        })
+        .collect()
+}

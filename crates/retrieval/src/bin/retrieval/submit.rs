@@ -1,0 +1,59 @@
+//! `retrieval submit`: the competition's submission JSON, validated, optionally POSTed.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use retrieval::evaluation::rank_sets;
+use retrieval::submission::Submission;
+
+use crate::args::{ModelArgs, named};
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    query: PathBuf,
+    #[arg(long)]
+    gallery: PathBuf,
+    #[arg(long)]
+    group: String,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    url: Option<String>,
+    #[arg(short, default_value_t = 10)]
+    k: usize,
+}
+
+pub fn run(args: SubmitArgs) -> Result<()> {
+    let engine = args.model.engine()?;
+    let (q, g) = args
+        .model
+        .embed_pair(&engine, &args.query, &args.gallery, (None, None), false)?;
+    let rankings = rank_sets(&q, &g, args.k, args.model.rerank().as_ref(), &engine.device)?;
+    let submission = Submission {
+        groupname: args.group.clone(),
+        images: named(&q, &g, &rankings)
+            .into_iter()
+            .map(|(query, hits)| (query, hits.into_iter().map(|(name, _)| name).collect()))
+            .collect(),
+    };
+    let q_names: Vec<String> = q.entries.iter().map(|e| e.name.clone()).collect();
+    let g_names: Vec<String> = g.entries.iter().map(|e| e.name.clone()).collect();
+    submission
+        .validate(&q_names, &g_names, args.k)
+        .context("the submission does not validate")?;
+    submission.write(&args.out)?;
+    println!(
+        "wrote {} ({} queries, {} results each)",
+        args.out.display(),
+        q_names.len(),
+        args.k.min(g_names.len())
+    );
+    if let Some(url) = &args.url {
+        println!("server: {}", submission.post(url)?);
+    }
+    Ok(())
+}
