@@ -1,5 +1,5 @@
-//! Everything between a folder of images on disk and a batch of normalised pixels, and the
-//! safe ingestion of new images.
+//! Everything between a folder of images on disk and a batch of normalised pixels. (Ingesting
+//! new images safely is the `collect` crate's job.)
 //!
 //! - [`folder`]: find the images of a folder in one of the three supported layouts, with labels.
 //! - [`decode`]: read one file into an RGB image, honouring EXIF orientation, refusing bombs.
@@ -8,13 +8,10 @@
 //! - [`augment`]: seeded training augmentation (random resized crop, flip, colour jitter and
 //!   the texture-removing [`rendering`]s: sketch, edges, contours, cartoon, posterise, blur).
 //! - [`sampler`]: P×K batch sampling with a defined epoch.
-//! - [`collect`]: ingest extra images from folders and URL lists, rejecting broken files,
-//!   duplicates and leaks of protected (validation/test) images, with a manifest.
 //! - [`atomic`]: all-or-nothing file writes.
 
 pub mod atomic;
 pub mod augment;
-pub mod collect;
 pub mod decode;
 pub mod folder;
 pub mod load;

@@ -210,7 +210,7 @@ impl SelectionConfig {
 pub struct TrainConfig {
     /// Training folder with class sub-folders.
     pub train: PathBuf,
-    /// More training folders (e.g. a `data collect` collection); classes of the same name
+    /// More training folders (e.g. a `collect` collection); classes of the same name
     /// merge with `train`'s. Collect with `--protect` on the validation folders first.
     pub extra_train: Vec<PathBuf>,
     /// Evaluated after every epoch, in order; the first is "val".
@@ -427,7 +427,7 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
-            // collect.toml is a label map for `data collect`, not a training config.
+            // collect.toml is a label map for `collect`, not a training config.
             if !name.ends_with(".toml") || name == "collect.toml" {
                 continue;
             }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::source::{csv_fields, csv_quote};
+use crate::source::{csv_fields, csv_quote};
 
 pub const FILE_NAME: &str = "manifest.csv";
 const HEADER: [&str; 10] = [
@@ -87,7 +87,7 @@ pub fn write(path: &Path, rows: &[Row]) -> Result<()> {
         out.push_str(&quoted.join(","));
         out.push('\n');
     }
-    crate::write_atomic(path, out.as_bytes())
+    data::write_atomic(path, out.as_bytes())
 }
 
 #[cfg(test)]

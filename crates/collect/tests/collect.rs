@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use data::collect::fetch::FetchOptions;
-use data::collect::manifest::Row;
-use data::collect::{CollectOptions, collect};
+use collect::fetch::FetchOptions;
+use collect::manifest::Row;
+use collect::{CollectOptions, collect};
 use image::{Rgb, RgbImage};
 
 /// A photo-like image: a gradient with fifteen seeded soft discs of many sizes.
@@ -254,9 +254,9 @@ fn collect_rejects_what_it_must_and_is_idempotent() {
 
     // A label map that files horses under another class moves the accepted copy.
     let relabelled = CollectOptions {
-        labels: data::collect::labels::LabelMap {
+        labels: collect::labels::LabelMap {
             map: [("horse".to_string(), "equine".to_string())].into(),
-            ..data::collect::labels::LabelMap::keep_all()
+            ..collect::labels::LabelMap::keep_all()
         },
         ..protected_more
     };

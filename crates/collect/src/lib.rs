@@ -1,4 +1,4 @@
-//! `data collect`: ingest extra training images safely.
+//! `collect`: ingest extra training images safely.
 //!
 //! Candidates come from folders and URL lists. Each is read (or downloaded), hashed, decoded
 //! and fingerprinted in parallel; then, in a fixed order, it is rejected when it cannot be
@@ -22,9 +22,9 @@ use anyhow::{Context, Result};
 use indicatif::ParallelProgressIterator;
 use rayon::prelude::*;
 
-use crate::decode::{DecodeError, decode_bytes};
-use crate::folder::has_image_extension;
-use crate::load::progress_bar;
+use data::decode::{DecodeError, decode_bytes};
+use data::folder::has_image_extension;
+use data::load::progress_bar;
 use fetch::{FetchOptions, agent, fetch};
 use fingerprint::{Fingerprint, content_hash, hasher};
 use image_hasher::Hasher;
@@ -385,7 +385,7 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
                 let unchanged = std::fs::read(&dest).is_ok_and(|b| content_hash(&b) == item.sha256);
                 if !unchanged {
                     std::fs::create_dir_all(dest.parent().expect("class folder"))?;
-                    crate::write_atomic(&dest, &bytes)?;
+                    data::write_atomic(&dest, &bytes)?;
                 }
                 // Accepted before under another name (its label now maps elsewhere): the old
                 // copy goes, or the collection would hold the image twice.
