@@ -3,14 +3,36 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-
-use crate::source::{csv_fields, csv_quote};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
 pub const FILE_NAME: &str = "manifest.csv";
 const HEADER: [&str; 10] = [
     "source", "label", "status", "reason", "detail", "sha256", "phash", "width", "height", "file",
 ];
+
+/// Whether a candidate was copied into the collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Accepted,
+    Rejected,
+}
+
+/// A row as it stands in the file (the columns, in order).
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    source: String,
+    label: String,
+    status: Status,
+    reason: String,
+    detail: String,
+    sha256: String,
+    phash: String,
+    width: u32,
+    height: u32,
+    file: String,
+}
 
 /// One manifest row.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -38,56 +60,55 @@ pub fn read(path: &Path) -> Result<Vec<Row>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (n, line) in text.lines().enumerate().skip(1) {
-        let f = csv_fields(line);
-        if f.len() != HEADER.len() {
-            bail!(
-                "{}:{}: expected {} fields",
-                path.display(),
-                n + 1,
-                HEADER.len()
-            );
-        }
-        rows.push(Row {
-            source: f[0].clone(),
-            label: f[1].clone(),
-            accepted: f[2] == "accepted",
-            reason: f[3].clone(),
-            detail: f[4].clone(),
-            sha256: f[5].clone(),
-            phash: f[6].clone(),
-            width: f[7].parse().unwrap_or(0),
-            height: f[8].parse().unwrap_or(0),
-            file: f[9].clone(),
-        });
-    }
-    Ok(rows)
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    reader
+        .deserialize::<Record>()
+        .map(|r| {
+            let r = r.with_context(|| format!("{} is damaged", path.display()))?;
+            Ok(Row {
+                source: r.source,
+                label: r.label,
+                accepted: r.status == Status::Accepted,
+                reason: r.reason,
+                detail: r.detail,
+                sha256: r.sha256,
+                phash: r.phash,
+                width: r.width,
+                height: r.height,
+                file: r.file,
+            })
+        })
+        .collect()
 }
 
 /// Writes the manifest atomically.
 pub fn write(path: &Path, rows: &[Row]) -> Result<()> {
-    let mut out = HEADER.join(",") + "\n";
+    // The header is written even for an empty collection, so the file always says its columns.
+    let mut writer = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    writer.write_record(HEADER)?;
     for r in rows {
-        let fields = [
-            r.source.clone(),
-            r.label.clone(),
-            if r.accepted { "accepted" } else { "rejected" }.to_string(),
-            r.reason.clone(),
-            r.detail.clone(),
-            r.sha256.clone(),
-            r.phash.clone(),
-            r.width.to_string(),
-            r.height.to_string(),
-            r.file.clone(),
-        ];
-        let quoted: Vec<String> = fields.iter().map(|f| csv_quote(f)).collect();
-        out.push_str(&quoted.join(","));
-        out.push('\n');
+        writer.serialize(Record {
+            source: r.source.clone(),
+            label: r.label.clone(),
+            status: if r.accepted {
+                Status::Accepted
+            } else {
+                Status::Rejected
+            },
+            reason: r.reason.clone(),
+            detail: r.detail.clone(),
+            sha256: r.sha256.clone(),
+            phash: r.phash.clone(),
+            width: r.width,
+            height: r.height,
+            file: r.file.clone(),
+        })?;
     }
-    data::write_atomic(path, out.as_bytes())
+    let bytes = writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    data::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]
@@ -99,7 +120,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         assert!(read(&path).unwrap().is_empty());
-        let rows = vec![Row {
+        let mut rows = vec![Row {
             source: "a/dog (1).png".into(),
             label: "dog".into(),
             accepted: false,
@@ -111,7 +132,19 @@ mod tests {
             height: 20,
             file: String::new(),
         }];
+        // A newline in a source name (a file name may hold one) stays one field.
+        rows.push(Row {
+            source: "odd\nname.png".into(),
+            accepted: true,
+            reason: "accepted".into(),
+            ..rows[0].clone()
+        });
         write(&path, &rows).unwrap();
         assert_eq!(read(&path).unwrap(), rows);
+        // An empty collection still has its header; a row it cannot read is an error.
+        write(&path, &[]).unwrap();
+        assert!(read(&path).unwrap().is_empty());
+        std::fs::write(&path, "source,label\nx,y\n").unwrap();
+        assert!(read(&path).is_err());
     }
 }

@@ -25,51 +25,22 @@ pub struct Candidate {
     pub file_name: String,
 }
 
-/// Splits one CSV line (commas, double-quoted fields with `""` escapes).
-pub fn csv_fields(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => fields.push(std::mem::take(&mut field)),
-            _ => field.push(c),
-        }
-    }
-    fields.push(field);
-    fields
-}
-
-/// Quotes a CSV field when it needs it.
-pub fn csv_quote(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// Non-empty, non-comment lines of a list file, split as CSV.
 fn list_lines(path: &Path) -> Result<Vec<Vec<String>>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            csv_fields(l)
-                .into_iter()
-                .map(|f| f.trim().to_string())
-                .collect()
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    reader
+        .records()
+        .map(|r| {
+            let r = r.with_context(|| format!("{}: not a CSV list", path.display()))?;
+            Ok(r.iter().map(str::to_string).collect())
         })
-        .collect())
+        .collect()
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -175,12 +146,23 @@ mod tests {
 
     #[test]
     fn csv_lines() {
-        assert_eq!(csv_fields("a,b"), ["a", "b"]);
-        assert_eq!(csv_fields("\"x, y\",\"q\"\"\""), ["x, y", "q\""]);
-        assert_eq!(csv_quote("a,b"), "\"a,b\"");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.csv");
+        std::fs::write(
+            &path,
+            "# comment\na,b\n\n\"x, y\",\"q\"\"\"\n  spaced , out \n\"two\nlines\",z\nalone\n",
+        )
+        .unwrap();
+        let lines = list_lines(&path).unwrap();
         assert_eq!(
-            csv_fields(&csv_quote("he said \"hi\", twice")),
-            ["he said \"hi\", twice"]
+            lines,
+            [
+                vec!["a", "b"],
+                vec!["x, y", "q\""],
+                vec!["spaced", "out"],
+                vec!["two\nlines", "z"],
+                vec!["alone"],
+            ]
         );
     }
 
