@@ -198,22 +198,19 @@ pub fn markdown(rows: &[CompareRow]) -> String {
     out
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains(',') || s.contains('"') {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
+/// `compare.csv`: a `set` column, then the Markdown table's columns.
 pub fn csv(rows: &[CompareRow]) -> String {
-    let mut out = format!("set,{}\n", HEADER.join(","));
-    for r in rows {
-        let mut c = cells(r);
-        c[0] = csv_field(&c[0]);
-        out.push_str(&format!("{},{}\n", csv_field(&r.set), c.join(",")));
-    }
-    out
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let write = |w: &mut csv::Writer<Vec<u8>>| -> csv::Result<()> {
+        w.write_record(std::iter::once("set").chain(HEADER))?;
+        for r in rows {
+            w.write_record(std::iter::once(r.set.clone()).chain(cells(r)))?;
+        }
+        w.flush()?;
+        Ok(())
+    };
+    write(&mut writer).expect("writing CSV to memory");
+    String::from_utf8(writer.into_inner().expect("in memory")).expect("UTF-8 fields")
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! The run's log: `metrics.csv` (one row an epoch, row 0 the untrained model) and one line an
 //! epoch on stderr.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -26,7 +25,7 @@ pub struct EpochRecord {
 /// `metrics.csv` of a run directory.
 pub struct RunLog {
     path: PathBuf,
-    header: String,
+    header: Vec<String>,
     epochs: usize,
 }
 
@@ -34,13 +33,22 @@ impl RunLog {
     /// Opens the log keeping the rows of epochs `<= keep` (after a resume, rows of an epoch
     /// whose checkpoint never landed are dropped before it is redone).
     pub fn open(out: &Path, config: &TrainConfig, keep: usize) -> Result<Self> {
-        let mut header = String::from("epoch,loss,images_per_s,augment_s,train_s,eval_s");
+        let mut header: Vec<String> = [
+            "epoch",
+            "loss",
+            "images_per_s",
+            "augment_s",
+            "train_s",
+            "eval_s",
+        ]
+        .map(String::from)
+        .to_vec();
         for v in &config.validation {
             for m in ["top1", "top3", "top5", "top10", "map10", "map_r", "score"] {
-                header.push_str(&format!(",{}_{m}", v.name));
+                header.push(format!("{}_{m}", v.name));
             }
         }
-        header.push_str(",selection\n");
+        header.push("selection".into());
         let log = Self {
             path: out.join("metrics.csv"),
             header,
@@ -51,38 +59,48 @@ impl RunLog {
     }
 
     fn truncate(&self, epoch: usize) -> Result<()> {
-        let mut out = self.header.clone();
-        if let Ok(text) = std::fs::read_to_string(&self.path) {
-            for line in text.lines().skip(1) {
-                let e: Option<usize> = line.split(',').next().and_then(|v| v.parse().ok());
+        let mut out = csv::Writer::from_writer(Vec::new());
+        out.write_record(&self.header)?;
+        if let Ok(mut reader) = csv::Reader::from_path(&self.path) {
+            for row in reader.records() {
+                let row = row?;
+                let e: Option<usize> = row.get(0).and_then(|v| v.parse().ok());
                 if e.is_some_and(|e| e <= epoch) {
-                    out.push_str(line);
-                    out.push('\n');
+                    out.write_record(&row)?;
                 }
             }
         }
-        write_atomic(&self.path, out.as_bytes())
+        let bytes = out.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        write_atomic(&self.path, &bytes)
     }
 
     /// Appends the epoch's row (synced) and prints its line.
     pub fn record(&self, r: &EpochRecord) -> Result<()> {
-        let mut row = format!(
-            "{},{:.5},{:.2},{:.1},{:.1},{:.1}",
-            r.epoch, r.loss, r.images_per_s, r.augment_s, r.train_s, r.eval_s
-        );
+        let mut row = vec![
+            r.epoch.to_string(),
+            format!("{:.5}", r.loss),
+            format!("{:.2}", r.images_per_s),
+            format!("{:.1}", r.augment_s),
+            format!("{:.1}", r.train_s),
+            format!("{:.1}", r.eval_s),
+        ];
         for (_, m) in &r.validation {
-            row.push_str(&format!(
-                ",{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.1}",
-                m.top1, m.top3, m.top5, m.top10, m.map10, m.map_r, m.score
-            ));
+            for v in [m.top1, m.top3, m.top5, m.top10, m.map10, m.map_r] {
+                row.push(format!("{v:.4}"));
+            }
+            row.push(format!("{:.1}", m.score));
         }
-        row.push_str(&format!(",{:.2}\n", r.selection));
-        let mut f = std::fs::OpenOptions::new()
+        row.push(format!("{:.2}", r.selection));
+        let file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(&self.path)?;
-        f.write_all(row.as_bytes())?;
-        f.sync_all()?;
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(file);
+        writer.write_record(&row)?;
+        let file = writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        file.sync_all()?;
         self.print(r);
         Ok(())
     }
