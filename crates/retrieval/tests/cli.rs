@@ -11,18 +11,47 @@ fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/animals10/val")
 }
 
-fn retrieval(args: &[&str], cache: &Path) -> (bool, String, String) {
-    model::weights::fetch(model::BackboneKind::MobileNetV2).expect("weights");
-    let out = Command::new(env!("CARGO_BIN_EXE_retrieval"))
-        .args(args)
-        .env("LOOKALIKE_CACHE", cache)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// One `retrieval` call, its arguments built up by what they mean.
+struct Call(Vec<String>);
+
+impl Call {
+    fn new(command: &str) -> Self {
+        Self(vec![command.to_string()])
+    }
+
+    fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.0.push(a.as_ref().to_string_lossy().into_owned());
+        self
+    }
+
+    fn model(self, model: &str) -> Self {
+        self.arg("--model").arg(model)
+    }
+
+    /// A `--query DIR --gallery DIR` pair.
+    fn pair(self, query: &Path, gallery: &Path) -> Self {
+        self.arg("--query").arg(query).arg("--gallery").arg(gallery)
+    }
+
+    /// The val pair of the shared data.
+    fn val(self) -> Self {
+        self.pair(&shared().join("query"), &shared().join("gallery"))
+    }
+
+    /// Runs it with the embedding cache in `cache`: (success, stdout, stderr).
+    fn run(&self, cache: &Path) -> (bool, String, String) {
+        model::weights::fetch(model::BackboneKind::MobileNetV2).expect("weights");
+        let out = Command::new(env!("CARGO_BIN_EXE_retrieval"))
+            .args(&self.0)
+            .env("LOOKALIKE_CACHE", cache)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
 }
 
 /// Copies a class-folder split into one flat folder plus labels.json.
@@ -54,19 +83,11 @@ fn zero_shot_evaluate_and_submit_agree_on_flat_copies() {
     let (q, g) = (tmp.path().join("query"), tmp.path().join("gallery"));
     let q_labels = flatten(&shared().join("query"), &q);
     let g_labels = flatten(&shared().join("gallery"), &g);
-    let (ok, stdout, stderr) = retrieval(
-        &[
-            "evaluate",
-            "--model",
-            "mobilenet_v2",
-            "--query",
-            q.to_str().unwrap(),
-            "--gallery",
-            g.to_str().unwrap(),
-            "--json",
-        ],
-        &cache,
-    );
+    let (ok, stdout, stderr) = Call::new("evaluate")
+        .model("mobilenet_v2")
+        .pair(&q, &g)
+        .arg("--json")
+        .run(&cache);
     assert!(ok, "{stderr}");
     let metrics: Value = serde_json::from_str(&stdout).unwrap();
     for key in ["top1", "top3", "top5", "top10", "map10", "score", "queries"] {
@@ -77,22 +98,14 @@ fn zero_shot_evaluate_and_submit_agree_on_flat_copies() {
     assert!(top1 >= 0.82, "zero-shot MobileNetV2 val top-1 {top1}");
 
     let sub_path = tmp.path().join("submission.json");
-    let (ok, _, stderr) = retrieval(
-        &[
-            "submit",
-            "--model",
-            "mobilenet_v2",
-            "--query",
-            q.to_str().unwrap(),
-            "--gallery",
-            g.to_str().unwrap(),
-            "--group",
-            "lookalike",
-            "--out",
-            sub_path.to_str().unwrap(),
-        ],
-        &cache,
-    );
+    let (ok, _, stderr) = Call::new("submit")
+        .model("mobilenet_v2")
+        .pair(&q, &g)
+        .arg("--group")
+        .arg("lookalike")
+        .arg("--out")
+        .arg(&sub_path)
+        .run(&cache);
     assert!(ok, "{stderr}");
     let sub: Submission =
         serde_json::from_str(&std::fs::read_to_string(&sub_path).unwrap()).unwrap();
@@ -135,19 +148,11 @@ fn bad_files_are_reported_and_skipped() {
     std::fs::write(dir.join("empty.jpg"), b"").unwrap();
     std::fs::write(dir.join("notes.png"), b"this is text, not a PNG").unwrap();
     let folder = tmp.path().join("imgs");
-    let (ok, stdout, stderr) = retrieval(
-        &[
-            "evaluate",
-            "--model",
-            "mobilenet_v2",
-            "--query",
-            folder.to_str().unwrap(),
-            "--gallery",
-            folder.to_str().unwrap(),
-            "--no-cache",
-        ],
-        &tmp.path().join("cache"),
-    );
+    let (ok, stdout, stderr) = Call::new("evaluate")
+        .model("mobilenet_v2")
+        .pair(&folder, &folder)
+        .arg("--no-cache")
+        .run(&tmp.path().join("cache"));
     assert!(ok, "{stderr}");
     for name in ["truncated.jpg", "empty.jpg", "notes.png"] {
         assert!(stderr.contains(name), "{name} not reported:\n{stderr}");
@@ -178,24 +183,14 @@ fn domains() -> PathBuf {
 fn compare_writes_markdown_and_csv_for_several_pairs() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cmp");
-    let (ok, stdout, stderr) = retrieval(
-        &[
-            "compare",
-            "--query",
-            shared().join("query").to_str().unwrap(),
-            "--gallery",
-            shared().join("gallery").to_str().unwrap(),
-            "--query",
-            domains().join("query").to_str().unwrap(),
-            "--gallery",
-            domains().join("gallery").to_str().unwrap(),
-            "--methods",
-            "hsv_histogram,tiny_image+qe1,hsv_histogram:tiny_image@2+rerank",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &tmp.path().join("cache"),
-    );
+    let (ok, stdout, stderr) = Call::new("compare")
+        .val()
+        .pair(&domains().join("query"), &domains().join("gallery"))
+        .arg("--methods")
+        .arg("hsv_histogram,tiny_image+qe1,hsv_histogram:tiny_image@2+rerank")
+        .arg("--out")
+        .arg(&out)
+        .run(&tmp.path().join("cache"));
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("**val**") && stdout.contains("**domains**"),
@@ -221,25 +216,14 @@ fn compare_writes_markdown_and_csv_for_several_pairs() {
 fn evaluate_reports_each_pair_and_each_domain() {
     let tmp = tempfile::tempdir().unwrap();
     let report = tmp.path().join("report");
-    let (ok, stdout, stderr) = retrieval(
-        &[
-            "evaluate",
-            "--model",
-            "tiny_image",
-            "--json",
-            "--report",
-            report.to_str().unwrap(),
-            "--query",
-            shared().join("query").to_str().unwrap(),
-            "--gallery",
-            shared().join("gallery").to_str().unwrap(),
-            "--query",
-            domains().join("query").to_str().unwrap(),
-            "--gallery",
-            domains().join("gallery").to_str().unwrap(),
-        ],
-        &tmp.path().join("cache"),
-    );
+    let (ok, stdout, stderr) = Call::new("evaluate")
+        .model("tiny_image")
+        .arg("--json")
+        .arg("--report")
+        .arg(&report)
+        .val()
+        .pair(&domains().join("query"), &domains().join("gallery"))
+        .run(&tmp.path().join("cache"));
     assert!(ok, "{stderr}");
     let v: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["val"]["queries"], 100);
@@ -261,16 +245,11 @@ fn evaluate_reports_each_pair_and_each_domain() {
     assert!(page("domains").contains("Per domain"));
     assert!(!page("val").contains("Per domain"));
     // Mismatched pairs are refused with a clear message.
-    let (ok, _, stderr) = retrieval(
-        &[
-            "evaluate",
-            "--model",
-            "tiny_image",
-            "--query",
-            shared().join("query").to_str().unwrap(),
-        ],
-        &tmp.path().join("cache"),
-    );
+    let (ok, _, stderr) = Call::new("evaluate")
+        .model("tiny_image")
+        .arg("--query")
+        .arg(shared().join("query"))
+        .run(&tmp.path().join("cache"));
     assert!(!ok);
     assert!(stderr.contains("--gallery"), "{stderr}");
 }
@@ -287,22 +266,14 @@ fn chromium() -> Option<PathBuf> {
 fn report_renders_with_every_thumbnail() {
     let tmp = tempfile::tempdir().unwrap();
     let report = tmp.path().join("report");
-    let (ok, _, stderr) = retrieval(
-        &[
-            "evaluate",
-            "--model",
-            "hsv_histogram",
-            "--query",
-            shared().join("query").to_str().unwrap(),
-            "--gallery",
-            shared().join("gallery").to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-            "--sheet-queries",
-            "4",
-        ],
-        &tmp.path().join("cache"),
-    );
+    let (ok, _, stderr) = Call::new("evaluate")
+        .model("hsv_histogram")
+        .val()
+        .arg("--report")
+        .arg(&report)
+        .arg("--sheet-queries")
+        .arg("4")
+        .run(&tmp.path().join("cache"));
     assert!(ok, "{stderr}");
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     for needle in [
