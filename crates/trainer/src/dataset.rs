@@ -27,7 +27,14 @@ impl TrainingSet {
     /// are left out.
     pub fn load(dirs: &[PathBuf], quiet: bool) -> Result<Self> {
         let mut entries = Vec::new();
-        for dir in dirs {
+        for (i, dir) in dirs.iter().enumerate() {
+            if i > 0 && !dir.exists() {
+                bail!(
+                    "extra training folder {} does not exist: collect it first (`cargo run --release -p collect -- --from ... --into {}`, see the README's main job)",
+                    dir.display(),
+                    dir.display()
+                );
+            }
             let (_, listed) = list_images(dir, None)?;
             let labelled: Vec<_> = listed.into_iter().filter(|e| e.label.is_some()).collect();
             if labelled.is_empty() {
@@ -128,10 +135,12 @@ mod tests {
         png(&b.join("cat/2.png"), 30);
         png(&b.join("lion/1.png"), 40);
         std::fs::write(b.join("manifest.csv"), "source\n").unwrap();
-        let set = TrainingSet::load(&[a, b.clone()], true).unwrap();
+        let set = TrainingSet::load(&[a.clone(), b.clone()], true).unwrap();
         assert_eq!(set.classes, ["cat", "dog", "lion"]);
         assert_eq!(set.len(), 4);
         assert_eq!(set.labels.iter().filter(|&&l| l == 0).count(), 2);
+        let missing = TrainingSet::load(&[a.clone(), tmp.path().join("gone")], true);
+        assert!(format!("{:#}", missing.err().unwrap()).contains("collect it first"));
         let empty = tmp.path().join("empty");
         std::fs::create_dir_all(&empty).unwrap();
         assert!(TrainingSet::load(&[b, empty], true).is_err());
