@@ -200,17 +200,17 @@ pub fn markdown(rows: &[CompareRow]) -> String {
 
 /// `compare.csv`: a `set` column, then the Markdown table's columns.
 pub fn csv(rows: &[CompareRow]) -> String {
+    const IN_MEMORY: &str = "writing CSV to memory";
     let mut writer = csv::Writer::from_writer(Vec::new());
-    let write = |w: &mut csv::Writer<Vec<u8>>| -> csv::Result<()> {
-        w.write_record(std::iter::once("set").chain(HEADER))?;
-        for r in rows {
-            w.write_record(std::iter::once(r.set.clone()).chain(cells(r)))?;
-        }
-        w.flush()?;
-        Ok(())
-    };
-    write(&mut writer).expect("writing CSV to memory");
-    String::from_utf8(writer.into_inner().expect("in memory")).expect("UTF-8 fields")
+    writer
+        .write_record(std::iter::once("set").chain(HEADER))
+        .expect(IN_MEMORY);
+    for r in rows {
+        writer
+            .write_record(std::iter::once(r.set.clone()).chain(cells(r)))
+            .expect(IN_MEMORY);
+    }
+    String::from_utf8(writer.into_inner().expect(IN_MEMORY)).expect("UTF-8 fields")
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ fn main() -> Result<()> {
     let validation = Validation::load(&config.validation, &kind.preprocess_at(size))?;
 
     let mut trained = Embedder::pretrained(kind, &device)?;
+    let pretrained = trained.backbone.clone();
     trained.head = Some(MetricHead::new(
         kind.feature_dim(),
         config.embedding_dim,
@@ -39,7 +40,6 @@ fn main() -> Result<()> {
     let trained = trained
         .try_load_file(run.join("last/model.bpk"))
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let pretrained = Embedder::pretrained(kind, &device)?.backbone;
     println!("alpha,pair,top1,top5,map10,score");
     for alpha in alphas {
         let mut m = trained.clone();

@@ -124,26 +124,25 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
 
     // Resume, or start afresh: a fresh run owns its directory, so nothing of an earlier run
     // (its last/ checkpoint, best model or metrics rows) may be resumed from or mixed in.
-    let mut state = TrainState::default();
+    let mut found = None;
     if resume {
-        let (restored, found) = checkpoint::restore(out, learner)?;
-        learner = restored;
-        match found {
-            Some(s) => {
-                state = s;
-                if !quiet {
-                    eprintln!("resuming after epoch {} (step {})", state.epoch, state.step);
-                }
+        (learner, found) = checkpoint::restore(out, learner)?;
+    }
+    let mut state = match found {
+        Some(s) => {
+            if !quiet {
+                eprintln!("resuming after epoch {} (step {})", s.epoch, s.step);
             }
-            None if !quiet => {
-                eprintln!("nothing to resume in {}: starting afresh", out.display())
-            }
-            None => {}
+            s
         }
-    }
-    if state.epoch == 0 && state.step == 0 {
-        checkpoint::clear_run(out)?;
-    }
+        None => {
+            if resume && !quiet {
+                eprintln!("nothing to resume in {}: starting afresh", out.display());
+            }
+            checkpoint::clear_run(out)?;
+            TrainState::default()
+        }
+    };
     let log = RunLog::open(out, config, state.epoch)?;
 
     let steps_per_epoch = sampler

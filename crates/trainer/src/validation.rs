@@ -54,7 +54,7 @@ fn add_side(
             if seen.contains_key(&key) {
                 return Ok((key, None));
             }
-            let img = data::decode_image(&e.path)?;
+            let img = data::decode::decode_bytes(&e.path, &bytes)?;
             Ok((key, Some(preprocess.apply(&img))))
         })
         .collect();
