@@ -18,7 +18,7 @@ use anyhow::Result;
 use clap::Parser;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use model::BackboneKind;
-use retrieval::embed::{EmbedOptions, Engine};
+use retrieval::embed::{EmbedOptions, Member};
 use timing::Measurement;
 
 #[derive(Parser)]
@@ -60,7 +60,7 @@ struct Cli {
 }
 
 fn folder_embedding(kind: BackboneKind, folder: &std::path::Path) -> Option<Measurement> {
-    let engine = Engine::load(&kind.name(), &burn::prelude::Device::flex()).ok()?;
+    let member = Member::load(&kind.name(), &burn::prelude::Device::flex()).ok()?;
     let options = EmbedOptions {
         cache: false,
         quiet: true,
@@ -68,7 +68,7 @@ fn folder_embedding(kind: BackboneKind, folder: &std::path::Path) -> Option<Meas
     };
     memory::reset_peak();
     let start = Instant::now();
-    let (set, _) = engine.embed_folder(folder, None, &options).ok()?;
+    let (set, _) = member.embed_folder(folder, None, &options).ok()?;
     let seconds = start.elapsed().as_secs_f64();
     Some(Measurement {
         key: format!("folder/{kind}"),

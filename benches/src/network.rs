@@ -6,7 +6,7 @@ use std::time::Duration;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
-use model::{BackboneKind, Embedder};
+use model::{BackboneKind, Network};
 
 use crate::timing::{Measurement, measure};
 
@@ -20,10 +20,10 @@ fn input(batch: usize, side: usize, device: &Device) -> Tensor<4> {
 
 /// The pretrained backbone when its weights are there (random weights can overflow to
 /// infinities and denormals, which run at other speeds), else random weights, said in the label.
-fn backbone(kind: BackboneKind, device: &Device) -> (Embedder, &'static str) {
-    match Embedder::pretrained(kind, device) {
+fn backbone(kind: BackboneKind, device: &Device) -> (Network, &'static str) {
+    match Network::pretrained(kind, device) {
         Ok(m) => (m, ""),
-        Err(_) => (Embedder::new(kind, None, device), " (random weights)"),
+        Err(_) => (Network::new(kind, None, device), " (random weights)"),
     }
 }
 

@@ -6,7 +6,7 @@
 //! - [`backbone`]: the catalogue (names, preprocessing, weight files) and the `Backbone` module.
 //! - [`weights`]: fetching (pip, sha256) and locating weight files; loading never downloads.
 //! - [`head`]: the linear projection + L2 normalisation trained for retrieval.
-//! - [`embedder`]: backbone + optional head = what turns images into embeddings; a pretrained
+//! - [`network`]: backbone + optional head, the neural network that embeds images; a pretrained
 //!   name or a checkpoint directory gives one.
 //! - [`allocator`]: keeping freed tensor memory in the process instead of returning it to the
 //!   operating system after every layer (twice the CPU throughput at large batches).
@@ -16,14 +16,14 @@ pub mod allocator;
 pub mod backbone;
 pub mod device;
 pub mod efficientnet_lite;
-pub mod embedder;
 pub mod head;
 pub mod interpolate;
 pub mod layers;
 pub mod mobilenet_v2;
+pub mod network;
 pub mod resnet;
 pub mod weights;
 
 pub use backbone::{Backbone, BackboneKind};
-pub use embedder::{Embedder, ModelSpec};
 pub use head::MetricHead;
+pub use network::{ModelSpec, Network};

@@ -128,7 +128,7 @@ impl EmbeddingCache {
         let out = safetensors::serialize([("embeddings", view)], Some(meta))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
-        model::embedder::write_atomic(&self.path, &out)?;
+        data::write_atomic(&self.path, &out)?;
         self.dirty = false;
         Ok(())
     }

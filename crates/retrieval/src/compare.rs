@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
 
 use crate::embed::EmbedOptions;
-use crate::ensemble::Ensemble;
+use crate::embedder::Embedder;
 use crate::evaluation::evaluate_sets;
 use crate::expansion::Expansion;
 use crate::metrics::Metrics;
@@ -21,7 +21,7 @@ use crate::table::metric_figures;
 
 /// One method to compare.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MethodSpec {
+pub struct Method {
     pub label: String,
     pub model: String,
     pub flip: bool,
@@ -29,14 +29,14 @@ pub struct MethodSpec {
     pub rerank: Option<KReciprocal>,
 }
 
-impl MethodSpec {
+impl Method {
     pub fn parse(s: &str) -> Result<Self> {
         let mut parts = s.split('+');
         let model = parts
             .next()
             .filter(|m| !m.is_empty())
             .context("empty method")?;
-        let mut spec = MethodSpec {
+        let mut spec = Method {
             label: s.to_string(),
             model: model.to_string(),
             flip: false,
@@ -96,9 +96,9 @@ pub fn default_methods(checkpoints: &Path) -> Vec<String> {
     for run in ["arcface", "domains-lite1", "mobilenet-head", "triplet"] {
         let relative = Path::new("checkpoints").join(run);
         let dir = checkpoints.join(run);
-        if relative.join(model::embedder::META_FILE).is_file() {
+        if relative.join(model::network::META_FILE).is_file() {
             methods.push(relative.display().to_string());
-        } else if dir.join(model::embedder::META_FILE).is_file() {
+        } else if dir.join(model::network::META_FILE).is_file() {
             methods.push(dir.display().to_string());
         }
     }
@@ -118,7 +118,7 @@ pub struct CompareRow {
 
 /// Runs every method on every query/gallery pair (each model loaded once).
 pub fn compare(
-    methods: &[MethodSpec],
+    methods: &[Method],
     pairs: &[(PathBuf, PathBuf)],
     device: &Device,
     quiet: bool,
@@ -128,8 +128,8 @@ pub fn compare(
         if !quiet {
             eprintln!("method {}", m.label);
         }
-        let engine =
-            Ensemble::load(&m.model, device).with_context(|| format!("method {}", m.label))?;
+        let embedder =
+            Embedder::load(&m.model, device).with_context(|| format!("method {}", m.label))?;
         let options = EmbedOptions {
             flip: m.flip,
             quiet,
@@ -138,8 +138,8 @@ pub fn compare(
         };
         for (query, gallery) in pairs {
             let start = Instant::now();
-            let (q, _) = engine.embed_folder(query, None, &options)?;
-            let (g, _) = engine.embed_folder(gallery, None, &options)?;
+            let (q, _) = embedder.embed_folder(query, None, &options)?;
+            let (g, _) = embedder.embed_folder(gallery, None, &options)?;
             let seconds = start.elapsed().as_secs_f64();
             let (q, g) = m.expansion.apply(&q, &g, device);
             let e = evaluate_sets(&q, &g, m.rerank.as_ref(), device)
@@ -219,13 +219,13 @@ mod tests {
 
     #[test]
     fn method_syntax() {
-        let m = MethodSpec::parse("checkpoints/arcface+flip+qe2+dba1").unwrap();
+        let m = Method::parse("checkpoints/arcface+flip+qe2+dba1").unwrap();
         assert_eq!(m.model, "checkpoints/arcface");
         assert!(m.flip);
         assert_eq!(m.expansion.query_neighbours, 2);
         assert_eq!(m.expansion.database_neighbours, 1);
-        assert!(MethodSpec::parse("mobilenet_v2+bogus").is_err());
-        assert!(MethodSpec::parse("").is_err());
+        assert!(Method::parse("mobilenet_v2+bogus").is_err());
+        assert!(Method::parse("").is_err());
     }
 
     #[test]

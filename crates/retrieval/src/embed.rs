@@ -9,7 +9,7 @@ use data::load::progress_bar;
 use data::{DecodeError, ImageEntry, Preprocess, list_images};
 use image::RgbImage;
 use indicatif::ParallelProgressIterator;
-use model::{Embedder, ModelSpec};
+use model::{ModelSpec, Network};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -78,69 +78,67 @@ impl EmbeddingSet {
 /// A file's content hash and, unless its embedding is cached, its preprocessed pixels.
 type Prepared = (String, Option<Vec<f32>>);
 
-/// What computes the embeddings: a network, or a traditional descriptor.
-pub enum Method {
-    Network(Box<Embedder>),
+/// One loaded `--model` member: a network on a device, or a traditional descriptor. An
+/// [`crate::embedder::Embedder`] joins one or more of them.
+pub enum Member {
+    Network {
+        network: Box<Network>,
+        device: Device,
+        /// Backbone name, or `ckpt-<hash>` for a trained checkpoint (the cache key).
+        id: String,
+    },
     Descriptor(Descriptor),
 }
 
-/// A loaded model on a device, with the id its cache is keyed by.
-pub struct Engine {
-    pub method: Method,
-    pub device: Device,
-    /// Backbone or descriptor name, or `ckpt-<hash>` for a trained checkpoint.
-    pub model_id: String,
-}
-
-impl Engine {
-    /// Loads `--model` (a backbone name or checkpoint directory) on `device`.
+impl Member {
+    /// Loads a member (a backbone name, descriptor name or checkpoint directory) on `device`.
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
         if let Ok(descriptor) = spec.parse::<Descriptor>() {
-            return Ok(Self {
-                method: Method::Descriptor(descriptor),
-                device: device.clone(),
-                model_id: descriptor.name().to_string(),
-            });
+            return Ok(Self::Descriptor(descriptor));
         }
         let parsed = ModelSpec::parse(spec).map_err(|e| {
             let names: Vec<&str> = Descriptor::ALL.iter().map(|d| d.name()).collect();
             e.context(format!("(traditional descriptors: {})", names.join(", ")))
         })?;
-        let model_id = match &parsed {
+        let id = match &parsed {
             ModelSpec::Pretrained(kind) => kind.name(),
             ModelSpec::Checkpoint(dir) => {
-                let hash = model::weights::sha256_file(&dir.join(model::embedder::WEIGHTS_FILE))?;
+                let hash = model::weights::sha256_file(&dir.join(model::network::WEIGHTS_FILE))?;
                 format!("ckpt-{}", &hash[..16])
             }
         };
-        Ok(Self::network(
-            Embedder::load(&parsed, device)?,
-            device,
-            model_id,
-        ))
+        Ok(Self::network(Network::load(&parsed, device)?, device, id))
     }
 
-    /// An engine around an already loaded network.
-    pub fn network(model: Embedder, device: &Device, model_id: impl Into<String>) -> Self {
-        Self {
-            method: Method::Network(Box::new(model)),
+    /// A member around an already loaded network.
+    pub fn network(network: Network, device: &Device, id: impl Into<String>) -> Self {
+        Self::Network {
+            network: Box::new(network),
             device: device.clone(),
-            model_id: model_id.into(),
+            id: id.into(),
+        }
+    }
+
+    /// The backbone or descriptor name, or `ckpt-<hash>` for a trained checkpoint.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Network { id, .. } => id,
+            Self::Descriptor(d) => d.name(),
         }
     }
 
     pub fn embedding_dim(&self) -> usize {
-        match &self.method {
-            Method::Network(m) => m.embedding_dim(),
-            Method::Descriptor(d) => d.dim(),
+        match self {
+            Self::Network { network, .. } => network.embedding_dim(),
+            Self::Descriptor(d) => d.dim(),
         }
     }
 
     /// The network's evaluation transform (descriptors use the decoded image as it is).
     pub fn preprocess(&self) -> Preprocess {
-        match &self.method {
-            Method::Network(m) => m.preprocess(),
-            Method::Descriptor(_) => data::Preprocess {
+        match self {
+            Self::Network { network, .. } => network.preprocess(),
+            Self::Descriptor(_) => data::Preprocess {
                 resize: 0,
                 crop: 0,
                 normalization: data::Normalization::IMAGENET,
@@ -148,26 +146,26 @@ impl Engine {
         }
     }
 
-    /// The network, for network-only operations.
-    fn net(&self) -> &Embedder {
-        match &self.method {
-            Method::Network(m) => m,
-            Method::Descriptor(d) => panic!("{d} has no network"),
+    /// The network and its device, for network-only operations.
+    fn net(&self) -> (&Network, &Device) {
+        match self {
+            Self::Network {
+                network, device, ..
+            } => (network, device),
+            Self::Descriptor(d) => panic!("{d} has no network"),
         }
     }
 
     /// Embeds preprocessed CHW images (each `preprocess().len()` floats); networks only.
     pub fn embed_preprocessed(&self, images: &[Vec<f32>], options: &EmbedOptions) -> Vec<f32> {
         let side = self.preprocess().crop as usize;
-        let model = self.net();
+        let (model, device) = self.net();
         let bar = progress_bar(images.len(), "embedding", options.quiet);
         let mut out = Vec::with_capacity(images.len() * model.embedding_dim());
         for chunk in images.chunks(options.batch_size.max(1)) {
             let flat: Vec<f32> = chunk.concat();
-            let x = Tensor::<4>::from_data(
-                TensorData::new(flat, [chunk.len(), 3, side, side]),
-                &self.device,
-            );
+            let x =
+                Tensor::<4>::from_data(TensorData::new(flat, [chunk.len(), 3, side, side]), device);
             let mut e = model.embed(x.clone());
             if options.flip {
                 e = model::head::l2_normalize(e + model.embed(x.flip([3])));
@@ -181,7 +179,7 @@ impl Engine {
 
     /// Embeds decoded images.
     pub fn embed_images(&self, images: &[RgbImage], options: &EmbedOptions) -> Vec<f32> {
-        if let Method::Descriptor(d) = &self.method {
+        if let Self::Descriptor(d) = self {
             return images.par_iter().flat_map(|i| d.compute(i)).collect();
         }
         let preprocess = self.preprocess();
@@ -189,12 +187,12 @@ impl Engine {
         self.embed_preprocessed(&pre, options)
     }
 
-    /// The cache id: the model plus every option that changes embeddings.
+    /// The cache id: the member plus every option that changes embeddings.
     pub fn cache_id(&self, options: &EmbedOptions) -> String {
         if options.flip {
-            format!("{}+flip", self.model_id)
+            format!("{}+flip", self.id())
         } else {
-            self.model_id.clone()
+            self.id().to_string()
         }
     }
 
@@ -219,9 +217,9 @@ impl Engine {
     ) -> Result<(EmbeddingSet, Vec<DecodeError>)> {
         let dim = self.embedding_dim();
         let preprocess = self.preprocess();
-        let descriptor = match &self.method {
-            Method::Descriptor(d) => Some(*d),
-            Method::Network(_) => None,
+        let descriptor = match self {
+            Self::Descriptor(d) => Some(*d),
+            Self::Network { .. } => None,
         };
         let mut cache = options
             .cache

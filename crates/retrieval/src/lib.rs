@@ -1,9 +1,11 @@
 //! The search engine: embed folders, rank galleries by Euclidean distance, score rankings the
 //! way the competition does, and write submissions.
 //!
-//! - [`embed`]: a folder of images to an [`embed::EmbeddingSet`] (decode, preprocess, batched
-//!   forward, optional flip averaging), with a content-addressed [`cache`].
-//! - [`ensemble`]: several models as one (weighted concatenation of unit embeddings).
+//! - [`embedder`]: what `--model` loads, an [`embedder::Embedder`]: one or more weighted
+//!   members (networks or descriptors) as one (weighted concatenation of unit embeddings).
+//! - [`embed`]: one [`embed::Member`] embeds a folder of images to an [`embed::EmbeddingSet`]
+//!   (decode, preprocess, batched forward, optional flip averaging), with a content-addressed
+//!   [`cache`].
 //! - [`expansion`]: α-query expansion and database-side augmentation.
 //! - [`rerank`]: k-reciprocal re-ranking.
 //! - [`evaluation`]: rank a query set against a gallery set and score it.
@@ -21,7 +23,7 @@ pub mod compare;
 pub mod descriptor;
 pub mod domain;
 pub mod embed;
-pub mod ensemble;
+pub mod embedder;
 pub mod evaluation;
 pub mod expansion;
 pub mod metrics;

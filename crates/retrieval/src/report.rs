@@ -343,7 +343,7 @@ pub fn write_report(
         html.push_str("</div>");
     }
     html.push_str("</body></html>\n");
-    model::embedder::write_atomic(&dir.join("index.html"), html.as_bytes())?;
+    data::write_atomic(&dir.join("index.html"), html.as_bytes())?;
 
     // Contact sheet: the worst `sheet_queries` queries and their top 5.
     let rows: Vec<usize> = order.into_iter().take(sheet_queries).collect();

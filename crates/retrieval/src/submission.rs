@@ -55,7 +55,7 @@ impl Submission {
 
     /// Writes the file atomically, pretty-printed.
     pub fn write(&self, path: &Path) -> Result<()> {
-        model::embedder::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
+        data::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
     }
 
     /// POSTs the submission as JSON and returns the server's answer.

@@ -5,7 +5,7 @@
 
 use data::preprocess::resize_grey;
 use data::rendering::{cartoon, contour_drawing, keep_foreground};
-use model::{BackboneKind, Embedder};
+use model::{BackboneKind, Network};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
     };
     let kind: BackboneKind = backbone.parse()?;
     let device = burn::prelude::Device::flex();
-    let finder = Embedder::pretrained(kind, &device)?.backbone;
+    let finder = Network::pretrained(kind, &device)?.backbone;
     let photos = images
         .iter()
         .map(|p| data::decode_image(std::path::Path::new(p)))

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::module::Module;
-use model::{BackboneKind, Embedder, MetricHead};
+use model::{BackboneKind, MetricHead, Network};
 use trainer::config::TrainConfig;
 use trainer::validation::Validation;
 
@@ -30,7 +30,7 @@ fn main() -> Result<()> {
     let size = config.image_size.unwrap_or_else(|| kind.input_size());
     let validation = Validation::load(&config.validation, &kind.preprocess_at(size))?;
 
-    let mut trained = Embedder::pretrained(kind, &device)?;
+    let mut trained = Network::pretrained(kind, &device)?;
     let pretrained = trained.backbone.clone();
     trained.head = Some(MetricHead::new(
         kind.feature_dim(),

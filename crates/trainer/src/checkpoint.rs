@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::module::Module;
-use model::embedder::write_atomic;
+use data::write_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::learner::{Learner, Optimizer};
@@ -78,8 +78,8 @@ pub fn clear_run(out: &Path) -> Result<()> {
         }
     }
     for file in [
-        model::embedder::META_FILE,
-        model::embedder::WEIGHTS_FILE,
+        model::network::META_FILE,
+        model::network::WEIGHTS_FILE,
         "metrics.csv",
     ] {
         let path = out.join(file);

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use data::augment::AugmentConfig;
 use model::BackboneKind;
 use model::device::DeviceKind;
-use model::embedder::EmbeddingOutput;
+use model::network::EmbeddingOutput;
 use serde::{Deserialize, Serialize};
 
 /// A query/gallery pair evaluated after every epoch.

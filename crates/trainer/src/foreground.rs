@@ -79,7 +79,7 @@ mod tests {
     #[test]
     fn one_map_per_image_at_a_32nd_of_the_side() {
         let device = Device::flex();
-        let backbone = model::Embedder::new(model::BackboneKind::MobileNetV2, None, &device)
+        let backbone = model::Network::new(model::BackboneKind::MobileNetV2, None, &device)
             .backbone
             .valid();
         let images: Vec<RgbImage> = (0..3u8)

@@ -1,4 +1,4 @@
-//! What training changes: the embedder (backbone and head), the ArcFace centres, and one
+//! What training changes: the network (backbone and head), the ArcFace centres, and one
 //! optimiser per parameter group; and the step that changes them.
 
 use anyhow::{Result, bail};
@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use model::head::l2_normalize;
-use model::{Backbone, BackboneKind, Embedder, MetricHead};
+use model::{Backbone, BackboneKind, MetricHead, Network};
 
 use crate::config::{LossKind, TrainConfig};
 use crate::loss::arcface::{ArcFace, one_hot};
@@ -15,7 +15,7 @@ use crate::loss::triplet_loss;
 pub type Optimizer = burn::optim::ModuleOptimizer;
 
 pub struct Learner {
-    pub model: Embedder,
+    pub model: Network,
     pub arcface: Option<ArcFace>,
     pub opt_backbone: Optimizer,
     pub opt_head: Optimizer,
@@ -43,9 +43,9 @@ impl Learner {
     pub fn new(config: &TrainConfig, classes: usize, size: u32, ad: &Device) -> Result<Self> {
         let kind: BackboneKind = config.backbone;
         let mut model = if config.pretrained {
-            Embedder::pretrained(kind, ad)?
+            Network::pretrained(kind, ad)?
         } else {
-            Embedder::new(kind, None, ad)
+            Network::new(kind, None, ad)
         };
         model.input_size = size;
         model.head = Some(MetricHead::new(
@@ -154,7 +154,7 @@ impl Learner {
         &self,
         pretrained: Option<&Backbone>,
         config: &TrainConfig,
-    ) -> Result<Embedder> {
+    ) -> Result<Network> {
         let mut kept = self.model.valid();
         if let (Some(alpha), Some(pre)) = (config.wise_ft, pretrained) {
             kept.backbone = model::interpolate::interpolate(kept.backbone, pre, alpha)?;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use model::embedder::write_atomic;
+use data::write_atomic;
 use retrieval::metrics::Metrics;
 
 use crate::config::TrainConfig;

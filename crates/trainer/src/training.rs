@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
 use data::sampler::PkSampler;
+use data::write_atomic;
 use indicatif::{ProgressBar, ProgressStyle};
-use model::embedder::write_atomic;
-use model::{Backbone, Embedder};
+use model::{Backbone, Network};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use retrieval::metrics::Metrics;
@@ -35,7 +35,7 @@ pub struct TrainOutcome {
 /// Embeds and scores every validation pair with `model` (in inference mode).
 fn validate(
     validation: &Validation,
-    model: &Embedder,
+    model: &Network,
     device: &Device,
     config: &TrainConfig,
 ) -> Result<Vec<(String, Metrics)>> {
@@ -100,7 +100,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
     }
     let mut learner = Learner::new(config, train_set.classes.len(), size, &ad)?;
     let pretrained: Option<Backbone> = if config.pretrained {
-        Some(Embedder::pretrained(kind, &device)?.backbone.valid())
+        Some(Network::pretrained(kind, &device)?.backbone.valid())
     } else {
         None
     };

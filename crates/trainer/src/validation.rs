@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use burn::prelude::Device;
 use data::{DecodeError, ImageEntry, Preprocess, list_images};
-use model::Embedder;
+use model::Network;
 use rayon::prelude::*;
-use retrieval::embed::{EmbedOptions, EmbeddingSet, Engine};
+use retrieval::embed::{EmbedOptions, EmbeddingSet, Member};
 use retrieval::evaluation::evaluate_sets;
 use retrieval::metrics::Metrics;
 use sha2::{Digest, Sha256};
@@ -109,18 +109,18 @@ impl Validation {
     /// Embeds the pool with `model` (in inference mode) and evaluates every pair.
     pub fn evaluate(
         &self,
-        model: Embedder,
+        model: Network,
         device: &Device,
         batch_size: usize,
     ) -> Result<Vec<(String, Metrics)>> {
-        let engine = Engine::network(model, device, "training");
+        let member = Member::network(model, device, "training");
         let options = EmbedOptions {
             batch_size,
             quiet: true,
             ..Default::default()
         };
-        let dim = engine.embedding_dim();
-        let values = engine.embed_preprocessed(&self.pool, &options);
+        let dim = member.embedding_dim();
+        let values = member.embed_preprocessed(&self.pool, &options);
         let set = |side: &Side| EmbeddingSet {
             entries: side.entries.clone(),
             dim,

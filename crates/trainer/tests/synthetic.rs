@@ -114,9 +114,9 @@ fn training_raises_retrieval_accuracy() {
     );
     // The run directory works as --model.
     let device = burn::prelude::Device::flex();
-    let engine = retrieval::embed::Engine::load(out.to_str().unwrap(), &device).unwrap();
-    assert_eq!(engine.embedding_dim(), 32);
-    assert_eq!(engine.preprocess().crop, 64);
+    let member = retrieval::embed::Member::load(out.to_str().unwrap(), &device).unwrap();
+    assert_eq!(member.embedding_dim(), 32);
+    assert_eq!(member.preprocess().crop, 64);
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 1 + 4, "{csv}");
     assert!(out.join("config.toml").is_file());

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use clap::Args;
 use retrieval::embed::{EmbedOptions, EmbeddingSet};
-use retrieval::ensemble::Ensemble;
+use retrieval::embedder::Embedder;
+use retrieval::evaluation::rank_sets;
 use retrieval::expansion::Expansion;
 use retrieval::rank::Hit;
 use retrieval::rerank::KReciprocal;
@@ -54,8 +55,8 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn engine(&self) -> Result<Ensemble> {
-        Ensemble::load(&self.model, &model::device::device(&self.device)?)
+    pub fn embedder(&self) -> Result<Embedder> {
+        Embedder::load(&self.model, &model::device::device(&self.device)?)
     }
 
     pub fn rerank(&self) -> Option<KReciprocal> {
@@ -86,16 +87,34 @@ impl ModelArgs {
     /// Embeds the query and gallery folders, then applies the test-time expansions asked for.
     pub fn embed_pair(
         &self,
-        engine: &Ensemble,
+        embedder: &Embedder,
         query: &Path,
         gallery: &Path,
         labels: (Option<&Path>, Option<&Path>),
         quiet: bool,
     ) -> Result<(EmbeddingSet, EmbeddingSet)> {
         let options = self.options(quiet);
-        let (q, _) = engine.embed_folder(query, labels.0, &options)?;
-        let (g, _) = engine.embed_folder(gallery, labels.1, &options)?;
-        Ok(self.expansion().apply(&q, &g, &engine.device))
+        let (q, _) = embedder.embed_folder(query, labels.0, &options)?;
+        let (g, _) = embedder.embed_folder(gallery, labels.1, &options)?;
+        Ok(self.expansion().apply(&q, &g, &embedder.device))
+    }
+
+    /// Loads the model, embeds an unlabelled query and gallery folder and ranks the top `k`
+    /// of the gallery for every query (what `search` and `submit` share).
+    pub fn search(
+        &self,
+        query: &Path,
+        gallery: &Path,
+        k: usize,
+        quiet: bool,
+    ) -> Result<(EmbeddingSet, EmbeddingSet, Vec<Vec<Hit>>)> {
+        let embedder = self.embedder()?;
+        let (q, g) = self.embed_pair(&embedder, query, gallery, (None, None), quiet)?;
+        if q.is_empty() {
+            bail!("{}: no readable query image", query.display());
+        }
+        let rankings = rank_sets(&q, &g, k, self.rerank().as_ref(), &embedder.device)?;
+        Ok((q, g, rankings))
     }
 }
 

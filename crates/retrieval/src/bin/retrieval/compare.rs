@@ -36,7 +36,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     };
     let specs = methods
         .iter()
-        .map(|m| compare::MethodSpec::parse(m))
+        .map(|m| compare::Method::parse(m))
         .collect::<Result<Vec<_>>>()?;
     let device = model::device::device(&args.device)?;
     let pairs = pairs(args.query, args.gallery)?;
@@ -44,8 +44,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let out = &args.out;
     std::fs::create_dir_all(out)?;
     let md = compare::markdown(&rows);
-    model::embedder::write_atomic(&out.join("compare.md"), md.as_bytes())?;
-    model::embedder::write_atomic(&out.join("compare.csv"), compare::csv(&rows).as_bytes())?;
+    data::write_atomic(&out.join("compare.md"), md.as_bytes())?;
+    data::write_atomic(&out.join("compare.csv"), compare::csv(&rows).as_bytes())?;
     println!("{md}");
     println!(
         "wrote {} and {}",

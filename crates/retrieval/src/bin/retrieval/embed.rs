@@ -20,8 +20,8 @@ pub struct EmbedArgs {
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
-    let engine = args.model.engine()?;
-    let (set, skipped) = engine.embed_folder(&args.images, None, &args.model.options(false))?;
+    let embedder = args.model.embedder()?;
+    let (set, skipped) = embedder.embed_folder(&args.images, None, &args.model.options(false))?;
     let bytes: Vec<u8> = set.values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(
         safetensors::Dtype::F32,
@@ -33,11 +33,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let meta = HashMap::from([
         ("files".to_string(), serde_json::to_string(&names)?),
         ("labels".to_string(), serde_json::to_string(&labels)?),
-        ("model".to_string(), engine.model_id()),
+        ("model".to_string(), embedder.id()),
         ("flip".to_string(), args.model.flip.to_string()),
     ]);
     let data = safetensors::serialize([("embeddings", view)], Some(meta))?;
-    model::embedder::write_atomic(&args.out, &data)?;
+    data::write_atomic(&args.out, &data)?;
     println!(
         "wrote {} embeddings of dimension {} to {} ({} skipped)",
         set.len(),

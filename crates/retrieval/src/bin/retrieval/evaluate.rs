@@ -46,13 +46,14 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         bail!("--labels and --gallery-labels apply to a single query/gallery pair");
     }
     let model = &args.model;
-    let engine = model.engine()?;
+    let embedder = model.embedder()?;
     let mut results = serde_json::Map::new();
     for (query, gallery) in &pairs {
         let name = compare::pair_name(query);
         let labels = (args.labels.as_deref(), args.gallery_labels.as_deref());
-        let (q, g) = model.embed_pair(&engine, query, gallery, labels, args.json)?;
-        let (e, mut rankings) = evaluate_and_rank(&q, &g, model.rerank().as_ref(), &engine.device)?;
+        let (q, g) = model.embed_pair(&embedder, query, gallery, labels, args.json)?;
+        let (e, mut rankings) =
+            evaluate_and_rank(&q, &g, model.rerank().as_ref(), &embedder.device)?;
         if let Some(dir) = &args.report {
             let dir = if several {
                 dir.join(&name)
@@ -60,7 +61,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
                 dir.clone()
             };
             rankings.iter_mut().for_each(|r| r.truncate(args.k));
-            let title = format!("{} on {}", engine.model_id(), query.display());
+            let title = format!("{} on {}", embedder.id(), query.display());
             retrieval::report::write_report(
                 &dir,
                 &title,
@@ -74,7 +75,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         }
         if args.json {
             let mut value = serde_json::to_value(&e.overall)?;
-            value["model"] = engine.model_id().into();
+            value["model"] = embedder.id().into();
             value["k"] = args.k.into();
             value["per_class"] = serde_json::to_value(&e.per_class)?;
             value["per_domain"] = serde_json::to_value(&e.per_domain)?;
@@ -82,7 +83,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         } else {
             println!(
                 "model {} on {name}: {} queries, {} gallery images",
-                engine.model_id(),
+                embedder.id(),
                 q.len(),
                 g.len()
             );

@@ -2,9 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
-use retrieval::evaluation::rank_sets;
 use retrieval::table::ranking_table;
 
 use crate::args::{ModelArgs, named};
@@ -24,14 +23,9 @@ pub struct SearchArgs {
 }
 
 pub fn run(args: SearchArgs) -> Result<()> {
-    let engine = args.model.engine()?;
-    let (q, g) =
-        args.model
-            .embed_pair(&engine, &args.query, &args.gallery, (None, None), args.json)?;
-    if q.is_empty() {
-        bail!("{}: no readable query image", args.query.display());
-    }
-    let rankings = rank_sets(&q, &g, args.k, args.model.rerank().as_ref(), &engine.device)?;
+    let (q, g, rankings) = args
+        .model
+        .search(&args.query, &args.gallery, args.k, args.json)?;
     let results = named(&q, &g, &rankings);
     if args.json {
         let value: serde_json::Value = results

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use retrieval::evaluation::rank_sets;
 use retrieval::submission::Submission;
 
 use crate::args::{ModelArgs, named};
@@ -28,11 +27,9 @@ pub struct SubmitArgs {
 }
 
 pub fn run(args: SubmitArgs) -> Result<()> {
-    let engine = args.model.engine()?;
-    let (q, g) = args
+    let (q, g, rankings) = args
         .model
-        .embed_pair(&engine, &args.query, &args.gallery, (None, None), false)?;
-    let rankings = rank_sets(&q, &g, args.k, args.model.rerank().as_ref(), &engine.device)?;
+        .search(&args.query, &args.gallery, args.k, false)?;
     let submission = Submission {
         groupname: args.group.clone(),
         images: named(&q, &g, &rankings)

@@ -1,4 +1,6 @@
-//! What turns a batch of images into embeddings: a backbone and, once trained, a metric head.
+//! The neural network that turns a batch of images into embeddings: a backbone and, once
+//! trained, a metric head. (Retrieval wraps it, or a hand-made descriptor, as a `Member` of an
+//! `Embedder`.)
 //!
 //! `--model` everywhere takes a [`ModelSpec`]: a pretrained backbone name (zero-shot: the
 //! L2-normalised pooled features) or a checkpoint directory written by the trainer
@@ -10,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use data::Preprocess;
+use data::{Preprocess, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::{Backbone, BackboneKind};
@@ -80,8 +82,9 @@ pub struct CheckpointMeta {
     pub note: String,
 }
 
+/// Backbone + optional metric head: image tensors in, embeddings out.
 #[derive(Module, Debug)]
-pub struct Embedder {
+pub struct Network {
     pub backbone: Backbone,
     pub head: Option<MetricHead>,
     #[module(skip)]
@@ -96,7 +99,7 @@ pub struct Embedder {
     pub flip: bool,
 }
 
-impl Embedder {
+impl Network {
     /// Randomly initialised; `embedding_dim` adds a metric head.
     pub fn new(kind: BackboneKind, embedding_dim: Option<usize>, device: &Device) -> Self {
         Self {
@@ -219,8 +222,6 @@ impl Embedder {
     }
 }
 
-pub use data::write_atomic;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,7 +229,7 @@ mod tests {
     #[test]
     fn checkpoint_round_trip_keeps_outputs() {
         let device = Device::flex();
-        let mut model = Embedder::new(BackboneKind::MobileNetV2, Some(16), &device).valid();
+        let mut model = Network::new(BackboneKind::MobileNetV2, Some(16), &device).valid();
         model.output = EmbeddingOutput::Concat;
         let x = Tensor::<4>::random(
             [2, 3, 64, 64],
@@ -240,7 +241,7 @@ mod tests {
         model.save_checkpoint(dir.path(), "test").unwrap();
         let spec = ModelSpec::parse(dir.path().to_str().unwrap()).unwrap();
         assert_eq!(spec, ModelSpec::Checkpoint(dir.path().to_path_buf()));
-        let loaded = Embedder::load(&spec, &device).unwrap();
+        let loaded = Network::load(&spec, &device).unwrap();
         assert_eq!(loaded.embedding_dim(), 16 + 1280);
         assert_eq!(loaded.output, EmbeddingOutput::Concat);
         let after: Vec<f32> = loaded.embed(x).into_data().try_to_vec().unwrap();

@@ -1,11 +1,12 @@
-//! Several models as one: each member's unit-length embedding, scaled by the square root of
-//! its weight, concatenated, and the whole scaled back to unit length. The squared Euclidean
+//! What `--model` loads: an [`Embedder`], one or more members (networks or descriptors) as
+//! one. Each member's unit-length embedding is scaled by the square root of its weight,
+//! concatenated, and the whole scaled back to unit length. The squared Euclidean
 //! distance between two such embeddings is then the weighted mean of the members' squared
 //! distances, so a member of weight 2 counts twice as much as one of weight 1.
 //!
 //! Written as members joined by `:`, each with an optional `@weight`:
-//! `efficientnet_lite1:checkpoints/arcface@2`. A single model is an ensemble of one, and its
-//! embeddings are exactly the model's own.
+//! `efficientnet_lite1:checkpoints/arcface@2` (an ensemble). A single model is an embedder of one
+//! member, and its embeddings are exactly the model's own.
 
 use std::path::Path;
 
@@ -13,17 +14,17 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
 use data::DecodeError;
 
-use crate::embed::{EmbedOptions, EmbeddingSet, Engine};
+use crate::embed::{EmbedOptions, EmbeddingSet, Member};
 
-/// One member as written: the model (`--model` syntax) and its weight.
+/// One member as written: the model (a backbone, descriptor or checkpoint) and its weight.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Member {
+pub struct MemberSpec {
     pub model: String,
     pub weight: f32,
 }
 
 /// Parses `a:b@2:c`.
-pub fn parse_members(spec: &str) -> Result<Vec<Member>> {
+pub fn parse_members(spec: &str) -> Result<Vec<MemberSpec>> {
     let mut members = Vec::new();
     for part in spec.split(':') {
         let (model, weight) = match part.rsplit_once('@') {
@@ -41,7 +42,7 @@ pub fn parse_members(spec: &str) -> Result<Vec<Member>> {
         if model.is_empty() {
             bail!("model {spec:?}: empty member (members are joined by ':')");
         }
-        members.push(Member {
+        members.push(MemberSpec {
             model: model.to_string(),
             weight,
         });
@@ -49,18 +50,19 @@ pub fn parse_members(spec: &str) -> Result<Vec<Member>> {
     Ok(members)
 }
 
-/// Loaded members on one device.
-pub struct Ensemble {
-    pub members: Vec<(Engine, f32)>,
+/// Loaded members, each with its weight, on one device.
+pub struct Embedder {
+    pub members: Vec<(Member, f32)>,
     pub device: Device,
 }
 
-impl Ensemble {
+impl Embedder {
+    /// Loads `--model`: members joined by `:`, each with an optional `@weight`.
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
         let members = parse_members(spec)?
             .into_iter()
             .map(|m| {
-                Engine::load(&m.model, device)
+                Member::load(&m.model, device)
                     .with_context(|| format!("loading {}", m.model))
                     .map(|e| (e, m.weight))
             })
@@ -72,14 +74,14 @@ impl Ensemble {
     }
 
     /// The members' ids (with weights other than 1), joined like the spec.
-    pub fn model_id(&self) -> String {
+    pub fn id(&self) -> String {
         self.members
             .iter()
-            .map(|(e, w)| {
+            .map(|(m, w)| {
                 if *w == 1.0 {
-                    e.model_id.clone()
+                    m.id().to_string()
                 } else {
-                    format!("{}@{w}", e.model_id)
+                    format!("{}@{w}", m.id())
                 }
             })
             .collect::<Vec<_>>()
@@ -96,8 +98,8 @@ impl Ensemble {
     ) -> Result<(EmbeddingSet, Vec<DecodeError>)> {
         let mut sets = Vec::new();
         let mut skipped = Vec::new();
-        for (i, (engine, _)) in self.members.iter().enumerate() {
-            let (set, errors) = engine.embed_folder(dir, labels, options)?;
+        for (i, (member, _)) in self.members.iter().enumerate() {
+            let (set, errors) = member.embed_folder(dir, labels, options)?;
             if i == 0 {
                 skipped = errors;
             }
