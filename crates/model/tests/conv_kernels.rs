@@ -1,0 +1,312 @@
+//! The convolution kernels lookalike adds to the CPU backend (`vendor/burn-flex`, see
+//! vendor/README.md) against a direct f64 reference written out here, on seeded random shapes:
+//! odd sizes, strides 1 and 2, paddings 0 to 2 (symmetric and not), dilation 1 and 2, batch 1
+//! and several, forward and both gradients. Shapes the new kernels do not take (grouped,
+//! dense 3×3) run too, so the generic route they fall back to stays right.
+//!
+//! Tolerance: every element within 1e-4 × (1 + the largest reference magnitude) of the
+//! reference (f32 sums of at most a few thousand terms, in a different order).
+
+use burn::prelude::*;
+use burn::tensor::module::{conv_transpose2d, conv2d};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+
+/// A small deterministic generator (no dependency): values in [-1, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        ((self.next() + 1.0) / 2.0 * n as f64) as usize % n
+    }
+    fn values(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// One convolution: `[batch, channels_in, h, w]` with `groups`, `channels_out` filters of
+/// `kernel²`, padding `(begin, end)` per axis.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    batch: usize,
+    channels_in: usize,
+    channels_out: usize,
+    groups: usize,
+    h: usize,
+    w: usize,
+    kernel: usize,
+    stride: usize,
+    padding: [(usize, usize); 2],
+    dilation: usize,
+}
+
+impl Case {
+    fn out_size(&self, size: usize, axis: usize) -> usize {
+        let (b, e) = self.padding[axis];
+        (size + b + e - self.dilation * (self.kernel - 1) - 1) / self.stride + 1
+    }
+    fn options(&self) -> ConvOptions<2> {
+        ConvOptions::new_with_padding(
+            [self.stride; 2],
+            self.padding,
+            [self.dilation; 2],
+            self.groups,
+        )
+    }
+}
+
+/// Reference forward and gradients (upstream gradient `g`), in f64.
+fn reference(c: &Case, x: &[f64], w: &[f64], g: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (oh_n, ow_n) = (c.out_size(c.h, 0), c.out_size(c.w, 1));
+    let cig = c.channels_in / c.groups;
+    let cog = c.channels_out / c.groups;
+    let k = c.kernel;
+    let mut y = vec![0.0; c.batch * c.channels_out * oh_n * ow_n];
+    let mut dx = vec![0.0; x.len()];
+    let mut dw = vec![0.0; w.len()];
+    for b in 0..c.batch {
+        for co in 0..c.channels_out {
+            let group = co / cog;
+            for oh in 0..oh_n {
+                for ow in 0..ow_n {
+                    let yi = ((b * c.channels_out + co) * oh_n + oh) * ow_n + ow;
+                    for ci in 0..cig {
+                        let cin = group * cig + ci;
+                        for kh in 0..k {
+                            for kw in 0..k {
+                                let ih = (oh * c.stride + kh * c.dilation) as isize
+                                    - c.padding[0].0 as isize;
+                                let iw = (ow * c.stride + kw * c.dilation) as isize
+                                    - c.padding[1].0 as isize;
+                                if ih < 0 || iw < 0 || ih >= c.h as isize || iw >= c.w as isize {
+                                    continue;
+                                }
+                                let xi = ((b * c.channels_in + cin) * c.h + ih as usize) * c.w
+                                    + iw as usize;
+                                let wi = ((co * cig + ci) * k + kh) * k + kw;
+                                y[yi] += x[xi] * w[wi];
+                                dx[xi] += g[yi] * w[wi];
+                                dw[wi] += g[yi] * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, dx, dw)
+}
+
+fn tensor(values: &[f64], shape: [usize; 4], device: &Device) -> Tensor<4> {
+    let data: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    Tensor::<4>::from_data(TensorData::new(data, shape), device)
+}
+
+fn assert_close(what: &str, c: &Case, got: Tensor<4>, expected: &[f64]) {
+    let got = got.into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(got.len(), expected.len(), "{what} size, {c:?}");
+    let scale = 1.0 + expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (i, (a, e)) in got.iter().zip(expected).enumerate() {
+        assert!(
+            (*a as f64 - e).abs() <= 1e-4 * scale,
+            "{what}[{i}] = {a}, reference {e}, {c:?}"
+        );
+    }
+}
+
+fn check(c: &Case, rng: &mut Lcg) {
+    let device = Device::flex().autodiff();
+    let (oh, ow) = (c.out_size(c.h, 0), c.out_size(c.w, 1));
+    let x = rng.values(c.batch * c.channels_in * c.h * c.w);
+    let w = rng.values(c.channels_out * (c.channels_in / c.groups) * c.kernel * c.kernel);
+    let g = rng.values(c.batch * c.channels_out * oh * ow);
+    let (y_ref, dx_ref, dw_ref) = reference(c, &x, &w, &g);
+    let xt = tensor(&x, [c.batch, c.channels_in, c.h, c.w], &device).require_grad();
+    let wt = tensor(
+        &w,
+        [
+            c.channels_out,
+            c.channels_in / c.groups,
+            c.kernel,
+            c.kernel,
+        ],
+        &device,
+    )
+    .require_grad();
+    let gt = tensor(&g, [c.batch, c.channels_out, oh, ow], &device);
+    let y = conv2d(xt.clone(), wt.clone(), None, c.options());
+    assert_close("output", c, y.clone().inner(), &y_ref);
+    let grads = (y * gt).sum().backward();
+    assert_close("input gradient", c, xt.grad(&grads).unwrap(), &dx_ref);
+    assert_close("weight gradient", c, wt.grad(&grads).unwrap(), &dw_ref);
+}
+
+fn random_padding(rng: &mut Lcg, symmetric: bool) -> [(usize, usize); 2] {
+    let mut side = || {
+        let begin = rng.below(3);
+        let end = if symmetric { begin } else { rng.below(3) };
+        (begin, end)
+    };
+    [side(), side()]
+}
+
+#[test]
+fn depthwise_forward_and_gradients_match_the_reference() {
+    let mut rng = Lcg(17);
+    for i in 0..24 {
+        let channels = 2 + rng.below(6);
+        let kernel = [3, 5][rng.below(2)];
+        let case = Case {
+            batch: [1, 3][i % 2],
+            channels_in: channels,
+            channels_out: channels,
+            groups: channels,
+            h: kernel + 2 + rng.below(10),
+            w: kernel + 2 + rng.below(10),
+            kernel,
+            stride: 1 + rng.below(2),
+            padding: random_padding(&mut rng, i % 3 != 0),
+            dilation: if i % 5 == 4 { 2 } else { 1 },
+        };
+        check(&case, &mut rng);
+    }
+}
+
+#[test]
+fn pointwise_forward_and_gradients_match_the_reference() {
+    let mut rng = Lcg(18);
+    for i in 0..16 {
+        let case = Case {
+            batch: [1, 4][i % 2],
+            channels_in: 1 + rng.below(40),
+            channels_out: 1 + rng.below(40),
+            groups: 1,
+            h: 1 + rng.below(13),
+            w: 1 + rng.below(13),
+            kernel: 1,
+            stride: 1,
+            padding: [(0, 0); 2],
+            dilation: 1,
+        };
+        check(&case, &mut rng);
+    }
+}
+
+#[test]
+fn other_convolutions_keep_the_generic_route_right() {
+    let mut rng = Lcg(19);
+    let cases = [
+        // Dense 3×3 (the stems), strided, asymmetric padding.
+        (1, 3, 8, 1, 3, 2, [(0, 1), (0, 1)]),
+        (2, 4, 6, 1, 3, 1, [(1, 1), (1, 1)]),
+        // Grouped, not depthwise.
+        (2, 4, 6, 2, 3, 1, [(1, 1), (1, 1)]),
+        // 1×1 strided (a ResNet shortcut), and 1×1 with padding.
+        (2, 5, 7, 1, 1, 2, [(0, 0), (0, 0)]),
+        (1, 5, 7, 1, 1, 1, [(1, 0), (0, 1)]),
+        // Depthwise with a channel multiplier (two filters a channel).
+        (1, 3, 6, 3, 3, 1, [(1, 1), (1, 1)]),
+    ];
+    for (batch, channels_in, channels_out, groups, kernel, stride, padding) in cases {
+        let case = Case {
+            batch,
+            channels_in,
+            channels_out,
+            groups,
+            h: 9,
+            w: 7,
+            kernel,
+            stride,
+            padding,
+            dilation: 1,
+        };
+        check(&case, &mut rng);
+    }
+}
+
+/// Transposed convolutions called directly (not as a gradient) take the same kernels: bias
+/// and output padding included.
+#[test]
+fn depthwise_and_pointwise_transposed_convolutions_match_the_reference() {
+    let mut rng = Lcg(20);
+    let device = Device::flex();
+    // (batch, channels, out channels a group, groups, kernel, stride, padding, padding_out, bias)
+    let cases = [
+        (2, 5, 1, 5, 3, 2, 1, 1, true),
+        (1, 4, 1, 4, 5, 1, 2, 0, false),
+        (3, 6, 1, 6, 3, 2, 0, 0, true),
+        (2, 7, 9, 1, 1, 1, 0, 0, false),
+        (1, 7, 9, 1, 1, 1, 0, 0, true),
+    ];
+    for (batch, channels, cog, groups, k, stride, pad, pad_out, with_bias) in cases {
+        let (h, w) = (6, 5);
+        let out = |size: usize| (size - 1) * stride + (k - 1) + pad_out + 1 - 2 * pad;
+        let (oh, ow) = (out(h), out(w));
+        let channels_out = cog * groups;
+        let cig = channels / groups;
+        let x = rng.values(batch * channels * h * w);
+        let wv = rng.values(channels * cog * k * k);
+        let bias = rng.values(channels_out);
+        let mut expected = vec![0.0; batch * channels_out * oh * ow];
+        for b in 0..batch {
+            for co in 0..channels_out {
+                for i in 0..oh * ow {
+                    expected[(b * channels_out + co) * oh * ow + i] =
+                        if with_bias { bias[co] } else { 0.0 };
+                }
+            }
+            for ci in 0..channels {
+                let group = ci / cig;
+                for c in 0..cog {
+                    let co = group * cog + c;
+                    for ih in 0..h {
+                        for iw in 0..w {
+                            for kh in 0..k {
+                                for kw in 0..k {
+                                    let o_h = (ih * stride + kh) as isize - pad as isize;
+                                    let o_w = (iw * stride + kw) as isize - pad as isize;
+                                    if o_h < 0 || o_w < 0 || o_h >= oh as isize || o_w >= ow as isize
+                                    {
+                                        continue;
+                                    }
+                                    expected[((b * channels_out + co) * oh + o_h as usize) * ow
+                                        + o_w as usize] += x[((b * channels + ci) * h + ih) * w + iw]
+                                        * wv[((ci * cog + c) * k + kh) * k + kw];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let bias_t = with_bias.then(|| {
+            let data: Vec<f32> = bias.iter().map(|&v| v as f32).collect();
+            Tensor::<1>::from_data(TensorData::new(data, [channels_out]), &device)
+        });
+        let got = conv_transpose2d(
+            tensor(&x, [batch, channels, h, w], &device),
+            tensor(&wv, [channels, cog, k, k], &device),
+            bias_t,
+            ConvTransposeOptions::new([stride; 2], [pad; 2], [pad_out; 2], [1; 2], groups),
+        );
+        let case = Case {
+            batch,
+            channels_in: channels,
+            channels_out,
+            groups,
+            h,
+            w,
+            kernel: k,
+            stride,
+            padding: [(pad, pad); 2],
+            dilation: 1,
+        };
+        assert_close("transposed output", &case, got, &expected);
+    }
+}
