@@ -282,7 +282,11 @@ fn pointwise_conv_transpose2d(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
 }
 
 /// Runs `work(index, chunk)` over `data` cut into chunks of `len`, in parallel where rayon is on.
-fn for_each_chunk(data: &mut [f32], len: usize, work: impl Fn(usize, &mut [f32]) + Sync + Send) {
+pub(super) fn for_each_chunk(
+    data: &mut [f32],
+    len: usize,
+    work: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;

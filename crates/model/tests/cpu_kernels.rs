@@ -1,14 +1,15 @@
-//! The convolution kernels lookalike adds to the CPU backend (`vendor/burn-flex`, see
-//! vendor/README.md) against a direct f64 reference written out here, on seeded random shapes:
-//! odd sizes, strides 1 and 2, paddings 0 to 2 (symmetric and not), dilation 1 and 2, batch 1
-//! and several, forward and both gradients. Shapes the new kernels do not take (grouped,
-//! dense 3×3) run too, so the generic route they fall back to stays right.
+//! The kernels lookalike adds to the CPU backend (`vendor/burn-flex`, see vendor/README.md)
+//! against a direct f64 reference written out here, on seeded random shapes. Convolutions: odd
+//! sizes, strides 1 and 2, paddings 0 to 2 (symmetric and not), dilation 1 and 2, batch 1 and
+//! several, forward and both gradients; shapes the new kernels do not take (grouped, dense
+//! 3×3) run too, so the generic route they fall back to stays right. Batch normalisation with
+//! batch statistics: output, mean, variance and the three gradients.
 //!
 //! Tolerance: every element within 1e-4 × (1 + the largest reference magnitude) of the
 //! reference (f32 sums of at most a few thousand terms, in a different order).
 
 use burn::prelude::*;
-use burn::tensor::module::{conv_transpose2d, conv2d};
+use burn::tensor::module::{batch_norm_train, conv_transpose2d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 /// A small deterministic generator (no dependency): values in [-1, 1).
@@ -130,12 +131,7 @@ fn check(c: &Case, rng: &mut Lcg) {
     let xt = tensor(&x, [c.batch, c.channels_in, c.h, c.w], &device).require_grad();
     let wt = tensor(
         &w,
-        [
-            c.channels_out,
-            c.channels_in / c.groups,
-            c.kernel,
-            c.kernel,
-        ],
+        [c.channels_out, c.channels_in / c.groups, c.kernel, c.kernel],
         &device,
     )
     .require_grad();
@@ -271,12 +267,16 @@ fn depthwise_and_pointwise_transposed_convolutions_match_the_reference() {
                                 for kw in 0..k {
                                     let o_h = (ih * stride + kh) as isize - pad as isize;
                                     let o_w = (iw * stride + kw) as isize - pad as isize;
-                                    if o_h < 0 || o_w < 0 || o_h >= oh as isize || o_w >= ow as isize
+                                    if o_h < 0
+                                        || o_w < 0
+                                        || o_h >= oh as isize
+                                        || o_w >= ow as isize
                                     {
                                         continue;
                                     }
                                     expected[((b * channels_out + co) * oh + o_h as usize) * ow
-                                        + o_w as usize] += x[((b * channels + ci) * h + ih) * w + iw]
+                                        + o_w as usize] += x
+                                        [((b * channels + ci) * h + ih) * w + iw]
                                         * wv[((ci * cog + c) * k + kh) * k + kw];
                                 }
                             }
@@ -308,5 +308,92 @@ fn depthwise_and_pointwise_transposed_convolutions_match_the_reference() {
             dilation: 1,
         };
         assert_close("transposed output", &case, got, &expected);
+    }
+}
+
+/// Batch normalisation with batch statistics against the formulas, on `[batch, channels, h, w]`
+/// inputs, batch 1 and several, planes down to 1×1.
+#[test]
+fn batch_norm_train_forward_and_gradients_match_the_reference() {
+    let mut rng = Lcg(21);
+    let device = Device::flex().autodiff();
+    for (batch, channels, spatial) in [
+        (1, 3, vec![5, 7]),
+        (4, 6, vec![9, 3]),
+        (2, 5, vec![11]),
+        (3, 2, vec![1, 1]),
+    ] {
+        let epsilon = 1e-3;
+        let plane: usize = spatial.iter().product();
+        let n = (batch * plane) as f64;
+        let x: Vec<f64> = rng
+            .values(batch * channels * plane)
+            .iter()
+            .map(|v| 3.0 * v + 0.5)
+            .collect();
+        let gamma = rng.values(channels);
+        let beta = rng.values(channels);
+        let g = rng.values(x.len());
+        let at = |b: usize, c: usize, i: usize| (b * channels + c) * plane + i;
+        let (mut y, mut dx) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        let (mut mean, mut var, mut dgamma, mut dbeta) = (vec![], vec![], vec![], vec![]);
+        for c in 0..channels {
+            let idx: Vec<usize> = (0..batch)
+                .flat_map(|b| (0..plane).map(move |i| at(b, c, i)))
+                .collect();
+            let m = idx.iter().map(|&i| x[i]).sum::<f64>() / n;
+            let v = idx.iter().map(|&i| (x[i] - m).powi(2)).sum::<f64>() / n;
+            let sigma = (v + epsilon).sqrt();
+            let xhat = |i: usize| (x[i] - m) / sigma;
+            let sum_g: f64 = idx.iter().map(|&i| g[i]).sum();
+            let sum_gx: f64 = idx.iter().map(|&i| g[i] * xhat(i)).sum();
+            for &i in &idx {
+                y[i] = xhat(i) * gamma[c] + beta[c];
+                dx[i] = gamma[c] / sigma * (g[i] - sum_g / n - xhat(i) * sum_gx / n);
+            }
+            mean.push(m);
+            var.push(v);
+            dgamma.push(sum_gx);
+            dbeta.push(sum_g);
+        }
+        let c = Case {
+            batch,
+            channels_in: channels,
+            channels_out: channels,
+            groups: 1,
+            h: spatial[0],
+            w: *spatial.get(1).unwrap_or(&1),
+            kernel: 1,
+            stride: 1,
+            padding: [(0, 0); 2],
+            dilation: 1,
+        };
+        let f32s = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let vector = |v: &[f64]| {
+            Tensor::<1>::from_data(TensorData::new(f32s(v), [v.len()]), &device).require_grad()
+        };
+        let (gamma_t, beta_t) = (vector(&gamma), vector(&beta));
+        let shape4 = [batch, channels, c.h, c.w];
+        let xt = Tensor::<4>::from_data(TensorData::new(f32s(&x), shape4), &device).require_grad();
+        let out = batch_norm_train(xt.clone(), gamma_t.clone(), beta_t.clone(), epsilon);
+        assert_close("output", &c, out.output.clone().inner(), &y);
+        let as_column = |t: Tensor<1>| t.reshape([1, channels, 1, 1]);
+        assert_close("mean", &c, as_column(out.mean.inner()), &mean);
+        assert_close("variance", &c, as_column(out.variance.inner()), &var);
+        let gt = Tensor::<4>::from_data(TensorData::new(f32s(&g), shape4), &device);
+        let grads = (out.output * gt).sum().backward();
+        assert_close("input gradient", &c, xt.grad(&grads).unwrap(), &dx);
+        assert_close(
+            "gamma gradient",
+            &c,
+            as_column(gamma_t.grad(&grads).unwrap()),
+            &dgamma,
+        );
+        assert_close(
+            "beta gradient",
+            &c,
+            as_column(beta_t.grad(&grads).unwrap()),
+            &dbeta,
+        );
     }
 }
