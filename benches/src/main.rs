@@ -102,7 +102,15 @@ fn main() -> Result<()> {
             }
         }
         if wanted("train") {
-            rows.push(network::train_step(kind, 32, min_time, &device));
+            for frozen_statistics in [false, true] {
+                rows.push(network::train_step(
+                    kind,
+                    32,
+                    frozen_statistics,
+                    min_time,
+                    &device,
+                ));
+            }
         }
         if wanted("folder") {
             match folder_embedding(kind, &cli.folder) {

@@ -67,21 +67,33 @@ pub fn forward(
 }
 
 /// Training throughput (images/s): forward, backward of a squared-norm loss on a 256-d head,
-/// and one AdamW step over the whole backbone and head.
+/// and one AdamW step over the whole backbone and head. With `frozen_statistics`, batch norms
+/// use their running statistics (the trainer's default, `[freeze] batch_norm = true`) while γ
+/// and β still train; otherwise they normalise with the batch's (PyTorch's `train()` mode).
 pub fn train_step(
     kind: BackboneKind,
     batch: usize,
+    frozen_statistics: bool,
     min_time: Duration,
     device: &Device,
 ) -> Measurement {
     let ad = device.clone().autodiff();
     let (mut model, note) = backbone(kind, &ad);
+    let (note, id) = if frozen_statistics {
+        model.backbone = model.backbone.freeze_batch_norm_stats();
+        (
+            format!("{note}, batch-norm statistics frozen"),
+            "-frozen-bn",
+        )
+    } else {
+        (note.to_string(), "")
+    };
     model.head = Some(model::MetricHead::new(kind.feature_dim(), 256, &ad));
     let mut optimizer = AdamWConfig::new().init();
     let side = kind.input_size() as usize;
     let x = input(batch, side, &ad);
     measure(
-        format!("train/{kind}/{batch}"),
+        format!("train{id}/{kind}/{batch}"),
         format!("{kind} training step, batch {batch}{note}"),
         batch,
         1,

@@ -4,6 +4,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
+use burn::tensor::ops::ConvOptions;
 
 /// Activation after a [`ConvBn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -131,9 +132,57 @@ pub struct ConvBn {
 
 impl ConvBn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.conv.forward(x);
-        let y = if self.folded { y } else { self.bn.forward(y) };
+        let y = if self.folded {
+            self.conv.forward(x)
+        } else if !(x.device().is_autodiff() && self.bn.training.is_enabled()) {
+            // Batch norm with its running statistics (when Burn's `BatchNorm` takes its
+            // inference path): an affine map, folded into the convolution.
+            self.forward_frozen_statistics(x)
+        } else {
+            self.bn.forward(self.conv.forward(x))
+        };
         self.activation.forward(y)
+    }
+
+    /// Batch norm with its running statistics (inference, or training with the statistics
+    /// frozen: the trainer's default): the batch norm is then an affine map per channel, `x·γ/σ + (β − μ·γ/σ)`, so it is folded into the
+    /// convolution's weight and bias on the fly (gradients reach γ and β through the small
+    /// weight and bias tensors). Burn's batch norm would spend four passes over the activation
+    /// forward and as many backward; this costs the bias add and its per-channel sum.
+    fn forward_frozen_statistics(&self, x: Tensor<4>) -> Tensor<4> {
+        let bn = &self.bn;
+        let scale = bn.gamma.val() / bn.running_var.value().add_scalar(bn.epsilon).sqrt();
+        let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
+        let weight = self.conv.weight.val();
+        let out = weight.dims()[0];
+        let weight = weight * scale.clone().reshape([out, 1, 1, 1]);
+        let bias = match &self.conv.bias {
+            Some(bias) => shift + bias.val() * scale,
+            None => shift,
+        };
+        let [_, _, height, width] = x.dims();
+        let options = self.conv_options(height, width);
+        burn::tensor::module::conv2d(x, weight, Some(bias), options)
+    }
+
+    /// The convolution's options for an input of `height × width`, as `nn::Conv2d::forward`
+    /// builds them (its padding arithmetic is private to burn-nn).
+    fn conv_options(&self, height: usize, width: usize) -> ConvOptions<2> {
+        let c = &self.conv;
+        // TensorFlow's "same": the output is ⌈in / stride⌉, the extra padding at the end.
+        let same = |axis: usize, size: usize| {
+            let out = size.div_ceil(c.stride[axis]);
+            let total = ((out.max(1) - 1) * c.stride[axis] + c.kernel_size[axis])
+                .saturating_sub(size)
+                * usize::from(out > 0);
+            (total / 2, total - total / 2)
+        };
+        let padding = match c.padding {
+            PaddingConfig2d::Same => [same(0, height), same(1, width)],
+            PaddingConfig2d::Valid => [(0, 0); 2],
+            PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        };
+        ConvOptions::new_with_padding(c.stride, padding, c.dilation, c.groups)
     }
 
     /// Folds the batch norm's running statistics and affine parameters into the convolution
@@ -215,4 +264,99 @@ pub fn mobile_feature_map(
         x = block.forward(x);
     }
     head.forward(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::ModuleMapper;
+
+    struct FreezeStatistics;
+    impl ModuleMapper for FreezeStatistics {
+        fn map_flag(&mut self, flag: Param<burn::module::Flag>) -> Param<burn::module::Flag> {
+            flag.with_value(false)
+        }
+    }
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    }
+
+    /// With running statistics, the on-the-fly fold gives the output and the gradients of
+    /// Burn's batch norm after the convolution, for symmetric and TensorFlow-"same" padding,
+    /// strided, depthwise and dense.
+    #[test]
+    fn frozen_statistics_fold_matches_the_batch_norm() {
+        let device = Device::flex().autodiff();
+        for (config, side) in [
+            ConvBnConfig::new(3, 8, 3)
+                .stride(2)
+                .padding(Padding::TfSame)
+                .activation(Activation::Relu6),
+            ConvBnConfig::new(6, 6, 5)
+                .depthwise()
+                .padding(Padding::TfSame),
+            ConvBnConfig::new(6, 6, 3).depthwise().stride(2),
+            ConvBnConfig::new(5, 7, 1).activation(Activation::Relu),
+        ]
+        .into_iter()
+        .zip([9, 8, 7, 6])
+        {
+            let mut layer = config.init(&device);
+            let c = config.out_channels;
+            let vector =
+                |seed| Tensor::<1>::from_data(TensorData::new(values(c, seed), [c]), &device);
+            layer.bn.running_mean = burn::module::RunningState::new(vector(1) * 0.3);
+            layer.bn.running_var = burn::module::RunningState::new(vector(2).abs().add_scalar(0.2));
+            layer.bn.gamma = Param::from_tensor(vector(3));
+            layer.bn.beta = Param::from_tensor(vector(4));
+            let layer = layer.map(&mut FreezeStatistics);
+            let shape = [2, config.in_channels, side, side];
+            let n = shape.iter().product();
+            let x = Tensor::<4>::from_data(TensorData::new(values(n, 5), shape), &device)
+                .require_grad();
+            let folded = layer.forward(x.clone());
+            let reference = layer
+                .activation
+                .forward(layer.bn.forward(layer.conv.forward(x.clone())));
+            let close = |a: Tensor<4>, b: Tensor<4>, what: &str| {
+                let (a, b) = (a.into_data(), b.into_data());
+                assert_eq!(a.shape(), b.shape(), "{what}");
+                let (a, b) = (
+                    a.try_to_vec::<f32>().unwrap(),
+                    b.try_to_vec::<f32>().unwrap(),
+                );
+                for (p, q) in a.iter().zip(&b) {
+                    assert!(
+                        (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+                        "{what}: {p} vs {q}"
+                    );
+                }
+            };
+            close(folded.clone().inner(), reference.clone().inner(), "output");
+            let weights = Tensor::<4>::from_data(
+                TensorData::new(values(folded.shape().num_elements(), 6), folded.shape()),
+                &device,
+            );
+            let g1 = (folded * weights.clone()).sum().backward();
+            let g2 = (reference * weights).sum().backward();
+            let grad4 = |t: &Tensor<4>, g| t.grad(g).unwrap();
+            let grad1 = |t: Tensor<1>, g| t.grad(g).unwrap().reshape([1, 1, 1, c]);
+            close(grad4(&x, &g1), grad4(&x, &g2), "input gradient");
+            let w = layer.conv.weight.val();
+            close(grad4(&w, &g1), grad4(&w, &g2), "weight gradient");
+            close(
+                grad1(layer.bn.gamma.val(), &g1),
+                grad1(layer.bn.gamma.val(), &g2),
+                "gamma gradient",
+            );
+            close(
+                grad1(layer.bn.beta.val(), &g1),
+                grad1(layer.bn.beta.val(), &g2),
+                "beta gradient",
+            );
+        }
+    }
 }

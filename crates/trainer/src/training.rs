@@ -104,7 +104,11 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
     } else {
         None
     };
-    let teacher = pretrained.as_ref().filter(|_| config.distill_weight > 0.0);
+    // The teacher only runs forward: its batch norms folded into the convolutions.
+    let teacher = (config.distill_weight > 0.0)
+        .then(|| pretrained.clone().map(Backbone::fold_batch_norm))
+        .flatten();
+    let teacher = teacher.as_ref();
     if config.augment.uses_foreground() {
         let Some(finder) = &pretrained else {
             bail!(

@@ -85,6 +85,27 @@ fn like(x: &FlexTensor, values: Vec<f32>) -> FlexTensor {
     )
 }
 
+/// Σ over the batch and spatial axes of an NCHW `output_grad`, per channel: the bias gradient
+/// of a convolution (Burn's default swaps the batch and channel axes and copies first).
+pub(crate) fn channel_sums(output_grad: FlexTensor, bias_shape: Shape) -> FlexTensor {
+    let grad = output_grad.to_contiguous();
+    let (batch, channels, plane) = dims(&grad);
+    let data: &[f32] = grad.storage();
+    let sums = per_channel(channels, |c| {
+        (0..batch)
+            .map(|b| {
+                let s = (b * channels + c) * plane;
+                lane_sum(&data[s..s + plane], &data[s..s + plane], |v, _| v)
+            })
+            .sum::<f64>() as f32
+    });
+    FlexTensor::new(
+        Bytes::from_elems(sums),
+        Layout::contiguous(bias_shape),
+        DType::F32,
+    )
+}
+
 /// Forward with batch statistics; returns the output, the mean and the biased variance.
 pub(crate) fn train(
     x: FlexTensor,

@@ -102,6 +102,21 @@ impl ModuleOps<Flex> for Flex {
         batch_norm::generic_train_backward(x, gamma, mean, variance, epsilon, output_grad)
     }
 
+    fn conv2d_bias_backward(
+        x: FloatTensor<Flex>,
+        bias: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+    ) -> FloatTensor<Flex> {
+        if batch_norm::applies(&[&output_grad, &bias]) {
+            return batch_norm::channel_sums(output_grad, bias.shape());
+        }
+        let [batch, _, _, _] = x.shape().dims();
+        let [_, channels, height, width] = output_grad.shape().dims();
+        let grad = Flex::float_swap_dims(output_grad, 0, 1);
+        let grad = Flex::float_reshape(grad, Shape::new([channels, batch * height * width]));
+        Flex::float_reshape(Flex::float_sum_dim(grad, 1), bias.shape())
+    }
+
     fn conv2d_weight_backward(
         x: FloatTensor<Flex>,
         weight: FloatTensor<Flex>,
