@@ -138,9 +138,14 @@ pub fn compare(
         };
         for (query, gallery) in pairs {
             let start = Instant::now();
-            let (q, _) = embedder.embed_folder(query, None, &options)?;
-            let (g, _) = embedder.embed_folder(gallery, None, &options)?;
+            let (q, query_skipped) = embedder.embed_folder(query, None, &options)?;
+            let (g, gallery_skipped) = embedder.embed_folder(gallery, None, &options)?;
             let seconds = start.elapsed().as_secs_f64();
+            // Every method reads the same files: name the unreadable ones once.
+            if std::ptr::eq(m, &methods[0]) {
+                eprint!("{}", data::load::skipped_summary(&query_skipped, q.len()));
+                eprint!("{}", data::load::skipped_summary(&gallery_skipped, g.len()));
+            }
             let (q, g) = m.expansion.apply(&q, &g, device);
             let e = evaluate_sets(&q, &g, m.rerank.as_ref(), device)
                 .with_context(|| format!("method {} on {}", m.label, query.display()))?;

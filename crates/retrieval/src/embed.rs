@@ -90,6 +90,15 @@ pub enum Member {
     Descriptor(Descriptor),
 }
 
+/// `ckpt-<hash>` of a checkpoint directory: its weights and its `model.json` (input size,
+/// flip, output), everything that changes its embeddings.
+pub fn checkpoint_id(dir: &Path) -> Result<String> {
+    let weights = model::weights::sha256_file(&dir.join(model::network::WEIGHTS_FILE))?;
+    let meta = model::weights::sha256_file(&dir.join(model::network::META_FILE))?;
+    let both = hex::encode(Sha256::digest(format!("{weights}{meta}")));
+    Ok(format!("ckpt-{}", &both[..16]))
+}
+
 impl Member {
     /// Loads a member (a backbone name, descriptor name or checkpoint directory) on `device`.
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
@@ -102,10 +111,7 @@ impl Member {
         })?;
         let id = match &parsed {
             ModelSpec::Pretrained(kind) => kind.name(),
-            ModelSpec::Checkpoint(dir) => {
-                let hash = model::weights::sha256_file(&dir.join(model::network::WEIGHTS_FILE))?;
-                format!("ckpt-{}", &hash[..16])
-            }
+            ModelSpec::Checkpoint(dir) => checkpoint_id(dir)?,
         };
         Ok(Self::network(Network::load(&parsed, device)?, device, id))
     }
@@ -197,7 +203,7 @@ impl Member {
     }
 
     /// Embeds every image of a folder (any supported layout). Files that cannot be decoded are
-    /// returned as errors and left out of the set.
+    /// returned as errors and left out of the set; telling the user is the caller's job.
     pub fn embed_folder(
         &self,
         dir: &Path,
@@ -297,9 +303,6 @@ impl Member {
                 eprintln!("warning: could not save the embedding cache: {e:#}");
             }
         }
-        if !options.quiet {
-            eprint!("{}", data::load::skipped_summary(&skipped, kept.len()));
-        }
         Ok((
             EmbeddingSet {
                 entries: kept.into_iter().map(|(e, _)| e).collect(),
@@ -308,5 +311,27 @@ impl Member {
             },
             skipped,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache key of a checkpoint follows its model.json as well as its weights: a changed
+    /// input size or flip setting must not be served the old embeddings.
+    #[test]
+    fn checkpoint_id_follows_weights_and_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(model::network::WEIGHTS_FILE, "weights");
+        write(model::network::META_FILE, r#"{"input_size": 240}"#);
+        let first = checkpoint_id(dir.path()).unwrap();
+        assert_eq!(checkpoint_id(dir.path()).unwrap(), first);
+        write(model::network::META_FILE, r#"{"input_size": 200}"#);
+        let second = checkpoint_id(dir.path()).unwrap();
+        assert_ne!(second, first);
+        write(model::network::WEIGHTS_FILE, "other weights");
+        assert_ne!(checkpoint_id(dir.path()).unwrap(), second);
     }
 }

@@ -40,6 +40,12 @@ impl Call {
 
     /// Runs it with the embedding cache in `cache`: (success, stdout, stderr).
     fn run(&self, cache: &Path) -> (bool, String, String) {
+        let (code, stdout, stderr) = self.run_with_code(cache);
+        (code == Some(0), stdout, stderr)
+    }
+
+    /// Runs it with the embedding cache in `cache`: (exit code, stdout, stderr).
+    fn run_with_code(&self, cache: &Path) -> (Option<i32>, String, String) {
         model::weights::fetch(model::BackboneKind::MobileNetV2).expect("weights");
         let out = Command::new(env!("CARGO_BIN_EXE_retrieval"))
             .args(&self.0)
@@ -47,7 +53,7 @@ impl Call {
             .output()
             .unwrap();
         (
-            out.status.success(),
+            out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
@@ -148,17 +154,71 @@ fn bad_files_are_reported_and_skipped() {
     std::fs::write(dir.join("empty.jpg"), b"").unwrap();
     std::fs::write(dir.join("notes.png"), b"this is text, not a PNG").unwrap();
     let folder = tmp.path().join("imgs");
-    let (ok, stdout, stderr) = Call::new("evaluate")
+    let cache = tmp.path().join("cache");
+    let bad = ["truncated.jpg", "empty.jpg", "notes.png"];
+    // Scored without them, each named, and exit code 3: the output is incomplete.
+    let (code, stdout, stderr) = Call::new("evaluate")
         .model("mobilenet_v2")
         .pair(&folder, &folder)
         .arg("--no-cache")
-        .run(&tmp.path().join("cache"));
-    assert!(ok, "{stderr}");
-    for name in ["truncated.jpg", "empty.jpg", "notes.png"] {
+        .run_with_code(&cache);
+    assert_eq!(code, Some(3), "{stderr}");
+    for name in bad {
         assert!(stderr.contains(name), "{name} not reported:\n{stderr}");
     }
     assert!(stderr.contains("3 of 7 files skipped"), "{stderr}");
     assert!(stdout.contains("ALL"), "{stdout}");
+    // --json: the same on stderr, and listed in the JSON.
+    let (code, stdout, stderr) = Call::new("evaluate")
+        .model("mobilenet_v2")
+        .pair(&folder, &folder)
+        .arg("--json")
+        .run_with_code(&cache);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("truncated.jpg"), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["queries"], 4, "{v}");
+    let skipped = v["skipped"]["query"].as_array().unwrap();
+    assert_eq!(skipped.len(), 3, "{v}");
+    assert_eq!(v["skipped"]["gallery"].as_array().unwrap().len(), 3);
+    for name in bad {
+        assert!(
+            skipped.iter().any(|s| s["file"].as_str().unwrap().ends_with(name)
+                && !s["reason"].as_str().unwrap().is_empty()),
+            "{name}: {v}"
+        );
+    }
+    let (code, stdout, stderr) = Call::new("search")
+        .model("mobilenet_v2")
+        .pair(&folder, &folder)
+        .arg("--json")
+        .run_with_code(&cache);
+    assert_eq!(code, Some(3), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["results"].as_object().unwrap().len(), 4, "{v}");
+    assert_eq!(v["skipped"]["query"].as_array().unwrap().len(), 3, "{v}");
+    // A submission missing answers is refused, and nothing is written.
+    let out = tmp.path().join("submission.json");
+    let (code, _, stderr) = Call::new("submit")
+        .model("mobilenet_v2")
+        .pair(&dir, &dir)
+        .arg("--group")
+        .arg("g")
+        .arg("--out")
+        .arg(&out)
+        .run_with_code(&cache);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("3 of 7 query files could not be read"), "{stderr}");
+    assert!(!out.exists());
+    // An empty gallery is an error, not an empty answer.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, _, stderr) = Call::new("search")
+        .model("mobilenet_v2")
+        .pair(&dir, &empty)
+        .run_with_code(&cache);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no readable gallery image"), "{stderr}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

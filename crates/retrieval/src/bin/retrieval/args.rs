@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Args;
+use data::DecodeError;
+use data::load::skipped_summary;
 use retrieval::embed::{EmbedOptions, EmbeddingSet};
 use retrieval::embedder::Embedder;
 use retrieval::evaluation::rank_sets;
@@ -85,6 +87,8 @@ impl ModelArgs {
     }
 
     /// Embeds the query and gallery folders, then applies the test-time expansions asked for.
+    /// Files that cannot be read are left out, named on stderr (also under `--json`, where
+    /// `quiet` only hides progress bars) and returned.
     pub fn embed_pair(
         &self,
         embedder: &Embedder,
@@ -92,11 +96,19 @@ impl ModelArgs {
         gallery: &Path,
         labels: (Option<&Path>, Option<&Path>),
         quiet: bool,
-    ) -> Result<(EmbeddingSet, EmbeddingSet)> {
+    ) -> Result<Pair> {
         let options = self.options(quiet);
-        let (q, _) = embedder.embed_folder(query, labels.0, &options)?;
-        let (g, _) = embedder.embed_folder(gallery, labels.1, &options)?;
-        Ok(self.expansion().apply(&q, &g, &embedder.device))
+        let (q, query_skipped) = embedder.embed_folder(query, labels.0, &options)?;
+        eprint!("{}", skipped_summary(&query_skipped, q.len()));
+        let (g, gallery_skipped) = embedder.embed_folder(gallery, labels.1, &options)?;
+        eprint!("{}", skipped_summary(&gallery_skipped, g.len()));
+        let (query, gallery) = self.expansion().apply(&q, &g, &embedder.device);
+        Ok(Pair {
+            query,
+            gallery,
+            query_skipped,
+            gallery_skipped,
+        })
     }
 
     /// Loads the model, embeds an unlabelled query and gallery folder and ranks the top `k`
@@ -107,14 +119,52 @@ impl ModelArgs {
         gallery: &Path,
         k: usize,
         quiet: bool,
-    ) -> Result<(EmbeddingSet, EmbeddingSet, Vec<Vec<Hit>>)> {
+    ) -> Result<(Pair, Vec<Vec<Hit>>)> {
         let embedder = self.embedder()?;
-        let (q, g) = self.embed_pair(&embedder, query, gallery, (None, None), quiet)?;
-        if q.is_empty() {
+        let pair = self.embed_pair(&embedder, query, gallery, (None, None), quiet)?;
+        if pair.query.is_empty() {
             bail!("{}: no readable query image", query.display());
         }
-        let rankings = rank_sets(&q, &g, k, self.rerank().as_ref(), &embedder.device)?;
-        Ok((q, g, rankings))
+        if pair.gallery.is_empty() {
+            bail!("{}: no readable gallery image", gallery.display());
+        }
+        let rankings = rank_sets(
+            &pair.query,
+            &pair.gallery,
+            k,
+            self.rerank().as_ref(),
+            &embedder.device,
+        )?;
+        Ok((pair, rankings))
+    }
+}
+
+/// A query and a gallery folder embedded, with the files of each that could not be read.
+pub struct Pair {
+    pub query: EmbeddingSet,
+    pub gallery: EmbeddingSet,
+    pub query_skipped: Vec<DecodeError>,
+    pub gallery_skipped: Vec<DecodeError>,
+}
+
+impl Pair {
+    /// Whether every file of both folders was read.
+    pub fn complete(&self) -> bool {
+        self.query_skipped.is_empty() && self.gallery_skipped.is_empty()
+    }
+
+    /// The skipped files as JSON: `{"query": [{"file", "reason"}], "gallery": [...]}`.
+    pub fn skipped_json(&self) -> serde_json::Value {
+        let list = |errors: &[DecodeError]| -> serde_json::Value {
+            errors
+                .iter()
+                .map(|e| serde_json::json!({"file": e.path().display().to_string(), "reason": e.to_string()}))
+                .collect()
+        };
+        serde_json::json!({
+            "query": list(&self.query_skipped),
+            "gallery": list(&self.gallery_skipped),
+        })
     }
 }
 

@@ -9,6 +9,7 @@ use retrieval::compare;
 use retrieval::evaluation::evaluate_and_rank;
 use retrieval::table::{domain_table, evaluation_table};
 
+use crate::Outcome;
 use crate::args::{ModelArgs, pairs};
 
 #[derive(Args)]
@@ -39,7 +40,7 @@ pub struct EvaluateArgs {
     sheet_queries: usize,
 }
 
-pub fn run(args: EvaluateArgs) -> Result<()> {
+pub fn run(args: EvaluateArgs) -> Result<Outcome> {
     let pairs = pairs(args.query, args.gallery)?;
     let several = pairs.len() > 1;
     if several && (args.labels.is_some() || args.gallery_labels.is_some()) {
@@ -48,12 +49,14 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     let model = &args.model;
     let embedder = model.embedder()?;
     let mut results = serde_json::Map::new();
+    let mut complete = true;
     for (query, gallery) in &pairs {
         let name = compare::pair_name(query);
         let labels = (args.labels.as_deref(), args.gallery_labels.as_deref());
-        let (q, g) = model.embed_pair(&embedder, query, gallery, labels, args.json)?;
-        let (e, mut rankings) =
-            evaluate_and_rank(&q, &g, model.rerank().as_ref(), &embedder.device)?;
+        let pair = model.embed_pair(&embedder, query, gallery, labels, args.json)?;
+        complete &= pair.complete();
+        let (q, g) = (&pair.query, &pair.gallery);
+        let (e, mut rankings) = evaluate_and_rank(q, g, model.rerank().as_ref(), &embedder.device)?;
         if let Some(dir) = &args.report {
             let dir = if several {
                 dir.join(&name)
@@ -62,15 +65,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
             };
             rankings.iter_mut().for_each(|r| r.truncate(args.k));
             let title = format!("{} on {}", embedder.id(), query.display());
-            retrieval::report::write_report(
-                &dir,
-                &title,
-                &q,
-                &g,
-                &e,
-                &rankings,
-                args.sheet_queries,
-            )?;
+            retrieval::report::write_report(&dir, &title, q, g, &e, &rankings, args.sheet_queries)?;
             eprintln!("report: {}", dir.join("index.html").display());
         }
         if args.json {
@@ -79,6 +74,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
             value["k"] = args.k.into();
             value["per_class"] = serde_json::to_value(&e.per_class)?;
             value["per_domain"] = serde_json::to_value(&e.per_domain)?;
+            value["skipped"] = pair.skipped_json();
             results.insert(name, value);
         } else {
             println!(
@@ -102,5 +98,9 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         };
         println!("{}", serde_json::to_string_pretty(&value)?);
     }
-    Ok(())
+    Ok(if complete {
+        Outcome::Complete
+    } else {
+        Outcome::Incomplete
+    })
 }

@@ -42,21 +42,40 @@ enum Command {
     Submit(submit::SubmitArgs),
 }
 
+/// Exit status when the output was written but left out input files that could not be read
+/// (they are named on stderr, and under `skipped` in `--json` output).
+const EXIT_INCOMPLETE: i32 = 3;
+
+/// Whether a command's output covers every input.
+pub enum Outcome {
+    Complete,
+    /// Written without some unreadable input files.
+    Incomplete,
+}
+
 fn main() {
     model::allocator::keep_freed_memory();
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match run(Cli::parse()) {
+        Ok(Outcome::Complete) => {}
+        Ok(Outcome::Incomplete) => {
+            eprintln!("incomplete: some input files could not be read (named above)");
+            std::process::exit(EXIT_INCOMPLETE);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<Outcome> {
+    let complete = |result: Result<()>| result.map(|()| Outcome::Complete);
     match cli.command {
-        Command::FetchWeights(args) => fetch_weights::run(args),
-        Command::Embed(args) => embed::run(args),
+        Command::FetchWeights(args) => complete(fetch_weights::run(args)),
+        Command::Embed(args) => complete(embed::run(args)),
         Command::Search(args) => search::run(args),
         Command::Evaluate(args) => evaluate::run(args),
-        Command::Compare(args) => compare::run(args),
+        Command::Compare(args) => complete(compare::run(args)),
         Command::Submit(args) => submit::run(args),
     }
 }

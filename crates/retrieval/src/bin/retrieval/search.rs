@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+
+use crate::Outcome;
 use clap::Args;
 use retrieval::table::ranking_table;
 
@@ -22,13 +24,13 @@ pub struct SearchArgs {
     json: bool,
 }
 
-pub fn run(args: SearchArgs) -> Result<()> {
-    let (q, g, rankings) = args
+pub fn run(args: SearchArgs) -> Result<Outcome> {
+    let (pair, rankings) = args
         .model
         .search(&args.query, &args.gallery, args.k, args.json)?;
-    let results = named(&q, &g, &rankings);
+    let results = named(&pair.query, &pair.gallery, &rankings);
     if args.json {
-        let value: serde_json::Value = results
+        let value: serde_json::Map<_, _> = results
             .iter()
             .map(|(q, rows)| {
                 let list: Vec<_> = rows
@@ -37,13 +39,17 @@ pub fn run(args: SearchArgs) -> Result<()> {
                     .collect();
                 (q.clone(), serde_json::Value::Array(list))
             })
-            .collect::<serde_json::Map<_, _>>()
-            .into();
+            .collect();
+        let value = serde_json::json!({"results": value, "skipped": pair.skipped_json()});
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         for (q, rows) in &results {
             println!("{}", ranking_table(q, rows));
         }
     }
-    Ok(())
+    Ok(if pair.complete() {
+        Outcome::Complete
+    } else {
+        Outcome::Incomplete
+    })
 }

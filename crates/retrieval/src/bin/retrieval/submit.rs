@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use retrieval::submission::Submission;
 
+use crate::Outcome;
 use crate::args::{ModelArgs, named};
 
 #[derive(Args)]
@@ -26,13 +27,22 @@ pub struct SubmitArgs {
     k: usize,
 }
 
-pub fn run(args: SubmitArgs) -> Result<()> {
-    let (q, g, rankings) = args
+pub fn run(args: SubmitArgs) -> Result<Outcome> {
+    let (pair, rankings) = args
         .model
         .search(&args.query, &args.gallery, args.k, false)?;
+    // A query left out is an answer missing from the submission: refuse rather than write it.
+    if !pair.query_skipped.is_empty() {
+        bail!(
+            "{} of {} query files could not be read (named above); no submission written",
+            pair.query_skipped.len(),
+            pair.query_skipped.len() + pair.query.len()
+        );
+    }
+    let (q, g) = (&pair.query, &pair.gallery);
     let submission = Submission {
         groupname: args.group.clone(),
-        images: named(&q, &g, &rankings)
+        images: named(q, g, &rankings)
             .into_iter()
             .map(|(query, hits)| (query, hits.into_iter().map(|(name, _)| name).collect()))
             .collect(),
@@ -52,5 +62,10 @@ pub fn run(args: SubmitArgs) -> Result<()> {
     if let Some(url) = &args.url {
         println!("server: {}", submission.post(url)?);
     }
-    Ok(())
+    // Unreadable gallery files: every query is answered, from the readable rest.
+    Ok(if pair.complete() {
+        Outcome::Complete
+    } else {
+        Outcome::Incomplete
+    })
 }
