@@ -96,7 +96,80 @@ def weights_dir():
     return pathlib.Path(os.environ.get("LOOKALIKE_WEIGHTS", ROOT / "weights"))
 
 
-WEIGHT_FILES = {"mobilenet_v2": "mobilenet_v2-b0353104.pth", "resnet18": None}
+WEIGHT_FILES = {
+    "mobilenet_v2": "mobilenet_v2-b0353104.pth",
+    "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
+    "resnet18": None,
+}
+FEATURE_DIMS = {"mobilenet_v2": 1280, "efficientnet_lite1": 1280, "resnet18": 512}
+INPUT_SIDES = {"mobilenet_v2": 224, "efficientnet_lite1": 240, "resnet18": 224}
+
+# EfficientNet-Lite1's stages: (kernel, stride, expansion, channels, repeats), as
+# crates/model/src/efficientnet_lite.rs builds them.
+LITE1_STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 3), (5, 2, 6, 40, 3), (3, 2, 6, 80, 4),
+                (5, 1, 6, 112, 4), (5, 2, 6, 192, 5), (3, 1, 6, 320, 1)]
+
+
+def efficientnet_lite1():
+    """EfficientNet-Lite1 in the layout of the checkpoint lookalike loads (`_conv_stem`,
+    `_blocks.N._expand_conv`…): TensorFlow "same" padding, ReLU6, batch-norm ε 1e-3."""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class SameConv(nn.Conv2d):
+        def forward(self, x):
+            pads = []
+            for size, k, s in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1]):
+                total = max((-(-size // s) - 1) * s + k - size, 0)
+                pads += [total // 2, total - total // 2]
+            return super().forward(F.pad(x, pads) if any(pads) else x)
+
+    def conv(i, o, k, stride=1, groups=1):
+        if stride == 1:  # odd kernels: "same" is symmetric
+            return nn.Conv2d(i, o, k, stride, k // 2, groups=groups, bias=False)
+        return SameConv(i, o, k, stride, 0, groups=groups, bias=False)
+
+    def bn(c):
+        return nn.BatchNorm2d(c, eps=1e-3)
+
+    class Block(nn.Module):
+        def __init__(self, i, o, k, stride, expand):
+            super().__init__()
+            mid = i * expand
+            if expand != 1:
+                self._expand_conv, self._bn0 = conv(i, mid, 1), bn(mid)
+            self._depthwise_conv, self._bn1 = conv(mid, mid, k, stride, mid), bn(mid)
+            self._project_conv, self._bn2 = conv(mid, o, 1), bn(o)
+            self.expand, self.residual = expand != 1, stride == 1 and i == o
+
+        def forward(self, x):
+            y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+            y = F.relu6(self._bn1(self._depthwise_conv(y)))
+            y = self._bn2(self._project_conv(y))
+            return x + y if self.residual else y
+
+    class Lite(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self._conv_stem, self._bn0 = conv(3, 32, 3, 2), bn(32)
+            blocks, c = [], 32
+            for k, s, e, o, n in LITE1_STAGES:
+                for r in range(n):
+                    blocks.append(Block(c, o, k, s if r == 0 else 1, e))
+                    c = o
+            self._blocks = nn.ModuleList(blocks)
+            self._conv_head, self._bn1 = conv(c, 1280, 1), bn(1280)
+            self._fc = nn.Linear(1280, 1000)
+
+        def forward(self, x):
+            x = F.relu6(self._bn0(self._conv_stem(x)))
+            for b in self._blocks:
+                x = b(x)
+            x = F.relu6(self._bn1(self._conv_head(x)))
+            return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    return Lite()
 
 
 def weights_file(name):
@@ -123,6 +196,11 @@ def embedding_network(name):
         if path:
             net.load_state_dict(torch.load(path, map_location="cpu"))
         net.classifier = torch.nn.Identity()
+    elif name == "efficientnet_lite1":
+        net = efficientnet_lite1()
+        if path:
+            net.load_state_dict(torch.load(path, map_location="cpu"))
+        net._fc = torch.nn.Identity()
     else:
         net = torchvision.models.resnet18()
         net.fc = torch.nn.Identity()
@@ -135,7 +213,7 @@ def embedding_network(name):
         def forward(self, x):
             return torch.nn.functional.normalize(self.backbone(x), dim=1)
 
-    return Embed(net), 224
+    return Embed(net), INPUT_SIDES[name]
 
 
 def torch_forward(name, batches, seconds, channels_last):
@@ -182,7 +260,7 @@ def torch_train_step(name, batch, seconds, channels_last):
 
     net, side = embedding_network(name)
     backbone = net.backbone
-    feature_dim = {"mobilenet_v2": 1280, "resnet18": 512}[name]
+    feature_dim = FEATURE_DIMS[name]
     head = torch.nn.Linear(feature_dim, 256)
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4)

@@ -428,9 +428,80 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
             }
         }
     }
+    let candidate_hashes: BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| !r.sha256.is_empty())
+        .map(|r| r.sha256.as_str())
+        .collect();
+    sweep(&options.into, &taken, &candidate_hashes, options.quiet)?;
     rows.sort_by(|a, b| a.source.cmp(&b.source));
     manifest::write(&manifest_path, &rows)?;
     Ok(rows)
+}
+
+/// Removes what an interrupted run left in the collection and no manifest lists: temporary
+/// files of unfinished writes (`.tmp*`), and copies of this run's candidates that it did not
+/// accept (a run killed after copying an image and before writing its manifest leaves the
+/// copy; if the image is now protected, the trainer would read a leak). Files whose content is
+/// no candidate's are someone else's: named, and left in place.
+fn sweep(
+    into: &Path,
+    taken: &BTreeSet<String>,
+    candidate_hashes: &BTreeSet<&str>,
+    quiet: bool,
+) -> Result<()> {
+    let mut stack = vec![into.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(relative) = path.strip_prefix(into) else {
+                continue;
+            };
+            if dir == into {
+                continue; // the manifest and anything else at the top level
+            }
+            let file: String = relative
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            if taken.contains(&file) {
+                continue;
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            let why = if name.starts_with(".tmp") {
+                Some("an unfinished write")
+            } else {
+                std::fs::read(&path)
+                    .ok()
+                    .filter(|b| candidate_hashes.contains(content_hash(b).as_str()))
+                    .map(|_| "a copy no manifest lists, left by an interrupted run")
+            };
+            match why {
+                Some(why) => {
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("cannot remove {}", path.display()))?;
+                    if !quiet {
+                        eprintln!("removed {} ({why})", path.display());
+                    }
+                }
+                None => eprintln!(
+                    "warning: {} is not in the manifest and not a candidate's copy; left in place (the trainer reads it)",
+                    path.display()
+                ),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Counts per reason (`accepted` included), for the summary.

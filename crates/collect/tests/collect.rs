@@ -240,7 +240,15 @@ fn collect_rejects_what_it_must_and_is_idempotent() {
     assert_eq!(again, rows);
     assert_eq!(std::fs::read(into.join("manifest.csv")).unwrap(), manifest);
 
-    // Protecting a folder that holds the accepted image removes it from the collection.
+    // What a run killed mid-copy leaves: a copy its manifest never listed and an unfinished
+    // temporary file; and a file of the user's own, which is no candidate's copy.
+    put(&into.join("cat/copied_before_the_kill.png"), &fresh_png);
+    put(&into.join("cat/.tmpA1b2C3"), &fresh_png[..100]);
+    let mine = png(&scene(99));
+    put(&into.join("cat/mine.png"), &mine);
+
+    // Protecting a folder that holds the accepted image removes it from the collection, with
+    // every leftover copy of it.
     let test_set = root.path().join("test");
     put(&test_set.join("x.jpg"), &jpeg(&fresh, 80));
     let protected_more = CollectOptions {
@@ -251,6 +259,9 @@ fn collect_rejects_what_it_must_and_is_idempotent() {
     let r = by_source(&rows);
     assert_eq!(r["a_fresh.png"].reason, "leak-near");
     assert!(!into.join("cat/a_fresh.png").exists());
+    assert!(!into.join("cat/copied_before_the_kill.png").exists());
+    assert!(!into.join("cat/.tmpA1b2C3").exists());
+    assert_eq!(std::fs::read(into.join("cat/mine.png")).unwrap(), mine);
 
     // A label map that files horses under another class moves the accepted copy.
     let relabelled = CollectOptions {

@@ -183,8 +183,10 @@ fn bad_files_are_reported_and_skipped() {
     assert_eq!(v["skipped"]["gallery"].as_array().unwrap().len(), 3);
     for name in bad {
         assert!(
-            skipped.iter().any(|s| s["file"].as_str().unwrap().ends_with(name)
-                && !s["reason"].as_str().unwrap().is_empty()),
+            skipped
+                .iter()
+                .any(|s| s["file"].as_str().unwrap().ends_with(name)
+                    && !s["reason"].as_str().unwrap().is_empty()),
             "{name}: {v}"
         );
     }
@@ -208,7 +210,10 @@ fn bad_files_are_reported_and_skipped() {
         .arg(&out)
         .run_with_code(&cache);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("3 of 7 query files could not be read"), "{stderr}");
+    assert!(
+        stderr.contains("3 of 7 query files could not be read"),
+        "{stderr}"
+    );
     assert!(!out.exists());
     // An empty gallery is an error, not an empty answer.
     let empty = tmp.path().join("empty");
