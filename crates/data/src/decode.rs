@@ -13,6 +13,8 @@ use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 pub const MAX_SIDE: u32 = 20_000;
 /// Largest accepted pixel count (a decompression-bomb guard: 64 MP of RGBA is 256 MiB).
 pub const MAX_PIXELS: u64 = 64_000_000;
+/// Most memory one decode may allocate, headers included (64 MP at 8 bytes a pixel).
+pub const MAX_ALLOC: u64 = MAX_PIXELS * 8;
 
 /// Why a file could not become an image. Always names the file.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +114,10 @@ pub fn decode_dynamic(path: &Path, bytes: &[u8]) -> Result<DynamicImage, DecodeE
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_PIXELS * 8);
-    reader.no_limits();
+    limits.max_alloc = Some(MAX_ALLOC);
+    // The limits hold while the headers are read too: a PNG colour profile (iCCP) or text
+    // chunk is inflated then, and a 1 MB file can inflate to gigabytes.
+    reader.limits(limits.clone());
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
@@ -150,6 +154,69 @@ fn has_jpeg_end(bytes: &[u8]) -> bool {
 mod tests {
     use super::*;
     use image::{ImageFormat, Rgba, RgbaImage};
+
+    /// A 1×1 PNG whose colour profile (iCCP) inflates to `profile_bytes` zeros.
+    fn png_with_profile(profile_bytes: usize) -> Vec<u8> {
+        use std::io::Write;
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend((data.len() as u32).to_be_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(kind);
+            crc.update(data);
+            out.extend(kind);
+            out.extend(data);
+            out.extend(crc.finalize().to_be_bytes());
+        }
+        let zlib = |write: &dyn Fn(&mut flate2::write::ZlibEncoder<Vec<u8>>)| {
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            write(&mut z);
+            z.finish().unwrap()
+        };
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        chunk(&mut out, b"IHDR", &[0, 0, 0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0]);
+        let mut iccp = b"icc\0\0".to_vec();
+        iccp.extend(zlib(&|z| {
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..profile_bytes >> 20 {
+                z.write_all(&zeros).unwrap();
+            }
+        }));
+        chunk(&mut out, b"iCCP", &iccp);
+        chunk(
+            &mut out,
+            b"IDAT",
+            &zlib(&|z| z.write_all(&[0, 200, 10, 20]).unwrap()),
+        );
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    /// The process's peak resident memory (Linux), in bytes.
+    fn peak_memory() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// A colour profile is inflated within the decode budget: one that would inflate to 2 GiB
+    /// is cut off at `MAX_ALLOC` (the PNG decoder then drops the profile and decodes the
+    /// pixels), instead of being inflated whole with the limits lifted.
+    #[test]
+    fn an_inflating_colour_profile_stays_within_the_budget() {
+        let small = png_with_profile(1 << 20);
+        let rgb = decode_bytes(Path::new("ok.png"), &small).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [200, 10, 20]);
+        let bomb = png_with_profile(2 << 30);
+        assert!(bomb.len() < 16 << 20, "{} bytes", bomb.len());
+        let Some(before) = peak_memory() else {
+            return; // no /proc: nothing to measure
+        };
+        let rgb = decode_bytes(Path::new("bomb.png"), &bomb).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [200, 10, 20]);
+        let grown = peak_memory().unwrap().saturating_sub(before);
+        assert!(grown < 1 << 30, "decoding took {} MiB more", grown >> 20);
+    }
 
     fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut out = std::io::Cursor::new(Vec::new());
