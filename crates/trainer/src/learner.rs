@@ -162,3 +162,56 @@ impl Learner {
         Ok(kept)
     }
 }
+
+/// Weights larger than this mean training diverged (pretrained weights stay below 100; a run
+/// that blew up but stayed finite reached 1e38 and embedded like noise).
+pub const DIVERGED_WEIGHT: f32 = 1e6;
+
+/// The largest magnitude among a module's float parameters; NaN if any is NaN.
+pub fn largest_weight<M: Module>(module: &M) -> f32 {
+    struct Largest(f32);
+    impl burn::module::ModuleVisitor for Largest {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let m = param.val().abs().max().into_scalar::<f32>();
+            if m.is_nan() || self.0.is_nan() {
+                self.0 = f32::NAN;
+            } else {
+                self.0 = self.0.max(m);
+            }
+        }
+    }
+    let mut largest = Largest(0.0);
+    module.visit(&mut largest);
+    largest.0
+}
+
+/// An error when a model's weights diverged (non-finite or beyond [`DIVERGED_WEIGHT`]).
+pub fn check_weights<M: Module>(module: &M) -> Result<()> {
+    let largest = largest_weight(module);
+    if largest.is_nan() || largest > DIVERGED_WEIGHT {
+        bail!("the weights diverged (largest magnitude {largest:e}, above {DIVERGED_WEIGHT:e})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+
+    /// A model whose weights blew up but stayed finite is caught, and so is NaN; a pretrained
+    /// network passes.
+    #[test]
+    fn diverged_weights_are_caught() {
+        let device = Device::flex();
+        let mut head = MetricHead::new(8, 4, &device);
+        assert!(check_weights(&head).is_ok());
+        let w = head.projection.weight.val();
+        head.projection.weight = Param::from_tensor(w.clone().mul_scalar(1e36));
+        let err = check_weights(&head).unwrap_err().to_string();
+        assert!(err.contains("diverged"), "{err}");
+        head.projection.weight = Param::from_tensor(w.mul_scalar(f32::NAN));
+        assert!(largest_weight(&head).is_nan());
+        assert!(check_weights(&head).is_err());
+    }
+}

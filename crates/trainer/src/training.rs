@@ -2,6 +2,7 @@
 //! checkpoints every epoch. Reads top to bottom: set-up, resume or start afresh, the baseline,
 //! then the epochs.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -19,7 +20,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::dataset::TrainingSet;
 use crate::foreground::foreground_maps;
-use crate::learner::{Batch, Learner, Rates};
+use crate::learner::{self, Batch, Learner, Rates};
 use crate::run_log::{EpochRecord, RunLog};
 use crate::schedule::warmup_cosine;
 use crate::validation::Validation;
@@ -217,21 +218,12 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
             };
             let (stepped, value) = match learner.step(batch, distill, config, &rates) {
                 Ok(done) => done,
-                Err(e) => {
-                    let advice = match state.epoch {
-                        0 => "no epoch has finished, so there is nothing to resume: lower the learning rates or the ArcFace scale and start again (without --resume)".to_string(),
-                        done => format!(
-                            "the best epoch so far is the model in {}; {} holds epoch {done}, which may already carry the divergence: lower the learning rates or the ArcFace scale and start again, or --resume with lower rates",
-                            out.display(),
-                            out.join("last").display()
-                        ),
-                    };
-                    bail!(
-                        "{e} at epoch {}, batch {}: stopping. {advice}",
-                        epoch + 1,
-                        b + 1
-                    );
-                }
+                Err(e) => bail!(
+                    "{e} at epoch {}, batch {}: stopping. {}",
+                    epoch + 1,
+                    b + 1,
+                    divergence_advice(out, state.epoch)
+                ),
             };
             learner = stepped;
             train_s += t1.elapsed().as_secs_f64();
@@ -250,6 +242,15 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
         // Validate the kept model, log, keep the best, save the state for --resume.
         let t2 = Instant::now();
         let kept = learner.kept_model(pretrained.as_ref(), config)?;
+        // A loss can stay finite while the weights blow up: such an epoch is neither kept
+        // nor saved for --resume.
+        if let Err(e) = learner::check_weights(&kept) {
+            bail!(
+                "{e} in epoch {}: stopping. {}",
+                epoch + 1,
+                divergence_advice(out, state.epoch)
+            );
+        }
         let results = validate(&validation, &kept, &device, config)?;
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -282,4 +283,16 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
         best: state.best,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What to do after training diverged, given the epochs finished before it.
+fn divergence_advice(out: &Path, finished: usize) -> String {
+    match finished {
+        0 => "no epoch has finished, so there is nothing to resume: lower the learning rates or the ArcFace scale and start again (without --resume)".to_string(),
+        done => format!(
+            "the best epoch so far is the model in {}; {} holds epoch {done}, which may already carry the divergence: lower the learning rates or the ArcFace scale and start again, or --resume with lower rates",
+            out.display(),
+            out.join("last").display()
+        ),
+    }
 }
