@@ -208,7 +208,8 @@ mod tests {
         let rgb = decode_bytes(Path::new("ok.png"), &small).unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [200, 10, 20]);
         let bomb = png_with_profile(2 << 30);
-        assert!(bomb.len() < 16 << 20, "{} bytes", bomb.len());
+        // Tens of megabytes at most, whichever deflate backend compressed it.
+        assert!(bomb.len() < 64 << 20, "{} bytes", bomb.len());
         let Some(before) = peak_memory() else {
             return; // no /proc: nothing to measure
         };
