@@ -450,55 +450,36 @@ fn sweep(
     candidate_hashes: &BTreeSet<&str>,
     quiet: bool,
 ) -> Result<()> {
-    let mut stack = vec![into.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
-        {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let Ok(relative) = path.strip_prefix(into) else {
-                continue;
-            };
-            if dir == into {
-                continue; // the manifest and anything else at the top level
-            }
-            let file: String = relative
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            if taken.contains(&file) {
-                continue;
-            }
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default();
-            let why = if name.starts_with(".tmp") {
-                Some("an unfinished write")
-            } else {
-                std::fs::read(&path)
-                    .ok()
-                    .filter(|b| candidate_hashes.contains(content_hash(b).as_str()))
-                    .map(|_| "a copy no manifest lists, left by an interrupted run")
-            };
-            match why {
-                Some(why) => {
-                    std::fs::remove_file(&path)
-                        .with_context(|| format!("cannot remove {}", path.display()))?;
-                    if !quiet {
-                        eprintln!("removed {} ({why})", path.display());
-                    }
+    for path in source::all_files(into)? {
+        let relative = path.strip_prefix(into).unwrap_or(&path);
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        // The manifest and anything else at the top level are not the collection's images.
+        if parts.len() < 2 || taken.contains(&parts.join("/")) {
+            continue;
+        }
+        let why = if parts[parts.len() - 1].starts_with(".tmp") {
+            Some("an unfinished write")
+        } else {
+            std::fs::read(&path)
+                .ok()
+                .filter(|b| candidate_hashes.contains(content_hash(b).as_str()))
+                .map(|_| "a copy no manifest lists, left by an interrupted run")
+        };
+        match why {
+            Some(why) => {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                if !quiet {
+                    eprintln!("removed {} ({why})", path.display());
                 }
-                None => eprintln!(
-                    "warning: {} is not in the manifest and not a candidate's copy; left in place (the trainer reads it)",
-                    path.display()
-                ),
             }
+            None => eprintln!(
+                "warning: {} is not in the manifest and not a candidate's copy; left in place (the trainer reads it)",
+                path.display()
+            ),
         }
     }
     Ok(())
