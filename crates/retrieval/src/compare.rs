@@ -124,7 +124,7 @@ pub fn compare(
     quiet: bool,
 ) -> Result<Vec<CompareRow>> {
     let mut rows = Vec::new();
-    for m in methods {
+    for (i, m) in methods.iter().enumerate() {
         if !quiet {
             eprintln!("method {}", m.label);
         }
@@ -142,7 +142,7 @@ pub fn compare(
             let (g, gallery_skipped) = embedder.embed_folder(gallery, None, &options)?;
             let seconds = start.elapsed().as_secs_f64();
             // Every method reads the same files: name the unreadable ones once.
-            if std::ptr::eq(m, &methods[0]) {
+            if i == 0 {
                 eprint!("{}", data::load::skipped_summary(&query_skipped, q.len()));
                 eprint!("{}", data::load::skipped_summary(&gallery_skipped, g.len()));
             }

@@ -98,9 +98,5 @@ pub fn run(args: EvaluateArgs) -> Result<Outcome> {
         };
         println!("{}", serde_json::to_string_pretty(&value)?);
     }
-    Ok(if complete {
-        Outcome::Complete
-    } else {
-        Outcome::Incomplete
-    })
+    Ok(Outcome::of(complete))
 }

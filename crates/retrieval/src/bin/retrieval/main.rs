@@ -53,6 +53,17 @@ pub enum Outcome {
     Incomplete,
 }
 
+impl Outcome {
+    /// `Complete` when every input was read.
+    pub fn of(complete: bool) -> Self {
+        if complete {
+            Self::Complete
+        } else {
+            Self::Incomplete
+        }
+    }
+}
+
 fn main() {
     model::allocator::keep_freed_memory();
     match run(Cli::parse()) {

@@ -47,9 +47,5 @@ pub fn run(args: SearchArgs) -> Result<Outcome> {
             println!("{}", ranking_table(q, rows));
         }
     }
-    Ok(if pair.complete() {
-        Outcome::Complete
-    } else {
-        Outcome::Incomplete
-    })
+    Ok(Outcome::of(pair.complete()))
 }

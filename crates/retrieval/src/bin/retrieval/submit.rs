@@ -63,9 +63,5 @@ pub fn run(args: SubmitArgs) -> Result<Outcome> {
         println!("server: {}", submission.post(url)?);
     }
     // Unreadable gallery files: every query is answered, from the readable rest.
-    Ok(if pair.complete() {
-        Outcome::Complete
-    } else {
-        Outcome::Incomplete
-    })
+    Ok(Outcome::of(pair.complete()))
 }
