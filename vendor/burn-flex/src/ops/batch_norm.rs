@@ -16,7 +16,7 @@ use burn_std::{Bytes, Shape};
 
 use crate::{Flex, FlexTensor, Layout};
 
-use super::conv_backward::for_each_chunk;
+use super::planes::{for_each_chunk, lane_sum, per_channel};
 
 /// Whether the kernels here apply: f32 tensors of rank 3 or more (`[batch, channels, ...]`).
 pub(crate) fn applies(tensors: &[&FlexTensor]) -> bool {
@@ -32,40 +32,6 @@ fn dims(x: &FlexTensor) -> (usize, usize, usize) {
         channels,
         shape.num_elements() / (batch * channels).max(1),
     )
-}
-
-/// `f(c)` for every channel, in parallel where rayon is on.
-fn per_channel<T: Send>(channels: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        (0..channels).into_par_iter().map(f).collect()
-    }
-    #[cfg(not(feature = "rayon"))]
-    {
-        (0..channels).map(f).collect()
-    }
-}
-
-/// Σ f(a[i], b[i]) in 16 lanes (so it vectorises), then in f64.
-#[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    const LANES: usize = 16;
-    let mut acc = [0.0f32; LANES];
-    let main = a.len() / LANES * LANES;
-    for (x, y) in a[..main]
-        .chunks_exact(LANES)
-        .zip(b[..main].chunks_exact(LANES))
-    {
-        for l in 0..LANES {
-            acc[l] += f(x[l], y[l]);
-        }
-    }
-    let mut sum: f64 = acc.iter().map(|&v| v as f64).sum();
-    for (x, y) in a[main..].iter().zip(&b[main..]) {
-        sum += f(*x, *y) as f64;
-    }
-    sum
 }
 
 fn vector(values: Vec<f32>) -> FlexTensor {

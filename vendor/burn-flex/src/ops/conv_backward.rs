@@ -33,6 +33,7 @@ use burn_std::{Bytes, Shape, Slice};
 use crate::{Flex, FlexTensor, Layout};
 
 use super::conv::valid_out_range;
+use super::planes::{for_each_chunk, lane_sum};
 
 /// Spatial geometry shared by the kernels: `big` is the convolution's input side (the
 /// transposed convolution's output side), `small` the convolution's output side.
@@ -281,27 +282,6 @@ fn pointwise_conv_transpose2d(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
     )
 }
 
-/// Runs `work(index, chunk)` over `data` cut into chunks of `len`, in parallel where rayon is on.
-pub(super) fn for_each_chunk(
-    data: &mut [f32],
-    len: usize,
-    work: impl Fn(usize, &mut [f32]) + Sync + Send,
-) {
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        data.par_chunks_mut(len)
-            .enumerate()
-            .for_each(|(i, chunk)| work(i, chunk));
-    }
-    #[cfg(not(feature = "rayon"))]
-    {
-        for (i, chunk) in data.chunks_mut(len).enumerate() {
-            work(i, chunk);
-        }
-    }
-}
-
 /// Transposed depthwise convolution: `out[b, c, oh*s + kh*d - p, ...] += x[b, c, oh, ...] *
 /// w[c, 0, kh, kw]`. `x` is `[batch, channels, h, w]`, `weight` `[channels, 1, kh, kw]`.
 fn depthwise_conv_transpose2d(
@@ -390,25 +370,6 @@ fn depthwise_conv_transpose2d(
     )
 }
 
-/// Sum of products of two equally long slices, in 16 independent lanes so it vectorises.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0.0f32; LANES];
-    let (a_main, a_tail) = a.split_at(a.len() / LANES * LANES);
-    let (b_main, b_tail) = b.split_at(a_main.len());
-    for (x, y) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in a_tail.iter().zip(b_tail) {
-        sum += x * y;
-    }
-    sum
-}
-
 /// Weight gradient of a depthwise convolution: `dw[c, 0, kh, kw] = Σ_b Σ_oh,ow
 /// grad[b, c, oh, ow] * x[b, c, oh*s + kh*d - p, ow*s + kw*d - p]`. `x` is the convolution's
 /// input (`[batch, channels, h, w]`), `output_grad` its output's gradient.
@@ -460,7 +421,9 @@ fn depthwise_weight_backward(
                             let g_row = &gp[oh * g.small_w + w0..oh * g.small_w + w1];
                             let x_row = &xp[ih * in_w..(ih + 1) * in_w];
                             if g.stride[1] == 1 {
-                                sum += dot(g_row, &x_row[start..start + (w1 - w0)]);
+                                sum +=
+                                    lane_sum(g_row, &x_row[start..start + (w1 - w0)], |g, x| g * x)
+                                        as f32;
                             } else {
                                 for (i, gv) in g_row.iter().enumerate() {
                                     sum += gv * x_row[start + i * g.stride[1]];

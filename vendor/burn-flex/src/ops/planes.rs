@@ -1,0 +1,62 @@
+//! Helpers for the kernels lookalike added (`conv_backward`, `batch_norm`), which work one
+//! NCHW plane, or one channel's planes, at a time.
+
+use alloc::vec::Vec;
+
+/// Runs `work(index, chunk)` over `data` cut into chunks of `len`, in parallel where rayon is on.
+pub(super) fn for_each_chunk(
+    data: &mut [f32],
+    len: usize,
+    work: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(i, chunk)| work(i, chunk));
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        for (i, chunk) in data.chunks_mut(len).enumerate() {
+            work(i, chunk);
+        }
+    }
+}
+
+/// `f(c)` for every channel, in parallel where rayon is on.
+pub(super) fn per_channel<T: Send>(
+    channels: usize,
+    f: impl Fn(usize) -> T + Sync + Send,
+) -> Vec<T> {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        (0..channels).into_par_iter().map(f).collect()
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        (0..channels).map(f).collect()
+    }
+}
+
+/// Σ f(a[i], b[i]) in 16 lanes (so it vectorises), then in f64.
+#[inline(always)]
+pub(super) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    const LANES: usize = 16;
+    let mut acc = [0.0f32; LANES];
+    let main = a.len() / LANES * LANES;
+    for (x, y) in a[..main]
+        .chunks_exact(LANES)
+        .zip(b[..main].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l]);
+        }
+    }
+    let mut sum: f64 = acc.iter().map(|&v| v as f64).sum();
+    for (x, y) in a[main..].iter().zip(&b[main..]) {
+        sum += f(*x, *y) as f64;
+    }
+    sum
+}
