@@ -150,19 +150,24 @@ impl ConvBn {
     /// weight and bias tensors). Burn's batch norm would spend four passes over the activation
     /// forward and as many backward; this costs the bias add and its per-channel sum.
     fn forward_frozen_statistics(&self, x: Tensor<4>) -> Tensor<4> {
-        let bn = &self.bn;
-        let scale = bn.gamma.val() / bn.running_var.value().add_scalar(bn.epsilon).sqrt();
-        let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
-        let weight = self.conv.weight.val();
-        let out = weight.dims()[0];
-        let weight = weight * scale.clone().reshape([out, 1, 1, 1]);
-        let bias = match &self.conv.bias {
-            Some(bias) => shift + bias.val() * scale,
-            None => shift,
-        };
+        let (weight, bias) = self.folded_weight_and_bias();
         let [_, _, height, width] = x.dims();
         let options = self.conv_options(height, width);
         burn::tensor::module::conv2d(x, weight, Some(bias), options)
+    }
+
+    /// The convolution's weight and bias with the batch norm's running statistics and affine
+    /// parameters folded in: `w·γ/σ` and `β − μ·γ/σ` (plus the convolution's own bias, scaled).
+    fn folded_weight_and_bias(&self) -> (Tensor<4>, Tensor<1>) {
+        let bn = &self.bn;
+        let scale = bn.gamma.val() / bn.running_var.value().add_scalar(bn.epsilon).sqrt();
+        let mut shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
+        if let Some(bias) = &self.conv.bias {
+            shift = shift + bias.val() * scale.clone();
+        }
+        let weight = self.conv.weight.val();
+        let out = weight.dims()[0];
+        (weight * scale.reshape([out, 1, 1, 1]), shift)
     }
 
     /// The convolution's options for an input of `height × width`, as `nn::Conv2d::forward`
@@ -193,21 +198,9 @@ impl ConvBn {
         if self.folded {
             return self;
         }
-        let scale = self.bn.gamma.val()
-            / self
-                .bn
-                .running_var
-                .value()
-                .add_scalar(self.bn.epsilon)
-                .sqrt();
-        let mut shift = self.bn.beta.val() - self.bn.running_mean.value() * scale.clone();
-        if let Some(bias) = &self.conv.bias {
-            shift = shift + bias.val() * scale.clone();
-        }
-        let weight = self.conv.weight.val();
-        let out = weight.dims()[0];
-        self.conv.weight = Param::from_tensor(weight * scale.reshape([out, 1, 1, 1]));
-        self.conv.bias = Some(Param::from_tensor(shift));
+        let (weight, bias) = self.folded_weight_and_bias();
+        self.conv.weight = Param::from_tensor(weight);
+        self.conv.bias = Some(Param::from_tensor(bias));
         self.folded = true;
         self
     }
