@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use indicatif::ParallelProgressIterator;
 use rayon::prelude::*;
 
-use data::decode::{DecodeError, decode_bytes};
+use data::decode::{DecodeError, decode_bytes, read_file};
 use data::folder::has_image_extension;
 use data::load::progress_bar;
 use fetch::{FetchOptions, agent, fetch};
@@ -103,10 +103,7 @@ fn reject(reason: &str, detail: impl Into<String>) -> Rejection {
 
 /// Reads, hashes and fingerprints one image file, known from now on as `source`.
 fn known_image(path: &Path, source: String, hasher: &Hasher) -> Result<Known, DecodeError> {
-    let bytes = std::fs::read(path).map_err(|e| DecodeError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let bytes = read_file(path)?;
     let img = decode_bytes(path, &bytes)?;
     Ok(Known {
         source,
@@ -151,7 +148,7 @@ fn analyse(
 ) -> Result<Analysed, Rejection> {
     let (bytes, downloaded) = match &candidate.origin {
         Origin::File(path) => (
-            std::fs::read(path).map_err(|e| reject("unreadable", e.to_string()))?,
+            read_file(path).map_err(|e| reject(e.kind(), e.to_string()))?,
             false,
         ),
         Origin::Url(url) => (

@@ -101,7 +101,7 @@ pub fn from_folder(root: &Path, csv: Option<&Path>) -> Result<Vec<Candidate>> {
                 mapping.get(&parts.join("/")).cloned()
             };
             Candidate {
-                source: path.display().to_string(),
+                source: data::decode::escaped(&path),
                 raw_label,
                 file_name: name_of(&path),
                 origin: Origin::File(path),

@@ -280,3 +280,130 @@ fn collect_rejects_what_it_must_and_is_idempotent() {
         "the old copy is gone"
     );
 }
+
+/// The hostile corpus through `collect`: one manifest row a file (a link and its target, two
+/// names that differ in a byte that is not UTF-8: each its own row), good images judged
+/// (accepted or a duplicate), bad ones rejected with the reason; the collection on disk is what
+/// the manifest lists, and a second run changes nothing.
+#[test]
+fn hostile_corpus_gets_one_row_a_file() {
+    let root = tempfile::tempdir().unwrap();
+    let corpus = hostile::write(&root.path().join("corpus"));
+    let into = root.path().join("into");
+    let options = CollectOptions {
+        folders: vec![corpus.root.clone()],
+        into: into.clone(),
+        min_side: 1,
+        quiet: true,
+        ..Default::default()
+    };
+    let rows = collect(&options).unwrap();
+    let prefix = format!("{}/", corpus.root.display());
+    let mut account = hostile::Account::default();
+    for r in &rows {
+        let name = r.source.strip_prefix(&prefix).unwrap().to_string();
+        if ["accepted", "duplicate", "near-duplicate"].contains(&r.reason.as_str()) {
+            account.used.push(name);
+        } else {
+            account
+                .reported
+                .push((name, format!("{}: {}", r.reason, r.detail)));
+        }
+    }
+    let problems = corpus.check(&account);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_eq!(rows.len(), corpus.cases.len());
+    assert_eq!(on_disk(&into), listed(&rows));
+    assert_eq!(collect(&options).unwrap(), rows);
+}
+
+/// The files under a collection folder, manifest excluded, relative and sorted.
+fn on_disk(into: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![into.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(into).unwrap().to_string_lossy().into_owned();
+                if rel != "manifest.csv" {
+                    out.push(rel);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The files a manifest says the collection holds, sorted.
+fn listed(rows: &[Row]) -> Vec<String> {
+    let mut out: Vec<String> = rows
+        .iter()
+        .filter(|r| r.accepted)
+        .map(|r| r.file.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Fault drill: `collect` killed with SIGKILL at seeded random moments, then run again, ends
+/// with the manifest and the files of an uninterrupted run, byte for byte, and nothing else
+/// on disk (no temporary files, no copies the manifest does not list).
+#[test]
+fn collect_killed_at_random_moments_reruns_to_the_same_collection() {
+    let root = tempfile::tempdir().unwrap();
+    let from = root.path().join("from");
+    for i in 0..60u64 {
+        let class = ["cat", "dog", "horse"][i as usize % 3];
+        put(
+            &from.join(format!("{class}/img{i:02}.jpg")),
+            &jpeg(&scene(100 + i), 90),
+        );
+    }
+    let run = |into: &Path| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_collect"));
+        c.arg("--from")
+            .arg(&from)
+            .arg("--into")
+            .arg(into)
+            .arg("--concurrency")
+            .arg("2")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let straight = root.path().join("straight");
+    let start = std::time::Instant::now();
+    assert!(run(&straight).status().unwrap().success());
+    let took = start.elapsed();
+
+    let drilled = root.path().join("drilled");
+    let kills = hostile::kill_at_random_moments(
+        || run(&drilled).spawn().unwrap(),
+        took,
+        8,
+        (0.0, 1.0),
+        0x9E37_79B9_7F4A_7C15,
+    );
+    assert!(kills >= 1, "no run was interrupted");
+    assert!(run(&drilled).status().unwrap().success());
+
+    let manifest = |into: &Path| std::fs::read_to_string(into.join("manifest.csv")).unwrap();
+    let a = manifest(&straight).replace(&straight.display().to_string(), "");
+    let b = manifest(&drilled).replace(&drilled.display().to_string(), "");
+    assert_eq!(a, b, "the manifests differ");
+    let files = on_disk(&straight);
+    assert_eq!(on_disk(&drilled), files, "the collections differ");
+    for f in &files {
+        assert_eq!(
+            std::fs::read(straight.join(f)).unwrap(),
+            std::fs::read(drilled.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let rows = collect::manifest::read(&drilled.join("manifest.csv")).unwrap();
+    assert_eq!(listed(&rows), files);
+}

@@ -15,6 +15,9 @@ pub const MAX_SIDE: u32 = 20_000;
 pub const MAX_PIXELS: u64 = 64_000_000;
 /// Most memory one decode may allocate, headers included (64 MP at 8 bytes a pixel).
 pub const MAX_ALLOC: u64 = MAX_PIXELS * 8;
+/// Largest image file read, in bytes: no photo or drawing comes near it, and a bigger file is
+/// not read into memory at all.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
 /// Why a file could not become an image. Always names the file.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,18 @@ pub enum DecodeError {
     },
     #[error("{path}: corrupt or truncated image: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "{shown}: the file name is not valid UTF-8, so results, manifests and submissions could not name it; rename the file"
+    )]
+    BadName { path: PathBuf, shown: String },
+    #[error(
+        "{path}: decoding is over the limit of {MAX_ALLOC} bytes ({reason}); possible decompression bomb"
+    )]
+    OverLimits { path: PathBuf, reason: String },
+    #[error("{path}: not a regular file ({what}), so not read")]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error("{path}: file is {bytes} bytes, over the limit of {MAX_FILE_BYTES} for an image")]
+    FileTooLarge { path: PathBuf, bytes: u64 },
 }
 
 impl DecodeError {
@@ -55,8 +70,18 @@ impl DecodeError {
             | DecodeError::UnknownFormat { path }
             | DecodeError::TooLarge { path, .. }
             | DecodeError::ZeroSized { path, .. }
-            | DecodeError::Corrupt { path, .. } => path,
+            | DecodeError::Corrupt { path, .. }
+            | DecodeError::BadName { path, .. }
+            | DecodeError::OverLimits { path, .. }
+            | DecodeError::NotAFile { path, .. }
+            | DecodeError::FileTooLarge { path, .. } => path,
         }
+    }
+
+    /// The file's path as text, with bytes that are not UTF-8 written `\xNN`: two different
+    /// files never print the same.
+    pub fn file(&self) -> String {
+        escaped(self.path())
     }
 
     /// A short machine-friendly reason, used in manifests and summaries.
@@ -68,21 +93,128 @@ impl DecodeError {
             DecodeError::TooLarge { .. } => "too-large",
             DecodeError::ZeroSized { .. } => "zero-sized",
             DecodeError::Corrupt { .. } => "corrupt",
+            DecodeError::BadName { .. } => "bad-name",
+            DecodeError::OverLimits { .. } => "too-large",
+            DecodeError::NotAFile { .. } => "not-a-file",
+            DecodeError::FileTooLarge { .. } => "too-large",
         }
     }
 }
 
 /// Decodes `path` to RGB8 from its bytes on disk.
 pub fn decode_image(path: &Path) -> Result<RgbImage, DecodeError> {
-    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    decode_bytes(path, &bytes)
+    decode_bytes(path, &read_file(path)?)
 }
 
-/// Decodes in-memory `bytes`; `path` is only used in error messages.
+/// Reads an image file's bytes: a UTF-8 path ([`check_name`]) to a regular file (a link is followed) of at most
+/// [`MAX_FILE_BYTES`]. A FIFO, socket or device is refused without blocking on it; a dangling
+/// link or a link loop is an `Io` error naming the path.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, DecodeError> {
+    use std::io::Read;
+    let io = |source| DecodeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    check_name(path)?;
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    #[cfg(unix)]
+    {
+        // Opening a FIFO for reading would wait for a writer; non-blocking, it returns at once
+        // and the type check below refuses it.
+        use std::os::unix::fs::OpenOptionsExt;
+        open.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = open.open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a folder"
+        } else {
+            special_kind(&meta)
+        };
+        return Err(DecodeError::NotAFile {
+            path: path.to_path_buf(),
+            what,
+        });
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(DecodeError::FileTooLarge {
+            path: path.to_path_buf(),
+            bytes: meta.len(),
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow while it is read: never past the limit.
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(DecodeError::FileTooLarge {
+            path: path.to_path_buf(),
+            bytes: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(unix)]
+fn special_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &std::fs::Metadata) -> &'static str {
+    "not a regular file"
+}
+
+/// A path as text, with bytes that are not UTF-8 written `\xNN` (where `Path::display` would
+/// print U+FFFD, and two different names could print the same).
+pub fn escaped(path: &Path) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = String::new();
+        for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+            out.push_str(chunk.valid());
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+        }
+        out
+    }
+    #[cfg(not(unix))]
+    {
+        path.display().to_string()
+    }
+}
+
+/// Refuses a path that is not valid UTF-8: every image gets a name in results, submissions
+/// and manifests, and JSON holds only UTF-8 (two such names would collapse into one).
+pub fn check_name(path: &Path) -> Result<(), DecodeError> {
+    match path.to_str() {
+        Some(_) => Ok(()),
+        None => Err(DecodeError::BadName {
+            path: path.to_path_buf(),
+            shown: escaped(path),
+        }),
+    }
+}
+
+/// Decodes in-memory `bytes` read from `path`; a path that is not UTF-8 is refused
+/// ([`check_name`]), otherwise `path` is only used in error messages.
 pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+    check_name(path)?;
     decode_dynamic(path, bytes).map(|img| img.to_rgb8())
 }
 
@@ -92,9 +224,15 @@ pub fn decode_dynamic(path: &Path, bytes: &[u8]) -> Result<DynamicImage, DecodeE
     if bytes.is_empty() {
         return Err(DecodeError::Empty { path: p() });
     }
-    let corrupt = |e: image::ImageError| DecodeError::Corrupt {
-        path: p(),
-        reason: e.to_string(),
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => DecodeError::OverLimits {
+            path: p(),
+            reason: e.to_string(),
+        },
+        _ => DecodeError::Corrupt {
+            path: p(),
+            reason: e.to_string(),
+        },
     };
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()

@@ -15,8 +15,9 @@ use anyhow::{Context, Result, bail};
 pub const DISTRACTOR: &str = "distractor";
 
 /// File extensions treated as images when listing a folder. Files with other extensions are
-/// ignored silently (a `labels.json`, a README); files with these extensions that fail to decode
-/// are reported later by the loader.
+/// ignored silently (a `labels.json`, a README); anything else with these extensions that is not
+/// a folder is listed, and reported later by the loader when it cannot be read or decoded (a
+/// dangling link, a link loop, a FIFO, a name that is not UTF-8).
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
 
 /// One image of a folder.
@@ -39,6 +40,12 @@ pub enum Layout {
     ClassFolders,
     FlatWithLabels,
     FlatUnlabelled,
+}
+
+/// True for what a listing offers the loader: not a folder (following links; a link that
+/// leads nowhere is offered, and reported when read) and named like an image.
+fn is_image_candidate(path: &Path) -> bool {
+    !path.is_dir() && has_image_extension(path)
 }
 
 /// True when the path has one of [`IMAGE_EXTENSIONS`] (case-insensitive).
@@ -92,7 +99,7 @@ pub fn list_images(dir: &Path, labels_file: Option<&Path>) -> Result<(Layout, Ve
         let labels = read_labels(&labels_path)?;
         let entries = children
             .iter()
-            .filter(|p| p.is_file() && has_image_extension(p))
+            .filter(|p| is_image_candidate(p))
             .map(|p| {
                 let name = file_name(p);
                 let label = labels.get(&name).cloned();
@@ -114,7 +121,7 @@ pub fn list_images(dir: &Path, labels_file: Option<&Path>) -> Result<(Layout, Ve
             let class = file_name(class_dir);
             let distractor = class == DISTRACTOR;
             for p in sorted_dir(class_dir)? {
-                if p.is_file() && has_image_extension(&p) {
+                if is_image_candidate(&p) {
                     entries.push(ImageEntry {
                         name: format!("{class}/{}", file_name(&p)),
                         path: p,
@@ -129,7 +136,7 @@ pub fn list_images(dir: &Path, labels_file: Option<&Path>) -> Result<(Layout, Ve
 
     let entries = children
         .iter()
-        .filter(|p| p.is_file() && has_image_extension(p))
+        .filter(|p| is_image_candidate(p))
         .map(|p| ImageEntry {
             path: p.clone(),
             name: file_name(p),

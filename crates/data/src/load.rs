@@ -32,7 +32,7 @@ pub fn skipped_summary(skipped: &[DecodeError], loaded: usize) -> String {
         out.push_str(&format!("skipped: {e}\n"));
     }
     out.push_str(&format!(
-        "{} of {} files skipped (could not be decoded)\n",
+        "{} of {} files skipped (could not be read or decoded)\n",
         skipped.len(),
         skipped.len() + loaded
     ));
@@ -54,7 +54,8 @@ pub fn progress_bar(len: usize, message: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Decodes `entries` in parallel. Each file that fails is reported on stderr (unless `quiet`)
+/// Decodes `entries` in parallel. Each file that fails is reported on stderr (`quiet` only
+/// hides the progress bar)
 /// and skipped; the order of the loaded images follows `entries`.
 pub fn load_images(entries: &[ImageEntry], message: &str, quiet: bool) -> LoadReport {
     let bar = progress_bar(entries.len(), message, quiet);
@@ -71,9 +72,7 @@ pub fn load_images(entries: &[ImageEntry], message: &str, quiet: bool) -> LoadRe
             Err(e) => report.skipped.push(e),
         }
     }
-    if !quiet {
-        eprint!("{}", report.skipped_summary());
-    }
+    eprint!("{}", report.skipped_summary());
     report
 }
 

@@ -114,6 +114,8 @@ pub struct CompareRow {
     pub metrics: Metrics,
     /// Query and gallery images embedded a second, decoding included, cache off.
     pub images_per_s: f64,
+    /// Files of the pair that could not be read (named on stderr): scored without them.
+    pub skipped: usize,
 }
 
 /// Runs every method on every query/gallery pair (each model loaded once).
@@ -146,14 +148,23 @@ pub fn compare(
                 eprint!("{}", data::load::skipped_summary(&query_skipped, q.len()));
                 eprint!("{}", data::load::skipped_summary(&gallery_skipped, g.len()));
             }
+            if g.is_empty() {
+                bail!("{}: no readable gallery image", gallery.display());
+            }
             let (q, g) = m.expansion.apply(&q, &g, device);
             let e = evaluate_sets(&q, &g, m.rerank.as_ref(), device)
                 .with_context(|| format!("method {} on {}", m.label, query.display()))?;
+            if i == 0 {
+                for w in e.warnings() {
+                    eprintln!("warning: {}: {w}", query.display());
+                }
+            }
             rows.push(CompareRow {
                 set: pair_name(query),
                 method: m.label.clone(),
                 metrics: e.overall,
                 images_per_s: (q.len() + g.len()) as f64 / seconds.max(1e-9),
+                skipped: query_skipped.len() + gallery_skipped.len(),
             });
         }
     }
@@ -245,6 +256,7 @@ mod tests {
                 ..Default::default()
             },
             images_per_s: 12.0,
+            skipped: 0,
         };
         let md = markdown(std::slice::from_ref(&row));
         assert!(md.contains("| `a,b` | 0.500 |"), "{md}");

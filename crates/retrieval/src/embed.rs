@@ -236,10 +236,7 @@ impl Member {
             .par_iter()
             .progress_with(bar.clone())
             .map(|entry| {
-                let bytes = std::fs::read(&entry.path).map_err(|source| DecodeError::Io {
-                    path: entry.path.clone(),
-                    source,
-                })?;
+                let bytes = data::decode::read_file(&entry.path)?;
                 let hash = hex::encode(Sha256::digest(&bytes));
                 if cache.as_ref().is_some_and(|c| c.get(&hash).is_some()) {
                     return Ok((hash, None));

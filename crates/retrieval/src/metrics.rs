@@ -47,6 +47,24 @@ pub struct Evaluation {
     pub per_domain: BTreeMap<String, Metrics>,
     /// Aligned with the labelled queries, in query order; `None` for unlabelled queries.
     pub per_query: Vec<Option<QueryOutcome>>,
+    /// Query classes with no image in the gallery, with their query counts: those queries
+    /// cannot be answered and score 0 (a mislabelled folder, or the wrong gallery).
+    pub unmatched: BTreeMap<String, usize>,
+}
+
+impl Evaluation {
+    /// One warning line a query class with no gallery image; empty when every class has some.
+    pub fn warnings(&self) -> Vec<String> {
+        self.unmatched
+            .iter()
+            .map(|(class, n)| {
+                format!(
+                    "query class {class:?} has no image in the gallery: its {n} {} score 0",
+                    if *n == 1 { "query" } else { "queries" }
+                )
+            })
+            .collect()
+    }
 }
 
 /// Competition score from top-1/5/10 fractions.
@@ -149,11 +167,18 @@ pub fn evaluate(
         let m = aggregate(per_query.iter().flatten().filter(|o| o.label == class));
         per_class.insert(class, m);
     }
+    let mut unmatched = BTreeMap::new();
+    for label in query_labels.iter().flatten() {
+        if !counts.contains_key(label) {
+            *unmatched.entry(label.to_string()).or_default() += 1;
+        }
+    }
     Evaluation {
         overall,
         per_class,
         per_domain: BTreeMap::new(),
         per_query,
+        unmatched,
     }
 }
 

@@ -44,14 +44,22 @@ impl Call {
         (code == Some(0), stdout, stderr)
     }
 
+    /// The command line, with the embedding cache in `cache`.
+    fn command(&self, cache: &Path) -> Command {
+        model::weights::fetch(model::BackboneKind::MobileNetV2).expect("weights");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_retrieval"));
+        command.args(&self.0).env("LOOKALIKE_CACHE", cache);
+        command
+    }
+
+    /// Runs it, measuring its peak memory.
+    fn measured(&self, cache: &Path) -> hostile::Measured {
+        hostile::run_measured(&mut self.command(cache))
+    }
+
     /// Runs it with the embedding cache in `cache`: (exit code, stdout, stderr).
     fn run_with_code(&self, cache: &Path) -> (Option<i32>, String, String) {
-        model::weights::fetch(model::BackboneKind::MobileNetV2).expect("weights");
-        let out = Command::new(env!("CARGO_BIN_EXE_retrieval"))
-            .args(&self.0)
-            .env("LOOKALIKE_CACHE", cache)
-            .output()
-            .unwrap();
+        let out = self.command(cache).output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -423,4 +431,258 @@ fn report_renders_with_every_thumbnail() {
         .status()
         .unwrap();
     assert!(status.success() && shot.is_file());
+}
+
+/// The (file, reason) pairs of a `skipped` list in JSON output.
+fn skipped_pairs(list: &Value) -> Vec<(String, String)> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["file"].as_str().unwrap().to_string(),
+                s["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every command that reads images, over the hostile corpus: each file used or reported with
+/// its path and reason (stderr, and the JSON under `--json`), exit code 3 when files were left
+/// out, and no run above its memory budget: the same command's peak on good images alone plus
+/// one image's decoding budget (`data::decode::MAX_ALLOC`).
+#[test]
+fn hostile_corpus_is_used_or_reported_by_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = hostile::write(&tmp.path().join("corpus"));
+    let root = &corpus.root;
+    let cache = tmp.path().join("cache");
+    let reported_on_stderr = |stderr: &str| {
+        for case in &corpus.cases {
+            if let hostile::Expect::Reported(reason) = case.expect {
+                let line = stderr
+                    .lines()
+                    .find(|l| l.starts_with("skipped: ") && l.contains(case.name.as_str()))
+                    .unwrap_or_else(|| panic!("{:?} not on stderr:\n{stderr}", case.name));
+                assert!(line.contains(reason), "{line}");
+            }
+        }
+    };
+    let problems = |account: &hostile::Account| {
+        let p = corpus.check(account);
+        assert!(p.is_empty(), "{}", p.join("\n"));
+    };
+
+    // The memory baseline: the good images alone, embedded the same way.
+    let clean = tmp.path().join("clean");
+    for case in corpus.used() {
+        let to = clean.join(&case.name);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&case.path, &to).unwrap();
+    }
+    let embed = |images: &Path, out: &Path| {
+        Call::new("embed")
+            .model("mobilenet_v2")
+            .arg("--images")
+            .arg(images)
+            .arg("--out")
+            .arg(out)
+            .arg("--no-cache")
+            .measured(&cache)
+    };
+    let baseline = embed(&clean, &tmp.path().join("clean.safetensors"));
+    assert_eq!(baseline.code, Some(0), "{}", baseline.stderr);
+    let budget = baseline.peak_bytes + data::decode::MAX_ALLOC;
+    let within_budget = |what: &str, m: &hostile::Measured| {
+        assert!(
+            m.peak_bytes <= budget,
+            "{what}: peak {} MiB, over the budget of {} MiB (good images alone: {} MiB)",
+            m.peak_bytes >> 20,
+            budget >> 20,
+            baseline.peak_bytes >> 20
+        );
+    };
+
+    // embed: the file's metadata lists what was used.
+    let out = tmp.path().join("corpus.safetensors");
+    let m = embed(root, &out);
+    assert_eq!(m.code, Some(3), "{}", m.stderr);
+    within_budget("embed", &m);
+    reported_on_stderr(&m.stderr);
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let files: Vec<String> =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["files"]).unwrap();
+    assert_eq!(files.len(), corpus.used().count());
+
+    // search --json: the results name every used query; the JSON names every skipped file.
+    let m = Call::new("search")
+        .model("mobilenet_v2")
+        .pair(root, root)
+        .arg("--json")
+        .measured(&cache);
+    assert_eq!(m.code, Some(3), "{}", m.stderr);
+    within_budget("search", &m);
+    reported_on_stderr(&m.stderr);
+    let v: Value = serde_json::from_str(&m.stdout).unwrap();
+    problems(&hostile::Account {
+        used: v["results"].as_object().unwrap().keys().cloned().collect(),
+        reported: skipped_pairs(&v["skipped"]["query"]),
+    });
+    let gallery_used: Vec<String> = v["results"]["cat/rgb.png"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["file"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(gallery_used.len(), 10);
+    problems(&hostile::Account {
+        used: files.clone(),
+        reported: skipped_pairs(&v["skipped"]["gallery"]),
+    });
+
+    // evaluate --json: scored on the used queries only; a query class the gallery lacks warns.
+    let cat_only = tmp.path().join("cat-only");
+    std::fs::create_dir_all(cat_only.join("cat")).unwrap();
+    std::fs::copy(root.join("cat/rgb.png"), cat_only.join("cat/rgb.png")).unwrap();
+    let m = Call::new("evaluate")
+        .model("mobilenet_v2")
+        .pair(root, &cat_only)
+        .arg("--json")
+        .measured(&cache);
+    assert_eq!(m.code, Some(3), "{}", m.stderr);
+    within_budget("evaluate", &m);
+    let v: Value = serde_json::from_str(&m.stdout).unwrap();
+    assert_eq!(v["queries"], corpus.used().count(), "{v}");
+    problems(&hostile::Account {
+        used: files.clone(),
+        reported: skipped_pairs(&v["skipped"]["query"]),
+    });
+    let warnings = v["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{v}");
+    assert!(warnings[0].as_str().unwrap().contains("\"dog\""), "{v}");
+    assert!(
+        m.stderr
+            .contains("query class \"dog\" has no image in the gallery: its 3 queries score 0"),
+        "{}",
+        m.stderr
+    );
+
+    // submit: unreadable queries refuse the submission; an unreadable gallery file leaves a
+    // complete answer from the rest, exit code 3.
+    let sub = tmp.path().join("submission.json");
+    let submit = |query: &Path| {
+        Call::new("submit")
+            .model("mobilenet_v2")
+            .pair(query, root)
+            .arg("--group")
+            .arg("g")
+            .arg("--out")
+            .arg(&sub)
+            .measured(&cache)
+    };
+    let m = submit(root);
+    assert_eq!(m.code, Some(1), "{}", m.stderr);
+    let bad = corpus.cases.len() - corpus.used().count();
+    let message = format!(
+        "{bad} of {} query files could not be read",
+        corpus.cases.len()
+    );
+    assert!(m.stderr.contains(&message), "{}", m.stderr);
+    assert!(!sub.exists());
+    let m = submit(&root.join("dog"));
+    assert_eq!(m.code, Some(3), "{}", m.stderr);
+    within_budget("submit", &m);
+    let written: Submission =
+        serde_json::from_str(&std::fs::read_to_string(&sub).unwrap()).unwrap();
+    assert_eq!(written.images.len(), 3);
+    for list in written.images.values() {
+        assert_eq!(list.len(), 10);
+        assert!(list.iter().all(|n| files.contains(n)), "{list:?}");
+    }
+}
+
+/// Fault drill: `embed` killed with SIGKILL at seeded random moments (the later ones while the
+/// cache and the output are written), then run to the end: its output is byte for byte an
+/// uninterrupted run's, and neither the cache folder nor the output folder holds a partial or
+/// stale file.
+#[test]
+fn embed_killed_at_random_moments_ends_as_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = shared().join("query");
+    let embed = |out: &Path| {
+        Call::new("embed")
+            .model("mobilenet_v2")
+            .arg("--images")
+            .arg(&images)
+            .arg("--out")
+            .arg(out)
+    };
+    let (straight_cache, drilled_cache) = (tmp.path().join("cache-a"), tmp.path().join("cache-b"));
+    let (a, b) = (
+        tmp.path().join("a/e.safetensors"),
+        tmp.path().join("b/e.safetensors"),
+    );
+    std::fs::create_dir_all(a.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+    let start = std::time::Instant::now();
+    let (code, _, stderr) = embed(&a).run_with_code(&straight_cache);
+    assert_eq!(code, Some(0), "{stderr}");
+    let took = start.elapsed();
+
+    let kills = hostile::kill_at_random_moments(
+        || {
+            embed(&b)
+                .command(&drilled_cache)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        took,
+        6,
+        (0.3, 0.9),
+        0xD1B5_4A32_D192_ED03,
+    );
+    assert!(kills >= 1, "no run was interrupted");
+    let (code, _, stderr) = embed(&b).run_with_code(&drilled_cache);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("ignoring embedding cache"), "{stderr}");
+    assert!(same_embeddings(&a, &b));
+    for dir in [&drilled_cache, &b.parent().unwrap().to_path_buf()] {
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.ends_with(".safetensors") && !n.starts_with('.')),
+            "{}: {names:?}",
+            dir.display()
+        );
+    }
+    // Served from the cache now: still the same bytes.
+    let (code, _, stderr) = embed(&b).run_with_code(&drilled_cache);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(same_embeddings(&a, &b));
+}
+
+/// Whether two `embed` outputs hold the same rows, bit for bit, and the same metadata (whose
+/// order in the file is a hash map's).
+fn same_embeddings(a: &Path, b: &Path) -> bool {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let (ta, tb) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    let (ma, mb) = (
+        safetensors::SafeTensors::read_metadata(&a).unwrap().1,
+        safetensors::SafeTensors::read_metadata(&b).unwrap().1,
+    );
+    let (ea, eb) = (
+        ta.tensor("embeddings").unwrap(),
+        tb.tensor("embeddings").unwrap(),
+    );
+    ea.shape() == eb.shape() && ea.data() == eb.data() && ma.metadata() == mb.metadata()
 }

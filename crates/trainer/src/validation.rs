@@ -45,10 +45,7 @@ fn add_side(
     let loaded: Vec<Loaded> = entries
         .par_iter()
         .map(|e| {
-            let bytes = std::fs::read(&e.path).map_err(|source| DecodeError::Io {
-                path: e.path.clone(),
-                source,
-            })?;
+            let bytes = data::decode::read_file(&e.path)?;
             let key: [u8; 32] = Sha256::digest(&bytes).into();
             // Decode only what the pool does not hold yet (checked again below, serially).
             if seen.contains_key(&key) {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
@@ -138,6 +138,10 @@ fn comparable(row: &[String]) -> Vec<String> {
     v
 }
 
+/// Fault drill: the trainer killed with SIGKILL at seeded random moments of a three-epoch run
+/// (before its first checkpoint, mid-epoch, while saving), each time started again with
+/// `--resume` when a checkpoint exists, ends with the metrics of an uninterrupted run, and
+/// leaves no half-written checkpoint behind.
 #[test]
 fn killed_run_resumes_to_the_same_result() {
     let tmp = tempfile::tempdir().unwrap();
@@ -157,27 +161,26 @@ fn killed_run_resumes_to_the_same_result() {
         cmd
     };
     let straight = tmp.path().join("straight");
+    let start = Instant::now();
     assert!(run(&straight, false).status().unwrap().success());
+    let took = start.elapsed();
 
     let killed = tmp.path().join("killed");
-    let mut child = run(&killed, false).spawn().unwrap();
-    // Kill it once the first epoch is saved, during the second.
-    let start = Instant::now();
-    while !killed.join("last/state.json").is_file() {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "first epoch never finished"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let partial = metrics_rows(&killed).len();
-    assert!(partial < 4, "the run was not interrupted ({partial} rows)");
-
-    let status = run(&killed, true).status().unwrap();
-    assert!(status.success());
+    // Somewhere in the first three quarters of what an uninterrupted run takes, resuming
+    // whenever a checkpoint exists.
+    let kills = hostile::kill_at_random_moments(
+        || {
+            let resume = trainer::checkpoint::find_last(&killed).is_some();
+            run(&killed, resume).spawn().unwrap()
+        },
+        took,
+        5,
+        (0.0, 0.75),
+        0x2545_F491_4F6C_DD1D,
+    );
+    assert!(kills >= 1, "no run was interrupted");
+    let resume = trainer::checkpoint::find_last(&killed).is_some();
+    assert!(run(&killed, resume).status().unwrap().success());
     let a: Vec<_> = metrics_rows(&straight)
         .iter()
         .map(|r| comparable(r))
@@ -188,6 +191,62 @@ fn killed_run_resumes_to_the_same_result() {
         .collect();
     assert_eq!(a.len(), 4);
     assert_eq!(a, b, "a resumed run must end where a straight one does");
+    let left: Vec<String> = std::fs::read_dir(&killed)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n.contains("old") || n.starts_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The hostile corpus as a training set and as the validation pair: every bad file named on
+/// stderr with its reason, training goes on with the rest.
+#[test]
+fn hostile_corpus_trains_on_what_can_be_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_data(tmp.path());
+    let corpus = hostile::write(&tmp.path().join("corpus"));
+    let out = tmp.path().join("run");
+    let root = corpus.root.display().to_string();
+    let text = config_text(tmp.path(), &out, 1)
+        .replace(&format!("{}/train", tmp.path().display()), &root)
+        .replace(&format!("{}/query", tmp.path().display()), &root)
+        .replace(&format!("{}/gallery", tmp.path().display()), &root);
+    let cfg = tmp.path().join("corpus.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let m = hostile::run_measured(
+        Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--quiet")
+            .args(["--set", "p=2", "--set", "k=2", "--set", "max_steps=2"]),
+    );
+    assert_eq!(m.code, Some(0), "{}", m.stderr);
+    for case in &corpus.cases {
+        if let hostile::Expect::Reported(reason) = case.expect {
+            let lines: Vec<&str> = m
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("skipped: ") && l.contains(case.name.as_str()))
+                .collect();
+            // Once as a training image, once in validation (query and gallery are one pool).
+            assert!(
+                !lines.is_empty(),
+                "{:?} not on stderr:\n{}",
+                case.name,
+                m.stderr
+            );
+            assert!(lines.iter().all(|l| l.contains(reason)), "{lines:?}");
+        }
+    }
+    let bad = corpus.cases.len() - corpus.used().count();
+    assert!(
+        m.stderr
+            .contains(&format!("{bad} of {} files skipped", corpus.cases.len())),
+        "{}",
+        m.stderr
+    );
+    assert!(out.join("model.json").is_file());
 }
 
 /// Training views smaller than the embedding side, a WiSE-FT blend as the kept model, and the

@@ -88,7 +88,8 @@ impl ModelArgs {
 
     /// Embeds the query and gallery folders, then applies the test-time expansions asked for.
     /// Files that cannot be read are left out, named on stderr (also under `--json`, where
-    /// `quiet` only hides progress bars) and returned.
+    /// `quiet` only hides progress bars) and returned; a folder with no readable image at all
+    /// is an error naming it.
     pub fn embed_pair(
         &self,
         embedder: &Embedder,
@@ -102,6 +103,12 @@ impl ModelArgs {
         eprint!("{}", skipped_summary(&query_skipped, q.len()));
         let (g, gallery_skipped) = embedder.embed_folder(gallery, labels.1, &options)?;
         eprint!("{}", skipped_summary(&gallery_skipped, g.len()));
+        if q.is_empty() {
+            bail!("{}: no readable query image", query.display());
+        }
+        if g.is_empty() {
+            bail!("{}: no readable gallery image", gallery.display());
+        }
         let (query, gallery) = self.expansion().apply(&q, &g, &embedder.device);
         Ok(Pair {
             query,
@@ -122,12 +129,6 @@ impl ModelArgs {
     ) -> Result<(Pair, Vec<Vec<Hit>>)> {
         let embedder = self.embedder()?;
         let pair = self.embed_pair(&embedder, query, gallery, (None, None), quiet)?;
-        if pair.query.is_empty() {
-            bail!("{}: no readable query image", query.display());
-        }
-        if pair.gallery.is_empty() {
-            bail!("{}: no readable gallery image", gallery.display());
-        }
         let rankings = rank_sets(
             &pair.query,
             &pair.gallery,
@@ -158,7 +159,7 @@ impl Pair {
         let list = |errors: &[DecodeError]| -> serde_json::Value {
             errors
                 .iter()
-                .map(|e| serde_json::json!({"file": e.path().display().to_string(), "reason": e.to_string()}))
+                .map(|e| serde_json::json!({"file": e.file(), "reason": e.to_string()}))
                 .collect()
         };
         serde_json::json!({

@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use retrieval::compare;
 
+use crate::Outcome;
 use crate::args::pairs;
 
 #[derive(Args)]
@@ -28,7 +29,7 @@ pub struct CompareArgs {
     device: String,
 }
 
-pub fn run(args: CompareArgs) -> Result<()> {
+pub fn run(args: CompareArgs) -> Result<Outcome> {
     let methods = if args.methods.is_empty() {
         compare::default_methods(&model::weights::workspace_root().join("checkpoints"))
     } else {
@@ -52,5 +53,5 @@ pub fn run(args: CompareArgs) -> Result<()> {
         out.join("compare.md").display(),
         out.join("compare.csv").display()
     );
-    Ok(())
+    Ok(Outcome::of(rows.iter().all(|r| r.skipped == 0)))
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use crate::Outcome;
 use crate::args::ModelArgs;
 
 #[derive(Args)]
@@ -19,9 +20,10 @@ pub struct EmbedArgs {
     out: PathBuf,
 }
 
-pub fn run(args: EmbedArgs) -> Result<()> {
+pub fn run(args: EmbedArgs) -> Result<Outcome> {
     let embedder = args.model.embedder()?;
     let (set, skipped) = embedder.embed_folder(&args.images, None, &args.model.options(false))?;
+    eprint!("{}", data::load::skipped_summary(&skipped, set.len()));
     let bytes: Vec<u8> = set.values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(
         safetensors::Dtype::F32,
@@ -45,5 +47,5 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         args.out.display(),
         skipped.len()
     );
-    Ok(())
+    Ok(Outcome::of(skipped.is_empty()))
 }

@@ -57,6 +57,9 @@ pub fn run(args: EvaluateArgs) -> Result<Outcome> {
         complete &= pair.complete();
         let (q, g) = (&pair.query, &pair.gallery);
         let (e, mut rankings) = evaluate_and_rank(q, g, model.rerank().as_ref(), &embedder.device)?;
+        for w in e.warnings() {
+            eprintln!("warning: {}: {w}", query.display());
+        }
         if let Some(dir) = &args.report {
             let dir = if several {
                 dir.join(&name)
@@ -75,6 +78,7 @@ pub fn run(args: EvaluateArgs) -> Result<Outcome> {
             value["per_class"] = serde_json::to_value(&e.per_class)?;
             value["per_domain"] = serde_json::to_value(&e.per_domain)?;
             value["skipped"] = pair.skipped_json();
+            value["warnings"] = e.warnings().into();
             results.insert(name, value);
         } else {
             println!(

@@ -83,10 +83,10 @@ fn run(cli: Cli) -> Result<Outcome> {
     let complete = |result: Result<()>| result.map(|()| Outcome::Complete);
     match cli.command {
         Command::FetchWeights(args) => complete(fetch_weights::run(args)),
-        Command::Embed(args) => complete(embed::run(args)),
+        Command::Embed(args) => embed::run(args),
         Command::Search(args) => search::run(args),
         Command::Evaluate(args) => evaluate::run(args),
-        Command::Compare(args) => complete(compare::run(args)),
+        Command::Compare(args) => compare::run(args),
         Command::Submit(args) => submit::run(args),
     }
 }
