@@ -80,6 +80,35 @@ impl LabelMap {
     }
 }
 
+impl LabelMap {
+    /// The label a name such as an icon's (`dog-face`, `polar-bear`, `hot-dog`) carries: the
+    /// whole name, or one word, or two adjacent words (joined by `-`), that the map names as a
+    /// raw label or class or excludes. An excluded part wins (`hot-dog` excluded keeps the
+    /// dog-less icon out); else the first mapped part, longest first. `None` when the map
+    /// names no part: `keep_unmapped` does not make every word a class here.
+    pub fn find_in_name(&self, name: &str) -> Option<(String, Mapped)> {
+        let words: Vec<&str> = name
+            .split(['-', '_', ' '])
+            .filter(|w| !w.is_empty())
+            .collect();
+        let mut parts = vec![name.to_string()];
+        parts.extend(words.windows(2).map(|w| w.join("-")));
+        parts.extend(words.iter().map(|w| w.to_string()));
+        let known = |p: &String| {
+            self.map.contains_key(p)
+                || self.map.values().any(|c| c == p)
+                || self.exclude.contains(p)
+        };
+        if let Some(p) = parts.iter().find(|p| self.exclude.contains(p)) {
+            return Some((p.clone(), Mapped::Excluded));
+        }
+        parts
+            .iter()
+            .find(|p| known(p))
+            .map(|p| (p.clone(), self.apply(p)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +134,28 @@ mod tests {
         assert_eq!(keep.apply("lion"), Mapped::Class("lion".into()));
         assert_eq!(LabelMap::keep_all().apply("x"), Mapped::Class("x".into()));
         assert!(toml::from_str::<LabelMap>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn labels_in_icon_names() {
+        let map: LabelMap = toml::from_str(
+            r#"
+            keep_unmapped = true
+            exclude = ["hot-dog", "elephant"]
+            [map]
+            dog = "dog"
+            puppy = "dog"
+            polar-bear = "bear"
+            "#,
+        )
+        .unwrap();
+        let class = |n: &str| map.find_in_name(n).map(|(_, m)| m);
+        assert_eq!(class("dog-face"), Some(Mapped::Class("dog".into())));
+        assert_eq!(class("puppy"), Some(Mapped::Class("dog".into())));
+        assert_eq!(class("polar-bear"), Some(Mapped::Class("bear".into())));
+        assert_eq!(class("hot-dog"), Some(Mapped::Excluded));
+        assert_eq!(class("elephant-face"), Some(Mapped::Excluded));
+        assert_eq!(class("rocket"), None);
+        assert_eq!(class("catalonia-flag"), None);
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod fetch;
 pub mod fingerprint;
+pub mod icons;
 pub mod labels;
 pub mod manifest;
 pub mod source;
@@ -41,6 +42,10 @@ pub struct CollectOptions {
     pub csv: Option<PathBuf>,
     /// URL lists (`url,label` lines).
     pub url_lists: Vec<PathBuf>,
+    /// Icon sets ([`icons`]): npm package names, package tarballs or folders, `icons.json`.
+    pub icon_sets: Vec<String>,
+    /// Where npm package tarballs are kept.
+    pub npm_cache: PathBuf,
     /// The collection folder (class sub-folders and `manifest.csv`).
     pub into: PathBuf,
     /// Folders nothing may leak from (validation, test).
@@ -64,6 +69,8 @@ impl Default for CollectOptions {
             folders: Vec::new(),
             csv: None,
             url_lists: Vec::new(),
+            icon_sets: Vec::new(),
+            npm_cache: PathBuf::from("checkpoints/cache/npm"),
             into: PathBuf::from("data/collected"),
             protect: Vec::new(),
             existing: Vec::new(),
@@ -153,6 +160,11 @@ fn analyse(
         ),
         Origin::Url(url) => (
             fetch(http, url, &options.fetch).map_err(|e| reject(e.kind(), e.to_string()))?,
+            true,
+        ),
+        Origin::Icon { svg, background } => (
+            icons::render(svg, *background)
+                .map_err(|e| reject("not-rendered", format!("{e:#}")))?,
             true,
         ),
     };
@@ -260,6 +272,10 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
     for list in &options.url_lists {
         candidates.extend(source::from_url_list(list)?);
     }
+    for spec in &options.icon_sets {
+        let set = icons::IconSet::load(spec, &options.npm_cache)?;
+        candidates.extend(set.candidates(&options.labels));
+    }
     candidates.sort();
     candidates.dedup_by(|a, b| a.source == b.source);
 
@@ -314,9 +330,15 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
     let mut to_remove = Vec::new();
     for (candidate, result) in candidates.iter().zip(analysed) {
         let raw = candidate.raw_label.clone().unwrap_or_default();
+        let credit = candidate.credit.clone();
         let mut row = Row {
             source: candidate.source.clone(),
             label: raw.clone(),
+            licence: credit
+                .as_ref()
+                .map(|c| c.licence.clone())
+                .unwrap_or_default(),
+            attribution: credit.map(|c| c.attribution).unwrap_or_default(),
             ..Default::default()
         };
         let decision = result.and_then(|item| {
@@ -367,7 +389,9 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
                     None => match &candidate.origin {
                         Origin::File(p) => std::fs::read(p)
                             .with_context(|| format!("cannot read {}", p.display()))?,
-                        Origin::Url(_) => unreachable!("downloads keep their body"),
+                        Origin::Url(_) | Origin::Icon { .. } => {
+                            unreachable!("downloads and renderings keep their body")
+                        }
                     },
                 };
                 let reuse = previous_by_source

@@ -23,6 +23,14 @@ struct Cli {
     /// A URL list: `url,label` per line (repeatable).
     #[arg(long = "urls")]
     urls: Vec<PathBuf>,
+    /// An icon set to render as drawings (repeatable): an npm package such as
+    /// @iconify-json/openmoji (fetched with `npm pack`), a package tarball or folder, or an
+    /// Iconify icons.json. Icons whose names the label map knows are collected.
+    #[arg(long)]
+    icons: Vec<String>,
+    /// Where `npm pack` keeps the icon-set tarballs.
+    #[arg(long, default_value = "checkpoints/cache/npm")]
+    npm_cache: PathBuf,
     /// The collection folder: INTO/<class>/… and INTO/manifest.csv.
     #[arg(long)]
     into: PathBuf,
@@ -70,6 +78,8 @@ fn run(cli: Cli) -> Result<()> {
         from,
         csv,
         urls,
+        icons,
+        npm_cache,
         into,
         protect,
         train,
@@ -84,8 +94,10 @@ fn run(cli: Cli) -> Result<()> {
     } = cli;
     {
         {
-            if from.is_empty() && urls.is_empty() {
-                anyhow::bail!("nothing to collect: give --from DIR or --urls FILE");
+            if from.is_empty() && urls.is_empty() && icons.is_empty() {
+                anyhow::bail!(
+                    "nothing to collect: give --from DIR, --urls FILE or --icons PACKAGE"
+                );
             }
             let mut labels = match labels {
                 Some(path) => LabelMap::load(&path)?,
@@ -96,6 +108,8 @@ fn run(cli: Cli) -> Result<()> {
                 folders: from,
                 csv,
                 url_lists: urls,
+                icon_sets: icons,
+                npm_cache,
                 into,
                 protect,
                 existing: train,

@@ -7,8 +7,19 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub const FILE_NAME: &str = "manifest.csv";
-const HEADER: [&str; 10] = [
-    "source", "label", "status", "reason", "detail", "sha256", "phash", "width", "height", "file",
+const HEADER: [&str; 12] = [
+    "source",
+    "label",
+    "status",
+    "reason",
+    "detail",
+    "sha256",
+    "phash",
+    "width",
+    "height",
+    "file",
+    "licence",
+    "attribution",
 ];
 
 /// Whether a candidate was copied into the collection.
@@ -32,6 +43,11 @@ struct Record {
     width: u32,
     height: u32,
     file: String,
+    // Manifests written before icon sets have no such columns.
+    #[serde(default)]
+    licence: String,
+    #[serde(default)]
+    attribution: String,
 }
 
 /// One manifest row.
@@ -53,6 +69,10 @@ pub struct Row {
     pub height: u32,
     /// Path of the accepted copy, relative to the collection folder.
     pub file: String,
+    /// The licence the image comes under, where its source states one (icon sets).
+    pub licence: String,
+    /// Whom the image is credited to and where it came from (icon sets).
+    pub attribution: String,
 }
 
 /// Reads a manifest; a missing file is an empty one.
@@ -77,6 +97,8 @@ pub fn read(path: &Path) -> Result<Vec<Row>> {
                 width: r.width,
                 height: r.height,
                 file: r.file,
+                licence: r.licence,
+                attribution: r.attribution,
             })
         })
         .collect()
@@ -105,6 +127,8 @@ pub fn write(path: &Path, rows: &[Row]) -> Result<()> {
             width: r.width,
             height: r.height,
             file: r.file.clone(),
+            licence: r.licence.clone(),
+            attribution: r.attribution.clone(),
         })?;
     }
     let bytes = writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -131,6 +155,8 @@ mod tests {
             width: 10,
             height: 20,
             file: String::new(),
+            licence: "MIT".into(),
+            attribution: "Set by Someone, icon \"dog\"".into(),
         }];
         // A newline in a source name (a file name may hold one) stays one field.
         rows.push(Row {

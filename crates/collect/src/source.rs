@@ -11,6 +11,18 @@ use anyhow::{Context, Result, bail};
 pub enum Origin {
     File(PathBuf),
     Url(String),
+    /// An icon of a set, rendered on `background` ([`crate::icons`]).
+    Icon {
+        svg: String,
+        background: [u8; 3],
+    },
+}
+
+/// The licence an image comes under and whom it is credited to, where its source says.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Credit {
+    pub licence: String,
+    pub attribution: String,
 }
 
 /// One image to consider.
@@ -23,6 +35,8 @@ pub struct Candidate {
     pub origin: Origin,
     /// The file name to keep when accepted.
     pub file_name: String,
+    /// Licence and attribution (icon sets); `None` where the source states none.
+    pub credit: Option<Credit>,
 }
 
 /// Non-empty, non-comment lines of a list file, split as CSV.
@@ -105,6 +119,7 @@ pub fn from_folder(root: &Path, csv: Option<&Path>) -> Result<Vec<Candidate>> {
                 raw_label,
                 file_name: name_of(&path),
                 origin: Origin::File(path),
+                credit: None,
             }
         })
         .collect())
@@ -135,6 +150,7 @@ pub fn from_url_list(path: &Path) -> Result<Vec<Candidate>> {
             raw_label: fields.get(1).filter(|l| !l.is_empty()).cloned(),
             file_name: tail,
             origin: Origin::Url(url),
+            credit: None,
         });
     }
     Ok(out)

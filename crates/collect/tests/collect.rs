@@ -407,3 +407,146 @@ fn collect_killed_at_random_moments_reruns_to_the_same_collection() {
     let rows = collect::manifest::read(&drilled.join("manifest.csv")).unwrap();
     assert_eq!(listed(&rows), files);
 }
+
+/// An Iconify set as an npm package tarball, written here: `package/icons.json` (icons and an
+/// alias), `info.json` (licence, author), `package.json` (name, version).
+fn icon_package(path: &Path) {
+    let icon = |fill: &str, shape: &str| serde_json::json!({ "body": format!(r#"<g fill="{fill}">{shape}</g>"#) });
+    let dog = r##"<circle cx="12" cy="13" r="8"/><path d="M4 4l5 4l-4 4zM20 4l-5 4l4 4z"/><circle cx="12" cy="15" r="2" fill="#fff"/>"##;
+    let icons = serde_json::json!({
+        "prefix": "zoo",
+        "width": 24,
+        "height": 24,
+        "icons": {
+            "dog-face": icon("#7a4a20", dog),
+            "horse": icon("#333", r#"<path d="M3 20l4-12l6-4l6 2l-2 4l-4-1l-2 11z"/>"#),
+            "hot-dog": icon("#c33", r#"<rect x="2" y="9" width="20" height="6" rx="3"/>"#),
+            "elephant": icon("#888", r#"<ellipse cx="12" cy="12" rx="9" ry="6"/>"#),
+            "rocket": icon("#00f", r#"<path d="M12 2l4 10h-8z"/>"#),
+            "cat-broken": { "body": "<path d=\"M0 0 L" },
+        },
+        "aliases": { "puppy": { "parent": "dog-face", "hFlip": true } },
+    });
+    let info = serde_json::json!({
+        "name": "Zoo Icons",
+        "author": { "name": "A. Drawer", "url": "https://example.org/zoo" },
+        "license": { "title": "MIT License", "spdx": "MIT" },
+    });
+    let package = serde_json::json!({ "name": "@iconify-json/zoo", "version": "1.0.0" });
+    let file = std::fs::File::create(path).unwrap();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        file,
+        flate2::Compression::fast(),
+    ));
+    for (name, value) in [
+        ("icons.json", icons),
+        ("info.json", info),
+        ("package.json", package),
+    ] {
+        let bytes = serde_json::to_vec(&value).unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, format!("package/{name}"), bytes.as_slice())
+            .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+/// An icon set through `collect`: icons whose names the label map knows are rendered and
+/// collected under their class with the set's licence and author in the manifest; excluded
+/// names are listed and refused, unknown names are no candidates, a broken drawing is named.
+#[test]
+fn icon_sets_are_rendered_credited_and_guarded() {
+    let root = tempfile::tempdir().unwrap();
+    let tarball = root.path().join("zoo-1.0.0.tgz");
+    icon_package(&tarball);
+    let into = root.path().join("drawings");
+    let labels: collect::labels::LabelMap = toml::from_str(
+        r#"
+        exclude = ["hot-dog", "elephant"]
+        [map]
+        dog = "dog"
+        puppy = "dog"
+        horse = "horse"
+        cat = "cat"
+        "#,
+    )
+    .unwrap();
+    let options = CollectOptions {
+        icon_sets: vec![tarball.display().to_string()],
+        into: into.clone(),
+        labels,
+        quiet: true,
+        ..Default::default()
+    };
+    let rows = collect(&options).unwrap();
+    let by_icon: HashMap<String, Row> = rows
+        .iter()
+        .map(|r| {
+            let icon = r
+                .source
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .split('#')
+                .next()
+                .unwrap();
+            (icon.to_string(), r.clone())
+        })
+        .collect();
+    let mut names: Vec<&str> = by_icon.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cat-broken",
+            "dog-face",
+            "elephant",
+            "horse",
+            "hot-dog",
+            "puppy"
+        ]
+    );
+    let dog = &by_icon["dog-face"];
+    assert!(dog.accepted, "{dog:?}");
+    assert_eq!(dog.label, "dog");
+    assert!(
+        dog.source
+            .starts_with("npm:@iconify-json/zoo@1.0.0/dog-face#"),
+        "{}",
+        dog.source
+    );
+    assert_eq!(dog.licence, "MIT");
+    assert!(
+        dog.attribution
+            .contains("Zoo Icons by A. Drawer (https://example.org/zoo)")
+            && dog.attribution.contains("dog-face"),
+        "{}",
+        dog.attribution
+    );
+    let img = image::open(into.join(&dog.file)).unwrap();
+    assert_eq!((img.width(), img.height()), (256, 256));
+    assert!(by_icon["horse"].accepted);
+    // The alias is its parent mirrored (this face is symmetric: judged a copy of it).
+    assert!(
+        ["accepted", "duplicate", "near-duplicate"].contains(&by_icon["puppy"].reason.as_str())
+    );
+    let set = collect::icons::IconSet::load(&tarball.display().to_string(), root.path()).unwrap();
+    assert!(
+        set.icons["puppy"].contains("scale(-1 1)"),
+        "{}",
+        set.icons["puppy"]
+    );
+    assert_eq!(
+        (set.package.as_str(), set.licence.as_str()),
+        ("@iconify-json/zoo", "MIT")
+    );
+    assert_eq!(by_icon["hot-dog"].reason, "excluded-label");
+    assert_eq!(by_icon["elephant"].reason, "excluded-label");
+    assert_eq!(by_icon["cat-broken"].reason, "not-rendered");
+    assert_eq!(on_disk(&into), listed(&rows));
+    // Running again changes nothing.
+    assert_eq!(collect(&options).unwrap(), rows);
+}
