@@ -213,6 +213,10 @@ pub struct TrainConfig {
     /// More training folders (e.g. a `collect` collection); classes of the same name
     /// merge with `train`'s. Collect with `--protect` on the validation folders first.
     pub extra_train: Vec<PathBuf>,
+    /// Folders of drawings (e.g. `collect --icons`), trained like `extra_train` but left out
+    /// of the distillation term: the pretrained network places drawings among objects, and
+    /// pulling them back there would undo what training teaches them.
+    pub drawings_train: Vec<PathBuf>,
     /// Evaluated after every epoch, in order; the first is "val".
     pub validation: Vec<ValidationPair>,
     pub backbone: BackboneKind,
@@ -266,6 +270,7 @@ impl Default for TrainConfig {
         Self {
             train: PathBuf::from("../shared/datasets/animals10/train"),
             extra_train: Vec::new(),
+            drawings_train: Vec::new(),
             validation: Vec::new(),
             backbone: BackboneKind::MobileNetV2,
             pretrained: true,
@@ -427,8 +432,8 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
-            // collect.toml is a label map for `collect`, not a training config.
-            if !name.ends_with(".toml") || name == "collect.toml" {
+            // collect*.toml are label maps for `collect`, not training configs.
+            if !name.ends_with(".toml") || name.starts_with("collect") {
                 continue;
             }
             let c = TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e:#}"));

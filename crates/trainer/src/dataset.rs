@@ -17,17 +17,24 @@ pub struct TrainingSet {
     pub labels: Vec<usize>,
     /// Class names, sorted; `labels` index into this.
     pub classes: Vec<String>,
+    /// Whether each image came from a drawings folder (left out of distillation).
+    pub drawing: Vec<bool>,
     /// Where the animal is in each image (see [`crate::foreground`]), when estimated.
     pub foreground: Option<Vec<GrayImage>>,
 }
 
 impl TrainingSet {
-    /// Loads class-folder training sets (classes of the same name merge). Undecodable files
-    /// are reported and skipped; distractor and unlabelled images are not training data and
-    /// are left out.
-    pub fn load(dirs: &[PathBuf], quiet: bool) -> Result<Self> {
+    /// Loads class-folder training sets: `folders` of photos, then `drawings` (classes of the
+    /// same name merge). Undecodable files are reported and skipped; distractor and unlabelled
+    /// images are not training data and are left out.
+    pub fn load(folders: &[PathBuf], drawings: &[PathBuf], quiet: bool) -> Result<Self> {
         let mut entries = Vec::new();
-        for (i, dir) in dirs.iter().enumerate() {
+        let mut drawing_entries = Vec::new();
+        let all = folders
+            .iter()
+            .map(|d| (d, false))
+            .chain(drawings.iter().map(|d| (d, true)));
+        for (i, (dir, is_drawing)) in all.enumerate() {
             if i > 0 && !dir.exists() {
                 bail!(
                     "extra training folder {} does not exist: collect it first (`cargo run --release -p collect -- --from ... --into {}`, see the README's main job)",
@@ -43,27 +50,40 @@ impl TrainingSet {
                     dir.display()
                 );
             }
-            entries.extend(labelled);
+            if is_drawing {
+                drawing_entries.extend(labelled);
+            } else {
+                entries.extend(labelled);
+            }
         }
-        let report = load_images(&entries, "decoding", quiet);
-        let mut classes: Vec<String> = report
+        let photos = load_images(&entries, "decoding", quiet);
+        let drawn = load_images(&drawing_entries, "decoding drawings", quiet);
+        let flagged = photos
             .loaded
+            .into_iter()
+            .map(|pair| (pair, false))
+            .chain(drawn.loaded.into_iter().map(|pair| (pair, true)));
+        let loaded: Vec<_> = flagged.collect();
+        let mut classes: Vec<String> = loaded
             .iter()
-            .filter_map(|(e, _)| e.label.clone())
+            .filter_map(|((e, _), _)| e.label.clone())
             .collect();
         classes.sort();
         classes.dedup();
-        let mut images = Vec::with_capacity(report.loaded.len());
-        let mut labels = Vec::with_capacity(report.loaded.len());
-        for (entry, img) in report.loaded {
+        let mut images = Vec::with_capacity(loaded.len());
+        let mut labels = Vec::with_capacity(loaded.len());
+        let mut drawing = Vec::with_capacity(loaded.len());
+        for ((entry, img), is_drawing) in loaded {
             let label = entry.label.expect("filtered above");
             labels.push(classes.binary_search(&label).expect("class listed"));
             images.push(img);
+            drawing.push(is_drawing);
         }
         Ok(Self {
             images,
             labels,
             classes,
+            drawing,
             foreground: None,
         })
     }
@@ -135,14 +155,17 @@ mod tests {
         png(&b.join("cat/2.png"), 30);
         png(&b.join("lion/1.png"), 40);
         std::fs::write(b.join("manifest.csv"), "source\n").unwrap();
-        let set = TrainingSet::load(&[a.clone(), b.clone()], true).unwrap();
+        let set = TrainingSet::load(&[a.clone(), b.clone()], &[], true).unwrap();
         assert_eq!(set.classes, ["cat", "dog", "lion"]);
         assert_eq!(set.len(), 4);
         assert_eq!(set.labels.iter().filter(|&&l| l == 0).count(), 2);
-        let missing = TrainingSet::load(&[a.clone(), tmp.path().join("gone")], true);
+        let missing = TrainingSet::load(&[a.clone(), tmp.path().join("gone")], &[], true);
         assert!(format!("{:#}", missing.err().unwrap()).contains("collect it first"));
         let empty = tmp.path().join("empty");
         std::fs::create_dir_all(&empty).unwrap();
-        assert!(TrainingSet::load(&[b, empty], true).is_err());
+        assert!(TrainingSet::load(&[b.clone(), empty], &[], true).is_err());
+        let with_drawings = TrainingSet::load(std::slice::from_ref(&a), &[b], true).unwrap();
+        assert_eq!(with_drawings.classes, ["cat", "dog", "lion"]);
+        assert_eq!(with_drawings.drawing, [false, false, true, true]);
     }
 }

@@ -29,6 +29,8 @@ pub struct Batch {
     pub views: Tensor<4>,
     pub photos: Option<Tensor<4>>,
     pub labels: Vec<usize>,
+    /// Images from a drawings folder: no distillation term for them.
+    pub drawing: Vec<bool>,
 }
 
 /// Peak learning rates scaled by the schedule for this step.
@@ -121,11 +123,9 @@ impl Learner {
         // The teacher sees each view as a photo, before any sketch-like rendering.
         if let (Some(t), Some(photo)) = (teacher, batch.photos) {
             let target = l2_normalize(t.features(photo)).autodiff();
-            let gap = (l2_normalize(features) - target)
-                .powf_scalar(2.0)
-                .sum_dim(1)
-                .mean();
-            loss = loss + gap.mul_scalar(config.distill_weight);
+            if let Some(gap) = distillation(l2_normalize(features), target, &batch.drawing) {
+                loss = loss + gap.mul_scalar(config.distill_weight);
+            }
         }
         let value = loss.clone().into_scalar::<f32>() as f64;
         if !value.is_finite() {
@@ -194,10 +194,42 @@ pub fn check_weights<M: Module>(module: &M) -> Result<()> {
     Ok(())
 }
 
+/// The distillation term: the mean squared distance between each view's features and the
+/// teacher's for its photo, over the batch's photos (images of a drawings folder left out);
+/// `None` when the batch holds only drawings.
+fn distillation(features: Tensor<2>, target: Tensor<2>, drawing: &[bool]) -> Option<Tensor<1>> {
+    let photos = drawing.iter().filter(|d| !**d).count();
+    let gaps = (features - target).powf_scalar(2.0).sum_dim(1);
+    if photos == drawing.len() {
+        return Some(gaps.mean());
+    }
+    if photos == 0 {
+        return None;
+    }
+    let keep: Vec<f32> = drawing.iter().map(|d| if *d { 0.0 } else { 1.0 }).collect();
+    let keep = Tensor::<2>::from_data(TensorData::new(keep, [drawing.len(), 1]), &gaps.device());
+    Some((gaps * keep).sum().div_scalar(photos as f32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::module::Param;
+
+    /// Drawings add nothing to the distillation term; photos are averaged.
+    #[test]
+    fn distillation_leaves_drawings_out() {
+        let device = Device::flex();
+        let t = |v: [f32; 6]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [3, 2]), &device);
+        let (features, target) = (t([1.0, 0.0, 5.0, 5.0, 0.0, 1.0]), t([0.0; 6]));
+        let value = |d: &[bool]| {
+            distillation(features.clone(), target.clone(), d).map(|g| g.into_scalar::<f32>())
+        };
+        // Gaps 1, 50 and 1: the drawing's 50 is left out.
+        assert_eq!(value(&[false, true, false]), Some(1.0));
+        assert!((value(&[false; 3]).unwrap() - 52.0 / 3.0).abs() < 1e-5);
+        assert_eq!(value(&[true; 3]), None);
+    }
 
     /// A model whose weights blew up but stayed finite is caught, and so is NaN; a pretrained
     /// network passes.

@@ -85,7 +85,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
 
     let mut folders = vec![config.train.clone()];
     folders.extend(config.extra_train.iter().cloned());
-    let mut train_set = TrainingSet::load(&folders, quiet)?;
+    let mut train_set = TrainingSet::load(&folders, &config.drawings_train, quiet)?;
     let sampler =
         PkSampler::new(&train_set.labels, config.p, config.k).map_err(anyhow::Error::msg)?;
     let validation = Validation::load(&config.validation, &preprocess)?;
@@ -205,6 +205,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
                 views: Tensor::<4>::from_data(TensorData::new(pixels, shape), &ad),
                 photos: photos.map(|p| Tensor::<4>::from_data(TensorData::new(p, shape), &device)),
                 labels: indices.iter().map(|&i| train_set.labels[i]).collect(),
+                drawing: indices.iter().map(|&i| train_set.drawing[i]).collect(),
             };
             augment_s += t0.elapsed().as_secs_f64();
 
