@@ -63,6 +63,18 @@ struct IconJson {
     height: Option<f32>,
 }
 
+impl IconJson {
+    /// `[left, top, width, height]`, the set's default size where the icon gives none.
+    fn view_box(&self, (width, height): (f32, f32)) -> [f32; 4] {
+        [
+            self.left.unwrap_or(0.0),
+            self.top.unwrap_or(0.0),
+            self.width.unwrap_or(width),
+            self.height.unwrap_or(height),
+        ]
+    }
+}
+
 #[derive(Deserialize)]
 struct AliasJson {
     parent: String,
@@ -172,13 +184,9 @@ impl IconSet {
             },
             None => info.name.clone(),
         };
-        let (default_w, default_h) = (set.width.unwrap_or(16.0), set.height.unwrap_or(16.0));
+        let default_size = (set.width.unwrap_or(16.0), set.height.unwrap_or(16.0));
         let document = |icon: &IconJson, transform: &str| {
-            let (l, t) = (icon.left.unwrap_or(0.0), icon.top.unwrap_or(0.0));
-            let (w, h) = (
-                icon.width.unwrap_or(default_w),
-                icon.height.unwrap_or(default_h),
-            );
+            let [l, t, w, h] = icon.view_box(default_size);
             let body = if transform.is_empty() {
                 icon.body.clone()
             } else {
@@ -198,11 +206,7 @@ impl IconSet {
             let Some(icon) = set.icons.get(&alias.parent) else {
                 continue;
             };
-            let (w, h) = (
-                icon.width.unwrap_or(default_w),
-                icon.height.unwrap_or(default_h),
-            );
-            let (l, t) = (icon.left.unwrap_or(0.0), icon.top.unwrap_or(0.0));
+            let [l, t, w, h] = icon.view_box(default_size);
             let (cx, cy) = (l + w / 2.0, t + h / 2.0);
             let mut transform = String::new();
             if alias.h_flip == Some(true) {

@@ -1,9 +1,9 @@
 //! `collect`: ingest extra training images safely.
 //!
 //! Candidates come from folders, URL lists and icon sets ([`icons`], rendered as drawings).
-//! Each is read (downloaded, rendered), hashed, decoded and fingerprinted in parallel; then, in a fixed order, it is rejected when it cannot be
-//! decoded, is too small, copies or nearly copies a protected image (a validation or test
-//! leak), duplicates the existing training set or an image already accepted, or has a label
+//! Each is read (downloaded, rendered), hashed, decoded and fingerprinted in parallel; then,
+//! in a fixed order, it is rejected when it cannot be decoded, is too small, copies or
+//! nearly copies a protected image (a validation or test leak), duplicates the existing training set or an image already accepted, or has a label
 //! the label map does not take. Accepted files are copied byte for byte (renderings as PNG)
 //! into `INTO/<class>/`; `INTO/manifest.csv` lists every candidate with its reason. Re-running
 //! gives the same collection and manifest; a file accepted before and rejected now (say, a

@@ -111,11 +111,6 @@ mod tests {
         assert_eq!(mode(&path), 0o600);
         assert_eq!(std::fs::read(&path).unwrap(), b"2");
     }
-}
-
-#[cfg(test)]
-mod stale {
-    use super::*;
 
     /// A temporary file of a process that has exited goes; this process's own stays.
     #[test]

@@ -106,8 +106,8 @@ pub fn decode_image(path: &Path) -> Result<RgbImage, DecodeError> {
     decode_bytes(path, &read_file(path)?)
 }
 
-/// Reads an image file's bytes: a UTF-8 path ([`check_name`]) to a regular file (a link is followed) of at most
-/// [`MAX_FILE_BYTES`]. A FIFO, socket or device is refused without blocking on it; a dangling
+/// Reads an image file's bytes: a UTF-8 path ([`check_name`]) to a regular file (a link is
+/// followed) of at most [`MAX_FILE_BYTES`]. A FIFO, socket or device is refused without blocking on it; a dangling
 /// link or a link loop is an `Io` error naming the path.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, DecodeError> {
     use std::io::Read;
@@ -211,10 +211,9 @@ pub fn check_name(path: &Path) -> Result<(), DecodeError> {
     }
 }
 
-/// Decodes in-memory `bytes` read from `path`; a path that is not UTF-8 is refused
-/// ([`check_name`]), otherwise `path` is only used in error messages.
+/// Decodes in-memory `bytes`; `path` is only used in error messages (files are read, and their
+/// names checked, by [`read_file`]).
 pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage, DecodeError> {
-    check_name(path)?;
     decode_dynamic(path, bytes).map(|img| img.to_rgb8())
 }
 

@@ -148,12 +148,15 @@ pub fn compare(
                 eprint!("{}", data::load::skipped_summary(&query_skipped, q.len()));
                 eprint!("{}", data::load::skipped_summary(&gallery_skipped, g.len()));
             }
-            if g.is_empty() {
-                bail!("{}: no readable gallery image", gallery.display());
-            }
             let (q, g) = m.expansion.apply(&q, &g, device);
-            let e = evaluate_sets(&q, &g, m.rerank.as_ref(), device)
-                .with_context(|| format!("method {} on {}", m.label, query.display()))?;
+            let e = evaluate_sets(&q, &g, m.rerank.as_ref(), device).with_context(|| {
+                format!(
+                    "method {} on {} (gallery {})",
+                    m.label,
+                    query.display(),
+                    gallery.display()
+                )
+            })?;
             if i == 0 {
                 for w in e.warnings() {
                     eprintln!("warning: {}: {w}", query.display());
