@@ -4,7 +4,8 @@
 //! long), links that work, dangle or loop, a FIFO, an oversized file and an empty folder. Each
 //! file says what a command that reads images must do with it: use it, or report it with its
 //! path and a reason. [`Corpus::check`] compares a command's account against that, and
-//! [`run_measured`] runs a command and measures its peak memory.
+//! [`run_measured`] runs a command and measures its peak memory; [`chromium`] finds the
+//! headless browser the page tests drive.
 //!
 //! Layout: `ROOT/cat/…` (every hostile case plus good images) and `ROOT/dog/…` (good images),
 //! so the same folder serves as a training set, a labelled query folder and a gallery.
@@ -552,6 +553,15 @@ pub fn run_measured(command: &mut Command) -> Measured {
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
         peak_bytes: usage.ru_maxrss as u64 * 1024,
     }
+}
+
+/// Headless Chromium, when installed (CI installs Debian's `chromium`); the browser tests
+/// skip without it.
+pub fn chromium() -> Option<std::path::PathBuf> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]

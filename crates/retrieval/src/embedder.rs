@@ -96,10 +96,21 @@ impl Embedder {
         labels: Option<&Path>,
         options: &EmbedOptions,
     ) -> Result<(EmbeddingSet, Vec<DecodeError>)> {
+        let (_, entries) = data::list_images(dir, labels)?;
+        self.embed_entries(entries, options)
+            .with_context(|| format!("embedding {}", dir.display()))
+    }
+
+    /// Embeds a list of images with every member and joins the embeddings.
+    pub fn embed_entries(
+        &self,
+        entries: Vec<data::ImageEntry>,
+        options: &EmbedOptions,
+    ) -> Result<(EmbeddingSet, Vec<DecodeError>)> {
         let mut sets = Vec::new();
         let mut skipped = Vec::new();
         for (i, (member, _)) in self.members.iter().enumerate() {
-            let (set, errors) = member.embed_folder(dir, labels, options)?;
+            let (set, errors) = member.embed_entries(entries.clone(), options)?;
             if i == 0 {
                 skipped = errors;
             }
@@ -107,6 +118,29 @@ impl Embedder {
         }
         let weights: Vec<f32> = self.members.iter().map(|(_, w)| *w).collect();
         Ok((join(&sets, &weights)?, skipped))
+    }
+
+    /// The joined embedding's width.
+    pub fn embedding_dim(&self) -> usize {
+        self.members.iter().map(|(m, _)| m.embedding_dim()).sum()
+    }
+
+    /// Embeds decoded images (row `i` for `images[i]`, joined across members).
+    pub fn embed_images(&self, images: &[image::RgbImage], options: &EmbedOptions) -> Vec<f32> {
+        let sets: Vec<EmbeddingSet> = self
+            .members
+            .iter()
+            .map(|(member, _)| {
+                let dim = member.embedding_dim();
+                let values = member.embed_images(images, options);
+                let rows: Vec<&[f32]> = values.chunks_exact(dim).collect();
+                EmbeddingSet::from_rows(&rows)
+            })
+            .collect();
+        let weights: Vec<f32> = self.members.iter().map(|(_, w)| *w).collect();
+        join(&sets, &weights)
+            .expect("members embed the same images")
+            .values
     }
 }
 

@@ -11,6 +11,9 @@
 //! - [`evaluation`]: rank a query set against a gallery set and score it.
 //! - [`domain`]: a query's domain (sketch, cartoon, painting…) from its file name.
 //! - [`descriptor`]: traditional descriptors (HSV histogram, tiny image).
+//! - [`index`]: a persisted gallery index (embeddings, content hashes, stable ids), kept up to
+//!   date with its folder.
+//! - [`serve`]: the search service: web page, JSON API, scoring server.
 //! - [`rank`]: exact nearest neighbours by batched matrix products, deterministic ties.
 //! - [`metrics`]: top-k accuracy, mAP@10, MAP@R, competition score, per-class figures.
 //! - [`report`]: the HTML report and contact sheet of an evaluation.
@@ -26,9 +29,11 @@ pub mod embed;
 pub mod embedder;
 pub mod evaluation;
 pub mod expansion;
+pub mod index;
 pub mod metrics;
 pub mod rank;
 pub mod report;
 pub mod rerank;
+pub mod serve;
 pub mod submission;
 pub mod table;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::competition_score;
@@ -19,38 +19,49 @@ pub struct Submission {
 impl Submission {
     /// Checks that every query is a key and each list holds `k` distinct gallery names.
     pub fn validate(&self, queries: &[String], gallery: &[String], k: usize) -> Result<()> {
-        ensure!(!self.groupname.trim().is_empty(), "the group name is empty");
+        match self.problems(queries, gallery, k).first() {
+            Some(problem) => bail!("{problem}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Everything wrong with the submission, as the scoring server lists it: an empty group
+    /// name, missing or unknown queries, lists that are not `k` distinct gallery names.
+    pub fn problems(&self, queries: &[String], gallery: &[String], k: usize) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.groupname.trim().is_empty() {
+            problems.push("the group name is empty".to_string());
+        }
         let gallery: HashSet<&str> = gallery.iter().map(String::as_str).collect();
         let want = k.min(gallery.len());
         for q in queries {
-            let list = self
-                .images
-                .get(q)
-                .with_context(|| format!("query {q:?} has no entry"))?;
-            ensure!(
-                list.len() == want,
-                "query {q:?} has {} results, expected {want}",
-                list.len()
-            );
+            let Some(list) = self.images.get(q) else {
+                problems.push(format!("query {q:?} has no entry"));
+                continue;
+            };
+            if list.len() != want {
+                problems.push(format!(
+                    "query {q:?} has {} results, expected {want}",
+                    list.len()
+                ));
+            }
             let distinct: HashSet<&str> = list.iter().map(String::as_str).collect();
-            ensure!(
-                distinct.len() == list.len(),
-                "query {q:?} lists a gallery file twice"
-            );
+            if distinct.len() != list.len() {
+                problems.push(format!("query {q:?} lists a gallery file twice"));
+            }
             for name in list {
-                ensure!(
-                    gallery.contains(name.as_str()),
-                    "query {q:?} lists {name:?}, not in the gallery"
-                );
+                if !gallery.contains(name.as_str()) {
+                    problems.push(format!("query {q:?} lists {name:?}, not in the gallery"));
+                }
             }
         }
-        ensure!(
-            self.images.len() == queries.len(),
-            "{} entries for {} queries",
-            self.images.len(),
-            queries.len()
-        );
-        Ok(())
+        let known: HashSet<&str> = queries.iter().map(String::as_str).collect();
+        for q in self.images.keys() {
+            if !known.contains(q.as_str()) {
+                problems.push(format!("{q:?} is not a query of this test set"));
+            }
+        }
+        problems
     }
 
     /// Writes the file atomically, pretty-printed.
@@ -127,5 +138,10 @@ mod tests {
         s.images.insert("q1".into(), vec!["g2".into(), "zz".into()]);
         assert!(s.validate(&queries, &gallery, 2).is_err());
         assert!(s.validate(&["q2".to_string()], &gallery, 2).is_err());
+        // Every problem is listed, not only the first.
+        s.images.insert("q9".into(), vec!["g1".into()]);
+        let problems = s.problems(&queries, &gallery, 2);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[1].contains("\"q9\" is not a query"));
     }
 }

@@ -327,14 +327,6 @@ fn evaluate_reports_each_pair_and_each_domain() {
     assert!(stderr.contains("--gallery"), "{stderr}");
 }
 
-/// Headless Chromium, when installed (CI installs Debian's `chromium`).
-fn chromium() -> Option<PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
 #[test]
 fn report_renders_with_every_thumbnail() {
     let tmp = tempfile::tempdir().unwrap();
@@ -371,7 +363,7 @@ fn report_renders_with_every_thumbnail() {
     let sheet = image::open(report.join("contact_sheet.png")).unwrap();
     assert_eq!(sheet.height(), 4 * 104);
 
-    let Some(browser) = chromium() else {
+    let Some(browser) = hostile::chromium() else {
         eprintln!("chromium not installed: skipping the browser check");
         return;
     };

@@ -1,12 +1,15 @@
-//! `retrieval`: fetch weights, embed folders, search, evaluate, compare and write submissions.
+//! `retrieval`: fetch weights, embed folders, search, evaluate, compare, write submissions and
+//! serve a gallery.
 //! One module a command, each with its `Args` and its `run`.
 
+mod answers;
 mod args;
 mod compare;
 mod embed;
 mod evaluate;
 mod fetch_weights;
 mod search;
+mod serve;
 mod submit;
 
 use anyhow::Result;
@@ -40,6 +43,11 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Write the competition's submission JSON (and POST it with --url).
     Submit(submit::SubmitArgs),
+    /// Serve a gallery: web page, JSON API and (with --answers) the competition's scoring
+    /// server, over a persisted index that later starts only update.
+    Serve(serve::ServeArgs),
+    /// Write the answers file of a labelled query and gallery folder (for serve --answers).
+    Answers(answers::AnswersArgs),
 }
 
 /// Exit status when the output was written but left out input files that could not be read
@@ -88,5 +96,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Evaluate(args) => evaluate::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Submit(args) => submit::run(args),
+        Command::Serve(args) => complete(serve::run(args)),
+        Command::Answers(args) => complete(answers::run(args)),
     }
 }
