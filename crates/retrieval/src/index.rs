@@ -264,7 +264,7 @@ impl GalleryIndex {
     /// that is damaged or of another model is set aside in the report and rebuilt.
     pub fn sync(
         dir: &Path,
-        gallery: &Path,
+        (gallery, labels): (&Path, Option<&Path>),
         embedder: &Embedder,
         options: &EmbedOptions,
         save_every: Duration,
@@ -288,7 +288,7 @@ impl GalleryIndex {
             }
         };
         let old = old.unwrap_or_else(|| Self::new(&model, dim));
-        let (_, listed) = data::list_images(gallery, None)?;
+        let (_, listed) = data::list_images(gallery, labels)?;
         let bar = data::load::progress_bar(listed.len(), "hashing", options.quiet);
         let hashed: Vec<Result<String, DecodeError>> = listed
             .par_iter()
@@ -381,6 +381,24 @@ impl GalleryIndex {
             index.save(dir)?;
         }
         Ok((index, report))
+    }
+
+    /// The rows as an embedding set of the gallery folder `root` (paths under it).
+    pub fn to_set(&self, root: &Path) -> crate::embed::EmbeddingSet {
+        crate::embed::EmbeddingSet {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| ImageEntry {
+                    path: root.join(&e.name),
+                    name: e.name.clone(),
+                    label: e.label.clone(),
+                    distractor: e.distractor,
+                })
+                .collect(),
+            dim: self.dim,
+            values: self.values.clone(),
+        }
     }
 
     /// The default index folder for a gallery and model: under the embedding cache folder,

@@ -13,6 +13,7 @@
 //! - [`descriptor`]: traditional descriptors (HSV histogram, tiny image).
 //! - [`index`]: a persisted gallery index (embeddings, content hashes, stable ids), kept up to
 //!   date with its folder.
+//! - [`ann`]: an HNSW index over a gallery index, persisted and updated in place.
 //! - [`serve`]: the search service: web page, JSON API, scoring server.
 //! - [`rank`]: exact nearest neighbours by batched matrix products, deterministic ties.
 //! - [`metrics`]: top-k accuracy, mAP@10, MAP@R, competition score, per-class figures.
@@ -21,6 +22,7 @@
 //! - [`compare`]: several methods on one pair, as a table (terminal, Markdown, CSV).
 //! - [`table`]: terminal tables.
 
+pub mod ann;
 pub mod cache;
 pub mod compare;
 pub mod descriptor;

@@ -960,3 +960,74 @@ fn page_uploads_a_query_and_renders_its_results() {
         "{heading}"
     );
 }
+
+/// `search`, `submit` and `evaluate` with `--index`: the gallery is embedded once into a
+/// persisted index; HNSW rankings match exact ones on the validation set; `--exact` and
+/// `evaluate` rank exactly, with the figures of a run without an index.
+#[test]
+fn commands_use_a_persisted_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let index = tmp.path().join("index");
+    let run = |args: &[&str], with_index: bool| -> (String, String) {
+        let mut command = retrieval(&cache);
+        command.args(args).args(["-m", "mobilenet_v2", "--query"]);
+        command
+            .arg(val().join("query"))
+            .arg("--gallery")
+            .arg(val().join("gallery"));
+        if with_index {
+            command.arg("--index").arg(&index);
+        }
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let names = |json: &str| -> BTreeMap<String, Vec<String>> {
+        let v: Value = serde_json::from_str(json).unwrap();
+        v["results"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(q, hits)| {
+                let list = hits.as_array().unwrap();
+                (
+                    q.clone(),
+                    list.iter()
+                        .map(|h| h["file"].as_str().unwrap().to_string())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let plain = names(&run(&["search", "--json"], false).0);
+    let (hnsw, _) = run(&["search", "--json"], true);
+    assert!(index.join(retrieval::index::INDEX_FILE).is_file());
+    assert!(index.join(retrieval::ann::ANN_FILE).is_file());
+    let hnsw = names(&hnsw);
+    let found: usize = plain
+        .iter()
+        .map(|(q, want)| hnsw[q].iter().filter(|n| want.contains(n)).count())
+        .sum();
+    assert!(found as f64 >= 0.98 * 1000.0, "recall@10 {found}/1000");
+    assert_eq!(names(&run(&["search", "--json", "--exact"], true).0), plain);
+    let figures = |json: &str| -> Vec<f64> {
+        let v: Value = serde_json::from_str(json).unwrap();
+        ["top1", "top5", "top10", "map10", "score"]
+            .iter()
+            .map(|k| v[k].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        figures(&run(&["evaluate", "--json"], true).0),
+        figures(&run(&["evaluate", "--json"], false).0)
+    );
+    let out = tmp.path().join("submission.json");
+    run(
+        &["submit", "--group", "g", "--out", out.to_str().unwrap()],
+        true,
+    );
+    let sub: Submission = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(sub.images.len(), 100);
+}

@@ -138,6 +138,7 @@ fn stats(s: &Service) -> Reply {
         "searches": s.searches.load(Ordering::Relaxed),
         "uptime_s": s.started.elapsed().as_secs(),
         "writes": s.settings.token.is_some(),
+        "search": if s.ann.is_some() { "hnsw" } else { "exact" },
         "scoring": s.scorer.as_ref().map(|sc| json!({"queries": sc.queries()})),
         "max_body": s.settings.max_body,
     }))
@@ -192,8 +193,10 @@ fn ranked(s: &Service, row: &[f32], target: &Target, exclude: Option<u64>) -> Re
     }
     let max_distance: f32 = target.param("max_distance", f32::INFINITY)?;
     let index = s.index.read().expect("index lock");
-    let results: Vec<Value> = index
-        .search(row, k, exclude)
+    let hits = s
+        .nearest(&index, row, k, exclude)
+        .map_err(|e| Reply::error(500, format!("search failed: {e:#}")))?;
+    let results: Vec<Value> = hits
         .into_iter()
         .filter(|(_, d)| *d <= max_distance)
         .map(|(i, d)| {
@@ -343,6 +346,10 @@ fn add(s: &Service, request: &Request, target: &Target) -> Result<Reply, Reply> 
         .write()
         .expect("index lock")
         .add(&image_entry, hash, &row);
+    if let Some(ann) = &s.ann {
+        ann.add(id, &row)
+            .map_err(|e| Reply::error(500, format!("cannot index the image: {e:#}")))?;
+    }
     save(s)?;
     let entry = entry(s, &id.to_string())?;
     Ok(Reply::json(201, &entry_json(&entry)))
@@ -366,17 +373,22 @@ fn remove(s: &Service, id: &str) -> Result<Reply, Reply> {
         moved.map_err(|e| Reply::error(500, format!("cannot move {} aside: {e}", entry.name)))?;
     }
     s.index.write().expect("index lock").remove(id);
+    if let Some(ann) = &s.ann {
+        ann.remove(id)
+            .map_err(|e| Reply::error(500, format!("cannot unindex the image: {e:#}")))?;
+    }
     save(s)?;
     Ok(Reply::ok(&json!({ "removed": entry_json(&entry) })))
 }
 
-/// Saves the index after a write and marks it changed.
+/// Saves the index (and the HNSW index beside it) after a write and marks it changed.
 fn save(s: &Service) -> Result<(), Reply> {
     s.version.fetch_add(1, Ordering::SeqCst);
-    s.index
-        .read()
-        .expect("index lock")
-        .save(&s.settings.index_dir)
+    let index = s.index.read().expect("index lock");
+    let dir = &s.settings.index_dir;
+    index
+        .save(dir)
+        .and_then(|()| s.ann.as_ref().map_or(Ok(()), |ann| ann.save(dir, &index)))
         .map_err(|e| Reply::error(500, format!("cannot save the index: {e:#}")))
 }
 

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::ann::AnnIndex;
 use crate::index::GalleryIndex;
 use queue::EmbedQueue;
 use scoring::Scorer;
@@ -47,6 +48,8 @@ pub struct Service {
     /// The gallery's canonical path: nothing outside it is ever served.
     pub root: PathBuf,
     pub index: RwLock<GalleryIndex>,
+    /// The HNSW index over it; `None` ranks exactly (`--exact`).
+    pub ann: Option<AnnIndex>,
     /// Bumped on every change of the index (keys the duplicate groups).
     pub version: AtomicU64,
     /// Held while a write (add, remove) changes the index and its files.
@@ -64,6 +67,7 @@ impl Service {
     pub fn new(
         settings: Settings,
         index: GalleryIndex,
+        ann: Option<AnnIndex>,
         queue: EmbedQueue,
         scorer: Option<Scorer>,
     ) -> Result<Self> {
@@ -73,6 +77,7 @@ impl Service {
             settings,
             root,
             index: RwLock::new(index),
+            ann,
             version: AtomicU64::new(0),
             writer: Mutex::new(()),
             queue,
@@ -93,6 +98,25 @@ impl Service {
     /// Where thumbnails are cached, by content hash.
     pub fn thumbnail_dir(&self) -> PathBuf {
         self.settings.index_dir.join("thumbnails")
+    }
+
+    /// The `k` nearest rows of the index to `query`, leaving out `exclude`: (row, Euclidean
+    /// distance), by the HNSW index when there is one, else exactly.
+    pub fn nearest(
+        &self,
+        index: &GalleryIndex,
+        query: &[f32],
+        k: usize,
+        exclude: Option<u64>,
+    ) -> Result<Vec<(usize, f32)>> {
+        match &self.ann {
+            Some(ann) => Ok(ann
+                .search(query, k, exclude)?
+                .into_iter()
+                .filter_map(|(id, d)| index.position(id).map(|row| (row, d)))
+                .collect()),
+            None => Ok(index.search(query, k, exclude)),
+        }
     }
 
     /// A gallery file's path, only if it is inside the gallery once links are resolved.

@@ -7,10 +7,12 @@ use anyhow::{Result, bail};
 use clap::Args;
 use data::DecodeError;
 use data::load::skipped_summary;
+use retrieval::ann::{AnnIndex, AnnParams};
 use retrieval::embed::{EmbedOptions, EmbeddingSet};
 use retrieval::embedder::Embedder;
 use retrieval::evaluation::rank_sets;
 use retrieval::expansion::Expansion;
+use retrieval::index::GalleryIndex;
 use retrieval::rank::Hit;
 use retrieval::rerank::KReciprocal;
 
@@ -54,6 +56,14 @@ pub struct ModelArgs {
     /// Re-ranking: weight of the original distance.
     #[arg(long, default_value_t = 0.3)]
     pub rerank_lambda: f32,
+    /// Keep the gallery's embeddings in a persisted index in DIR, updated in place (only new
+    /// or changed files are embedded), and rank by its HNSW index. `evaluate`, which scores
+    /// whole rankings, and the test-time options (--qe, --dba, --rerank) rank exactly.
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+    /// With --index: rank exactly instead of by the HNSW index.
+    #[arg(long)]
+    pub exact: bool,
 }
 
 impl ModelArgs {
@@ -101,7 +111,35 @@ impl ModelArgs {
         let options = self.options(quiet);
         let (q, query_skipped) = embedder.embed_folder(query, labels.0, &options)?;
         eprint!("{}", skipped_summary(&query_skipped, q.len()));
-        let (g, gallery_skipped) = embedder.embed_folder(gallery, labels.1, &options)?;
+        let (g, gallery_skipped, ann, gallery_ids) = match &self.index {
+            Some(dir) => {
+                let (index, report) = GalleryIndex::sync(
+                    dir,
+                    (gallery, labels.1),
+                    embedder,
+                    &options,
+                    retrieval::index::SAVE_EVERY,
+                )?;
+                if let Some(why) = &report.discarded {
+                    eprintln!("warning: {}: {why}", dir.display());
+                }
+                let ann = if self.exact {
+                    None
+                } else {
+                    let (ann, why) = AnnIndex::open(dir, &index, AnnParams::default())?;
+                    if let Some(why) = why {
+                        eprintln!("warning: {why}");
+                    }
+                    Some(ann)
+                };
+                let ids = index.entries.iter().map(|e| e.id).collect();
+                (index.to_set(gallery), report.skipped, ann, ids)
+            }
+            None => {
+                let (g, skipped) = embedder.embed_folder(gallery, labels.1, &options)?;
+                (g, skipped, None, Vec::new())
+            }
+        };
         eprint!("{}", skipped_summary(&gallery_skipped, g.len()));
         if q.is_empty() {
             bail!("{}: no readable query image", query.display());
@@ -109,12 +147,18 @@ impl ModelArgs {
         if g.is_empty() {
             bail!("{}: no readable gallery image", gallery.display());
         }
-        let (query, gallery) = self.expansion().apply(&q, &g, &embedder.device);
+        let expansion = self.expansion();
+        // The HNSW index holds the gallery as embedded: expansions change it, so they rank
+        // exactly.
+        let ann = ann.filter(|_| expansion.is_identity() && !self.rerank);
+        let (query, gallery) = expansion.apply(&q, &g, &embedder.device);
         Ok(Pair {
             query,
             gallery,
             query_skipped,
             gallery_skipped,
+            ann,
+            gallery_ids,
         })
     }
 
@@ -129,15 +173,43 @@ impl ModelArgs {
     ) -> Result<(Pair, Vec<Vec<Hit>>)> {
         let embedder = self.embedder()?;
         let pair = self.embed_pair(&embedder, query, gallery, (None, None), quiet)?;
-        let rankings = rank_sets(
-            &pair.query,
-            &pair.gallery,
-            k,
-            self.rerank().as_ref(),
-            &embedder.device,
-        )?;
+        let rankings = match &pair.ann {
+            Some(ann) => ann_rankings(ann, &pair, k)?,
+            None => rank_sets(
+                &pair.query,
+                &pair.gallery,
+                k,
+                self.rerank().as_ref(),
+                &embedder.device,
+            )?,
+        };
         Ok((pair, rankings))
     }
+}
+
+/// Each query's `k` nearest gallery rows by the HNSW index (squared distances, as exact
+/// ranking gives them). The index's keys are the gallery index's ids, in the order of its rows.
+fn ann_rankings(ann: &AnnIndex, pair: &Pair, k: usize) -> Result<Vec<Vec<Hit>>> {
+    let rows: std::collections::HashMap<u64, usize> = pair
+        .gallery_ids
+        .iter()
+        .enumerate()
+        .map(|(row, id)| (*id, row))
+        .collect();
+    (0..pair.query.len())
+        .map(|i| {
+            Ok(ann
+                .search(pair.query.row(i), k.min(pair.gallery.len()), None)?
+                .into_iter()
+                .filter_map(|(id, d)| {
+                    rows.get(&id).map(|&index| Hit {
+                        index,
+                        distance: d * d,
+                    })
+                })
+                .collect())
+        })
+        .collect()
 }
 
 /// A query and a gallery folder embedded, with the files of each that could not be read.
@@ -146,6 +218,10 @@ pub struct Pair {
     pub gallery: EmbeddingSet,
     pub query_skipped: Vec<DecodeError>,
     pub gallery_skipped: Vec<DecodeError>,
+    /// The gallery's HNSW index, with `--index` (unless `--exact` or an expansion).
+    pub ann: Option<AnnIndex>,
+    /// The gallery index's id of each gallery row, with `--index`.
+    pub gallery_ids: Vec<u64>,
 }
 
 impl Pair {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use data::load::skipped_summary;
+use retrieval::ann::{AnnIndex, AnnParams};
 use retrieval::embed::EmbedOptions;
 use retrieval::embedder::Embedder;
 use retrieval::index::GalleryIndex;
@@ -55,6 +56,9 @@ pub struct ServeArgs {
     /// Seconds between saves of a build in progress (a killed build resumes from the last).
     #[arg(long, default_value_t = retrieval::index::SAVE_EVERY.as_secs_f64())]
     save_every: f64,
+    /// Rank exactly instead of by the HNSW index (built on start, kept beside the index).
+    #[arg(long)]
+    exact: bool,
     /// Connections served at once (a thread each); past it, 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -82,7 +86,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let (index, report) = GalleryIndex::sync(
         &index_dir,
-        &args.gallery,
+        (&args.gallery, None),
         &embedder,
         &options,
         std::time::Duration::from_secs_f64(args.save_every.max(0.0)),
@@ -101,6 +105,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         report.embedded,
         report.removed
     );
+    let ann = if args.exact {
+        None
+    } else {
+        let (ann, why) = AnnIndex::open(&index_dir, &index, AnnParams::default())?;
+        if let Some(why) = why {
+            eprintln!("warning: {why}");
+        }
+        Some(ann)
+    };
     let settings = Settings {
         gallery: args.gallery.clone(),
         index_dir,
@@ -110,7 +123,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         connections: args.connections,
     };
     let queue = EmbedQueue::start(embedder, args.queue, args.batch_size);
-    let running = start(Service::new(settings, index, queue, scorer)?, &args.addr)?;
+    let running = start(
+        Service::new(settings, index, ann, queue, scorer)?,
+        &args.addr,
+    )?;
     println!("listening on http://{}", running.address);
     std::io::stdout().flush()?;
     running.wait();

@@ -1,0 +1,182 @@
+//! `ann`: the HNSW index (`retrieval::ann`) against exact search on the same vectors: build
+//! time, memory, recall@10 and single-query latency, on synthetic clustered unit vectors and,
+//! when given, on real embeddings (an `embed` output: its rows are split into gallery and
+//! every tenth as a query).
+//!
+//! `cargo run --release -p benches --bin ann -- --sizes 100000`
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use retrieval::ann::{AnnIndex, AnnParams};
+use retrieval::index::GalleryIndex;
+
+#[derive(Parser)]
+#[command(name = "ann", about = "HNSW against exact search")]
+struct Cli {
+    /// Synthetic gallery sizes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "100000")]
+    sizes: Vec<usize>,
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Queries a gallery.
+    #[arg(long, default_value_t = 500)]
+    queries: usize,
+    /// Real embeddings (safetensors written by `retrieval embed`), each measured too.
+    #[arg(long)]
+    embeddings: Vec<PathBuf>,
+    /// ef at search time (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "64,128")]
+    ef: Vec<usize>,
+}
+
+/// `n` unit vectors around 1,000 cluster centres.
+fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut centres = ChaCha8Rng::seed_from_u64(99);
+    let centres: Vec<f32> = (0..1000 * dim)
+        .map(|_| centres.random::<f32>() - 0.5)
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(n * dim);
+    for _ in 0..n {
+        let c = rng.random_range(0..1000);
+        let mut v: Vec<f32> = (0..dim)
+            .map(|j| centres[c * dim + j] + 0.35 * (rng.random::<f32>() - 0.5))
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        out.extend(v);
+    }
+    out
+}
+
+fn gallery(rows: &[f32], dim: usize) -> GalleryIndex {
+    let mut g = GalleryIndex::new("bench", dim);
+    for (i, row) in rows.chunks_exact(dim).enumerate() {
+        let entry = data::ImageEntry {
+            path: PathBuf::new(),
+            name: format!("{i:09}"),
+            label: None,
+            distractor: false,
+        };
+        g.add(&entry, String::new(), row);
+    }
+    g
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One table row a search ef: name, size, build s, memory MiB, ef, recall@10, p50 ms HNSW,
+/// p50 ms exact.
+fn measure(
+    name: &str,
+    g: &GalleryIndex,
+    queries: &[f32],
+    efs: &[usize],
+    table: &mut Table,
+) -> Result<()> {
+    let dim = g.dim;
+    let began = Instant::now();
+    let params = AnnParams::default();
+    let ann = AnnIndex::build(g, params)?;
+    let build = began.elapsed().as_secs_f64();
+    let mut exact_ms = Vec::new();
+    let truth: Vec<Vec<u64>> = queries
+        .chunks_exact(dim)
+        .map(|q| {
+            let t = Instant::now();
+            let hits = g.search(q, 10, None);
+            exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            hits.iter().map(|h| g.entries[h.0].id).collect()
+        })
+        .collect();
+    for &ef in efs {
+        let ann = AnnIndex::build_like(
+            &ann,
+            AnnParams {
+                expansion_search: ef,
+                ..params
+            },
+        );
+        let mut ms = Vec::new();
+        let mut found = 0;
+        for (q, want) in queries.chunks_exact(dim).zip(&truth) {
+            let t = Instant::now();
+            let hits = ann.search(q, 10, None)?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            found += hits.iter().filter(|h| want.contains(&h.0)).count();
+        }
+        table.add_row([
+            name.to_string(),
+            g.len().to_string(),
+            format!("{build:.1}"),
+            format!("{:.0}", ann.memory_bytes() as f64 / (1 << 20) as f64),
+            ef.to_string(),
+            format!("{:.4}", found as f64 / (10 * truth.len()) as f64),
+            format!("{:.3}", median(ms)),
+            format!("{:.3}", median(exact_ms.clone())),
+        ]);
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "vectors",
+        "gallery",
+        "HNSW build s",
+        "HNSW MiB",
+        "ef",
+        "recall@10",
+        "p50 ms HNSW",
+        "p50 ms exact",
+    ]);
+    for &n in &cli.sizes {
+        eprintln!("synthetic {n} × {}", cli.dim);
+        let g = gallery(&clustered(n, cli.dim, 1), cli.dim);
+        let q = clustered(cli.queries, cli.dim, 2);
+        measure("synthetic clustered", &g, &q, &cli.ef, &mut table)?;
+    }
+    for path in &cli.embeddings {
+        let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+        let tensors = safetensors::SafeTensors::deserialize(&bytes)?;
+        let view = tensors.tensor("embeddings")?;
+        let dim = view.shape()[1];
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        let (mut gallery_rows, mut query_rows) = (Vec::new(), Vec::new());
+        for (i, row) in values.chunks_exact(dim).enumerate() {
+            if i % 10 == 0 {
+                query_rows.extend_from_slice(row)
+            } else {
+                gallery_rows.extend_from_slice(row)
+            }
+        }
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        measure(
+            &name,
+            &gallery(&gallery_rows, dim),
+            &query_rows,
+            &cli.ef,
+            &mut table,
+        )?;
+    }
+    println!("{table}");
+    Ok(())
+}

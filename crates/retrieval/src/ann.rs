@@ -1,0 +1,348 @@
+//! An approximate nearest-neighbour index (HNSW, by the `usearch` crate) over a
+//! [`GalleryIndex`]: keyed by the gallery index's stable ids, updated in place as images are
+//! added and removed, persisted beside it in one file (`DIR/ann.usearch`, written atomically,
+//! with a checksum and the ids it covers). A file that does not match its gallery index, is
+//! damaged, or was built with other parameters is rebuilt from the rows, never used.
+//!
+//! Why `usearch`: measured against `hnsw_rs` on 100,000 clustered 512-d unit vectors (M = 16,
+//! ef_construction = 128, 2 cores): build 2.2× faster, queries 2–3.6× faster at the same ef and
+//! recall, and it adds, removes and serialises in place (`docs/serving.md`).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+use crate::index::GalleryIndex;
+
+/// The file an ANN index lives in, beside `index.safetensors`.
+pub const ANN_FILE: &str = "ann.usearch";
+const FORMAT: &str = "lookalike-ann-1";
+
+/// HNSW parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AnnParams {
+    /// Links a node keeps a layer (HNSW's M).
+    pub connectivity: usize,
+    /// Candidates kept while inserting (ef_construction).
+    pub expansion_add: usize,
+    /// Candidates kept while searching (ef); raised to k when k is larger.
+    pub expansion_search: usize,
+}
+
+impl Default for AnnParams {
+    fn default() -> Self {
+        Self {
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 64,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    format: String,
+    model: String,
+    dim: usize,
+    connectivity: usize,
+    expansion_add: usize,
+    /// sha256 of the sorted ids the index holds.
+    ids: String,
+    /// sha256 of the serialised index that follows the header.
+    body: String,
+}
+
+/// An HNSW index over a gallery index's rows, keyed by their ids.
+pub struct AnnIndex {
+    index: Index,
+    params: AnnParams,
+    dim: usize,
+}
+
+/// sha256 of a gallery index's ids, sorted.
+fn ids_digest(gallery: &GalleryIndex) -> String {
+    let mut ids: Vec<u64> = gallery.entries.iter().map(|e| e.id).collect();
+    ids.sort_unstable();
+    let mut digest = Sha256::new();
+    for id in ids {
+        digest.update(id.to_le_bytes());
+    }
+    hex::encode(digest.finalize())
+}
+
+fn err(e: cxx::Exception) -> anyhow::Error {
+    anyhow::anyhow!("usearch: {}", e.what())
+}
+
+impl AnnIndex {
+    fn empty(dim: usize, params: AnnParams) -> Result<Self> {
+        let options = IndexOptions {
+            dimensions: dim,
+            metric: MetricKind::L2sq,
+            quantization: ScalarKind::F32,
+            connectivity: params.connectivity,
+            expansion_add: params.expansion_add,
+            expansion_search: params.expansion_search,
+            multi: false,
+        };
+        Ok(Self {
+            index: Index::new(&options).map_err(err)?,
+            params,
+            dim,
+        })
+    }
+
+    /// Builds the index of every row, inserting in parallel.
+    pub fn build(gallery: &GalleryIndex, params: AnnParams) -> Result<Self> {
+        let ann = Self::empty(gallery.dim, params)?;
+        ann.index.reserve(gallery.len().max(1)).map_err(err)?;
+        (0..gallery.len()).into_par_iter().try_for_each(|row| {
+            ann.index
+                .add(gallery.entries[row].id, gallery.row(row))
+                .map_err(err)
+        })?;
+        Ok(ann)
+    }
+
+    /// Loads `dir/ann.usearch` if it covers exactly `gallery`'s ids with these parameters;
+    /// otherwise builds it and saves it. Returns the index and why it was rebuilt, if it was.
+    pub fn open(
+        dir: &Path,
+        gallery: &GalleryIndex,
+        params: AnnParams,
+    ) -> Result<(Self, Option<String>)> {
+        let path = dir.join(ANN_FILE);
+        let why = if path.exists() {
+            match Self::read(&path, gallery, params) {
+                Ok(ann) => return Ok((ann, None)),
+                Err(e) => Some(format!("{}: {e:#}: rebuilding", path.display())),
+            }
+        } else {
+            None
+        };
+        let ann = Self::build(gallery, params)?;
+        ann.save(dir, gallery)?;
+        Ok((ann, why))
+    }
+
+    fn read(path: &Path, gallery: &GalleryIndex, params: AnnParams) -> Result<Self> {
+        let bytes = std::fs::read(path)?;
+        let length = u64::from_le_bytes(
+            bytes
+                .get(..8)
+                .context("truncated")?
+                .try_into()
+                .expect("8 bytes"),
+        ) as usize;
+        let header: Header =
+            serde_json::from_slice(bytes.get(8..8 + length).context("truncated")?)?;
+        let body = &bytes[8 + length..];
+        if header.format != FORMAT {
+            bail!("format {:?}, expected {FORMAT:?}", header.format);
+        }
+        if header.model != gallery.model || header.dim != gallery.dim {
+            bail!("built for another model");
+        }
+        if (header.connectivity, header.expansion_add)
+            != (params.connectivity, params.expansion_add)
+        {
+            bail!("built with other parameters");
+        }
+        if header.ids != ids_digest(gallery) {
+            bail!("it does not cover the gallery index's images");
+        }
+        if header.body != hex::encode(Sha256::digest(body)) {
+            bail!("checksum mismatch: the file was changed or damaged");
+        }
+        let ann = Self::empty(gallery.dim, params)?;
+        ann.index.load_from_buffer(body).map_err(err)?;
+        if ann.index.size() != gallery.len() {
+            bail!(
+                "holds {} vectors for {} images",
+                ann.index.size(),
+                gallery.len()
+            );
+        }
+        Ok(ann)
+    }
+
+    /// Writes `dir/ann.usearch` atomically, recording the ids of `gallery` it covers.
+    pub fn save(&self, dir: &Path, gallery: &GalleryIndex) -> Result<()> {
+        let mut body = vec![0u8; self.index.serialized_length()];
+        self.index.save_to_buffer(&mut body).map_err(err)?;
+        let header = serde_json::to_vec(&Header {
+            format: FORMAT.to_string(),
+            model: gallery.model.clone(),
+            dim: self.dim,
+            connectivity: self.params.connectivity,
+            expansion_add: self.params.expansion_add,
+            ids: ids_digest(gallery),
+            body: hex::encode(Sha256::digest(&body)),
+        })?;
+        let mut bytes = Vec::with_capacity(8 + header.len() + body.len());
+        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&body);
+        std::fs::create_dir_all(dir)?;
+        data::write_atomic(&dir.join(ANN_FILE), &bytes)
+    }
+
+    /// The same graph searched with other parameters (a benchmark's ef sweep): serialised
+    /// and read back, so nothing is rebuilt.
+    pub fn build_like(other: &Self, params: AnnParams) -> Self {
+        let mut body = vec![0u8; other.index.serialized_length()];
+        other
+            .index
+            .save_to_buffer(&mut body)
+            .expect("serialising to a sized buffer");
+        let copy = Self::empty(other.dim, params).expect("same options as a working index");
+        copy.index
+            .load_from_buffer(&body)
+            .expect("reading what was just written");
+        copy
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a row under its id.
+    pub fn add(&self, id: u64, row: &[f32]) -> Result<()> {
+        if self.index.size() + 1 > self.index.capacity() {
+            self.index
+                .reserve((self.index.capacity() * 2).max(16))
+                .map_err(err)?;
+        }
+        self.index.add(id, row).map_err(err)
+    }
+
+    /// Removes an id.
+    pub fn remove(&self, id: u64) -> Result<()> {
+        self.index.remove(id).map_err(err).map(|_| ())
+    }
+
+    /// The `k` nearest ids to `query` with their Euclidean distances, nearest first, leaving
+    /// out `exclude`.
+    pub fn search(&self, query: &[f32], k: usize, exclude: Option<u64>) -> Result<Vec<(u64, f32)>> {
+        let want = k + usize::from(exclude.is_some());
+        if want > self.index.expansion_search()
+            || self.index.expansion_search() != self.params.expansion_search.max(want)
+        {
+            self.index
+                .change_expansion_search(self.params.expansion_search.max(want));
+        }
+        let found = self.index.search(query, want).map_err(err)?;
+        Ok(found
+            .keys
+            .into_iter()
+            .zip(found.distances)
+            .filter(|(id, _)| Some(*id) != exclude)
+            .take(k)
+            .map(|(id, d)| (id, d.max(0.0).sqrt()))
+            .collect())
+    }
+
+    /// Bytes the index holds in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.index.memory_usage()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use data::ImageEntry;
+
+    fn gallery(n: usize) -> GalleryIndex {
+        let mut g = GalleryIndex::new("m", 8);
+        let mut state = 7u32;
+        for i in 0..n {
+            let mut row: Vec<f32> = (0..8)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    (state % 1000) as f32 / 1000.0 - 0.5
+                })
+                .collect();
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|v| *v /= norm);
+            let e = ImageEntry {
+                path: i.to_string().into(),
+                name: i.to_string(),
+                label: None,
+                distractor: false,
+            };
+            g.add(&e, i.to_string(), &row);
+        }
+        g
+    }
+
+    #[test]
+    fn finds_what_exact_search_finds_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = gallery(500);
+        let (ann, why) = AnnIndex::open(dir.path(), &g, AnnParams::default()).unwrap();
+        assert!(why.is_none());
+        let mut agree = 0;
+        for row in 0..50 {
+            let exact: Vec<u64> = g
+                .search(g.row(row), 10, None)
+                .iter()
+                .map(|h| g.entries[h.0].id)
+                .collect();
+            let approx: Vec<u64> = ann
+                .search(g.row(row), 10, None)
+                .unwrap()
+                .iter()
+                .map(|h| h.0)
+                .collect();
+            agree += approx.iter().filter(|id| exact.contains(id)).count();
+        }
+        assert!(agree >= 490, "recall {agree}/500");
+        // Reopened: read, not rebuilt; the same answers.
+        let (again, why) = AnnIndex::open(dir.path(), &g, AnnParams::default()).unwrap();
+        assert!(why.is_none());
+        assert_eq!(
+            again.search(g.row(3), 5, None).unwrap(),
+            ann.search(g.row(3), 5, None).unwrap()
+        );
+        // Excluding a query's own id.
+        let own = g.entries[3].id;
+        assert!(
+            ann.search(g.row(3), 5, Some(own))
+                .unwrap()
+                .iter()
+                .all(|h| h.0 != own)
+        );
+        // Add and remove in place.
+        let removed = g.entries[10].id;
+        ann.remove(removed).unwrap();
+        g.remove(removed);
+        assert!(
+            ann.search(g.row(9), 500, None)
+                .unwrap()
+                .iter()
+                .all(|h| h.0 != removed)
+        );
+        // An index that no longer covers the gallery's ids is rebuilt.
+        let (_, why) = AnnIndex::open(dir.path(), &g, AnnParams::default()).unwrap();
+        assert!(why.unwrap().contains("does not cover"));
+        // A damaged file is rebuilt.
+        let path = dir.path().join(ANN_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, why) = AnnIndex::open(dir.path(), &g, AnnParams::default()).unwrap();
+        assert!(why.unwrap().contains("checksum"));
+    }
+}
