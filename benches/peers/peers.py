@@ -59,7 +59,9 @@ def parse_args():
     p.add_argument("--folder", default=str(ROOT.parent / "shared/datasets/animals10/val/gallery"))
     p.add_argument("--seconds", type=float, default=3.0, help="each measurement runs at least this long")
     p.add_argument("--only", default="forward,train,folder,search",
-                   help="which measurements (comma-separated: forward, train, folder, search)")
+                   help="which measurements (comma-separated: forward, train, folder, search, hnsw)")
+    p.add_argument("--hnsw-sizes", default="100000",
+                   help="synthetic clustered gallery sizes for the HNSW comparison (--only hnsw)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--ours", help="read lookalike's figures from this JSON instead of running the binary")
     p.add_argument("--out", default=str(ROOT / "target" / "peers" / "results.json"))
@@ -343,6 +345,47 @@ def search(size, dim, seconds, threads, queries=100, k=10):
     return figures
 
 
+def hnsw(size, dim, threads):
+    """FAISS IndexHNSWFlat (M 16, efConstruction 128) on the vectors lookalike's `ann` benchmark
+    wrote, one query a call as lookalike measures it: lookalike's figures and FAISS's."""
+    import faiss
+    import numpy as np
+
+    dump = ROOT / "target" / "peers" / "hnsw"
+    cmd = ["cargo", "run", "--release", "-p", "benches", "--bin", "ann", "--",
+           "--sizes", str(size), "--dim", str(dim), "--dump", str(dump)]
+    print("lookalike:", " ".join(cmd), file=sys.stderr)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    folder = dump / f"synthetic-{size}"
+    base = np.fromfile(folder / "base.f32", dtype="<f4").reshape(-1, dim)
+    queries = np.fromfile(folder / "queries.f32", dtype="<f4").reshape(-1, dim)
+    ours = json.loads((folder / "ours.json").read_text())
+    faiss.omp_set_num_threads(threads)
+    exact = faiss.IndexFlatL2(dim)
+    exact.add(base)
+    _, truth = exact.search(queries, 10)
+    index = faiss.IndexHNSWFlat(dim, 16)
+    index.hnsw.efConstruction = 128
+    start = time.perf_counter()
+    index.add(base)
+    build = time.perf_counter() - start
+    rows = []
+    for figure in ours:
+        index.hnsw.efSearch = figure["ef"]
+        times, found = [], 0
+        for i in range(len(queries)):
+            t = time.perf_counter()
+            _, got = index.search(queries[i:i + 1], 10)
+            times.append(time.perf_counter() - t)
+            found += len(set(got[0]) & set(truth[i]))
+        p50 = sorted(times)[len(times) // 2]
+        recall = found / (10 * len(queries))
+        what = (f"HNSW search, {size} x {dim} clustered, ef {figure['ef']} (queries/s, one a call; "
+                f"recall@10 {figure['recall']:.4f} vs {recall:.4f}; build {figure['build_s']:.1f} s vs {build:.1f} s)")
+        rows.append((what, figure, "FAISS (IndexHNSWFlat)", 1.0 / p50))
+    return rows
+
+
 # --- report ---------------------------------------------------------------------------------
 
 def main():
@@ -389,6 +432,12 @@ def main():
         for peer, figure in search(size, args.dim, args.seconds, args.threads).items():
             rows.append((f"exact search, {size} x {args.dim}, 100 queries (queries/s)",
                          f"search/{size}x{args.dim}", peer, figure))
+
+    for size in [int(s) for s in args.hnsw_sizes.split(",") if s] if "hnsw" in only else []:
+        print(f"peers: hnsw {size}", file=sys.stderr)
+        for what, figure, peer, peer_figure in hnsw(size, args.dim, args.threads):
+            ours[figure["key"]] = figure
+            rows.append((what, figure["key"], peer, peer_figure))
 
     table = []
     for what, key, peer, figure in rows:

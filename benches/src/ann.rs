@@ -33,6 +33,21 @@ struct Cli {
     /// ef at search time (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "64,128")]
     ef: Vec<usize>,
+    /// Write each synthetic set's vectors (`base.f32`, `queries.f32`, raw little-endian) and
+    /// lookalike's figures (`ours.json`) under DIR/synthetic-N, for `peers.py --only hnsw`.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+}
+
+/// One measured ef: recall@10, median single-query latency, build seconds.
+#[derive(serde::Serialize)]
+struct Figure {
+    key: String,
+    ef: usize,
+    recall: f64,
+    p50_ms: f64,
+    per_second: f64,
+    build_s: f64,
 }
 
 /// `n` unit vectors around 1,000 cluster centres.
@@ -82,8 +97,9 @@ fn measure(
     queries: &[f32],
     efs: &[usize],
     table: &mut Table,
-) -> Result<()> {
+) -> Result<Vec<Figure>> {
     let dim = g.dim;
+    let mut figures = Vec::new();
     let began = Instant::now();
     let params = AnnParams::default();
     let ann = AnnIndex::build(g, params)?;
@@ -114,18 +130,28 @@ fn measure(
             ms.push(t.elapsed().as_secs_f64() * 1e3);
             found += hits.iter().filter(|h| want.contains(&h.0)).count();
         }
+        let recall = found as f64 / (10 * truth.len()) as f64;
+        let p50 = median(ms.clone());
+        figures.push(Figure {
+            key: format!("hnsw/{}x{dim}/{ef}", g.len()),
+            ef,
+            recall,
+            p50_ms: p50,
+            per_second: 1e3 / p50,
+            build_s: build,
+        });
         table.add_row([
             name.to_string(),
             g.len().to_string(),
             format!("{build:.1}"),
             format!("{:.0}", ann.memory_bytes() as f64 / (1 << 20) as f64),
             ef.to_string(),
-            format!("{:.4}", found as f64 / (10 * truth.len()) as f64),
-            format!("{:.3}", median(ms)),
+            format!("{recall:.4}"),
+            format!("{p50:.3}"),
             format!("{:.3}", median(exact_ms.clone())),
         ]);
     }
-    Ok(())
+    Ok(figures)
 }
 
 fn main() -> Result<()> {
@@ -143,9 +169,21 @@ fn main() -> Result<()> {
     ]);
     for &n in &cli.sizes {
         eprintln!("synthetic {n} × {}", cli.dim);
-        let g = gallery(&clustered(n, cli.dim, 1), cli.dim);
+        let base = clustered(n, cli.dim, 1);
         let q = clustered(cli.queries, cli.dim, 2);
-        measure("synthetic clustered", &g, &q, &cli.ef, &mut table)?;
+        let g = gallery(&base, cli.dim);
+        let figures = measure("synthetic clustered", &g, &q, &cli.ef, &mut table)?;
+        if let Some(dir) = &cli.dump {
+            let dir = dir.join(format!("synthetic-{n}"));
+            std::fs::create_dir_all(&dir)?;
+            let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            data::write_atomic(&dir.join("base.f32"), &raw(&base))?;
+            data::write_atomic(&dir.join("queries.f32"), &raw(&q))?;
+            data::write_atomic(
+                &dir.join("ours.json"),
+                &serde_json::to_vec_pretty(&figures)?,
+            )?;
+        }
     }
     for path in &cli.embeddings {
         let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
