@@ -396,7 +396,12 @@ def main():
     models = [m for m in args.models.split(",") if m]
     sizes = [int(s) for s in args.gallery_sizes.split(",") if s]
     ours = json.loads(pathlib.Path(args.ours).read_text()) if args.ours else None
-    ours = {m["key"]: m for m in ours} if ours else run_ours(args)
+    only = set(args.only.split(","))
+    if ours:
+        ours = {m["key"]: m for m in ours}
+    else:
+        # The HNSW comparison runs lookalike's `ann` binary itself.
+        ours = run_ours(args) if only - {"hnsw"} else {}
 
     import torch
 
@@ -405,7 +410,6 @@ def main():
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []  # (measurement, our key, peer, peer figure)
     batches = [1, 16, 64]
-    only = set(args.only.split(","))
     for name in models:
         print(f"peers: {name}", file=sys.stderr)
         note = weights_note(name)
