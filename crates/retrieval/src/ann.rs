@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-use crate::index::GalleryIndex;
+use crate::embed::EmbedOptions;
+use crate::embedder::Embedder;
+use crate::index::{GalleryIndex, SyncReport};
 
 /// The file an ANN index lives in, beside `index.safetensors`.
 pub const ANN_FILE: &str = "ann.usearch";
@@ -254,6 +256,34 @@ impl AnnIndex {
     pub fn memory_bytes(&self) -> usize {
         self.index.memory_usage()
     }
+}
+
+/// Brings the persisted index of `gallery` in `dir` up to date ([`GalleryIndex::sync`]) and,
+/// unless `exact`, opens its HNSW index; what had to be rebuilt is said on stderr. What `serve`
+/// and the commands' `--index` share.
+pub fn open_gallery(
+    dir: &Path,
+    gallery: (&Path, Option<&Path>),
+    embedder: &Embedder,
+    options: &EmbedOptions,
+    save_every: std::time::Duration,
+    exact: bool,
+) -> Result<(GalleryIndex, SyncReport, Option<AnnIndex>)> {
+    let (index, report) = GalleryIndex::sync(dir, gallery, embedder, options, save_every)
+        .with_context(|| format!("indexing {}", gallery.0.display()))?;
+    if let Some(why) = &report.discarded {
+        eprintln!("warning: {}: {why}", dir.display());
+    }
+    let ann = if exact {
+        None
+    } else {
+        let (ann, why) = AnnIndex::open(dir, &index, AnnParams::default())?;
+        if let Some(why) = why {
+            eprintln!("warning: {why}");
+        }
+        Some(ann)
+    };
+    Ok((index, report, ann))
 }
 
 #[cfg(test)]

@@ -116,8 +116,12 @@ impl Embedder {
             }
             sets.push(set);
         }
-        let weights: Vec<f32> = self.members.iter().map(|(_, w)| *w).collect();
-        Ok((join(&sets, &weights)?, skipped))
+        Ok((join(&sets, &self.weights())?, skipped))
+    }
+
+    /// The members' weights, in order.
+    fn weights(&self) -> Vec<f32> {
+        self.members.iter().map(|(_, w)| *w).collect()
     }
 
     /// The joined embedding's width.
@@ -137,8 +141,7 @@ impl Embedder {
                 EmbeddingSet::from_rows(&rows)
             })
             .collect();
-        let weights: Vec<f32> = self.members.iter().map(|(_, w)| *w).collect();
-        join(&sets, &weights)
+        join(&sets, &self.weights())
             .expect("members embed the same images")
             .values
     }

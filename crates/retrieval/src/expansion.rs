@@ -71,11 +71,6 @@ fn expand(
 }
 
 impl Expansion {
-    /// Whether it leaves queries and gallery as they are.
-    pub fn is_identity(&self) -> bool {
-        self.query_neighbours == 0 && self.database_neighbours == 0
-    }
-
     pub fn is_active(&self) -> bool {
         self.query_neighbours > 0 || self.database_neighbours > 0
     }

@@ -236,26 +236,25 @@ impl GalleryIndex {
     /// first, ties by name, leaving out `exclude`. Returns (row, distance).
     pub fn search(&self, query: &[f32], k: usize, exclude: Option<u64>) -> Vec<(usize, f32)> {
         let skip = exclude.and_then(|id| self.position(id));
-        let mut hits: Vec<(usize, f32)> = self
+        let mut distances: Vec<f32> = self
             .values
             .par_chunks_exact(self.dim.max(1))
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != skip)
-            .map(|(i, row)| {
-                let d: f32 = row.iter().zip(query).map(|(a, b)| (a - b) * (a - b)).sum();
-                (i, d)
-            })
+            .map(|row| row.iter().zip(query).map(|(a, b)| (a - b) * (a - b)).sum())
             .collect();
-        let by_distance = |a: &(usize, f32), b: &(usize, f32)| {
-            a.1.total_cmp(&b.1)
-                .then_with(|| self.entries[a.0].name.cmp(&self.entries[b.0].name))
+        // The excluded row goes last, and one more is ranked to make up for it.
+        let want = match skip {
+            Some(row) => {
+                distances[row] = f32::INFINITY;
+                if k > 0 { k + 1 } else { 0 }
+            }
+            None => k,
         };
-        if k > 0 && k < hits.len() {
-            hits.select_nth_unstable_by(k - 1, by_distance);
-            hits.truncate(k);
-        }
-        hits.sort_by(by_distance);
-        hits.into_iter().map(|(i, d)| (i, d.sqrt())).collect()
+        crate::rank::nearest(&distances, |i| self.entries[i].name.as_str(), want)
+            .into_iter()
+            .filter(|hit| Some(hit.index) != skip)
+            .take(if k > 0 { k } else { usize::MAX })
+            .map(|hit| (hit.index, hit.distance.sqrt()))
+            .collect()
     }
 
     /// Opens the index in `dir` (if any) and brings it up to date with `gallery` for
@@ -358,13 +357,10 @@ impl GalleryIndex {
         for chunk in to_embed.chunks(CHUNK) {
             let images: Vec<ImageEntry> = chunk.iter().map(|(e, _)| e.clone()).collect();
             let (set, skipped) = embedder.embed_entries(images, &quiet)?;
-            let mut rows = set.entries.iter().enumerate();
+            let mut rows = set.entries.iter().enumerate().peekable();
             for (entry, hash) in chunk {
                 // Files that failed to decode are absent from the set, in order.
-                if let Some((_, embedded)) = rows.clone().next()
-                    && embedded.path == entry.path
-                {
-                    let (row, _) = rows.next().expect("peeked");
+                if let Some((row, _)) = rows.next_if(|(_, embedded)| embedded.path == entry.path) {
                     index.add(entry, hash.clone(), set.row(row));
                     report.embedded += 1;
                 }

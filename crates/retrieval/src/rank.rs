@@ -67,13 +67,14 @@ fn squared_norms(rows: &[f32], dim: usize) -> Vec<f32> {
 pub fn top_k(distances: &[f32], n_gallery: usize, names: &[String], k: usize) -> Vec<Vec<Hit>> {
     distances
         .par_chunks_exact(n_gallery.max(1))
-        .map(|row| nearest(row, names, k))
+        .map(|row| nearest(row, |i| names[i].as_str(), k))
         .collect()
 }
 
-/// One query's `k` nearest. For a short list the k-th smallest distance is found on a plain
-/// copy of the row first, so only the rows at or below it (ties included) are compared by name.
-fn nearest(row: &[f32], names: &[String], k: usize) -> Vec<Hit> {
+/// One query's `k` nearest (all rows when `k` is 0 or past the row), ties broken by `name`.
+/// For a short list the k-th smallest distance is found on a plain copy of the row first, so
+/// only the rows at or below it (ties included) are compared by name.
+pub fn nearest<'a>(row: &[f32], name: impl Fn(usize) -> &'a str, k: usize) -> Vec<Hit> {
     let hit = |(index, &distance): (usize, &f32)| Hit { index, distance };
     let mut hits: Vec<Hit> = if k > 0 && k < row.len() {
         let mut copy = row.to_vec();
@@ -89,7 +90,7 @@ fn nearest(row: &[f32], names: &[String], k: usize) -> Vec<Hit> {
     hits.sort_by(|a, b| {
         a.distance
             .total_cmp(&b.distance)
-            .then_with(|| names[a.index].cmp(&names[b.index]))
+            .then_with(|| name(a.index).cmp(name(b.index)))
     });
     if k > 0 {
         hits.truncate(k);

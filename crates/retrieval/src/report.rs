@@ -23,11 +23,13 @@ const PALETTE: [&str; 12] = [
     "#bcbd22", "#17becf", "#393b79", "#637939",
 ];
 
-fn escape(s: &str) -> String {
+/// Escapes text for HTML, in element content and in quoted attributes alike.
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// A `THUMB`×`THUMB` thumbnail (aspect kept, letterboxed in grey); grey if the file is gone.

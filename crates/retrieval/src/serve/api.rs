@@ -15,6 +15,7 @@ use super::http::{Reply, Request, Target, multipart_file};
 use super::queue::Refused;
 use super::scoring::Verdict;
 use crate::index::IndexEntry;
+use crate::report::escape;
 use crate::submission::Submission;
 
 const PAGE: &str = include_str!("page.html");
@@ -95,8 +96,12 @@ fn parse_id(id: &str) -> Result<u64, Reply> {
         .map_err(|_| Reply::not_found(format!("image {id:?}")))
 }
 
+/// The entry of an id as written in the URL.
 fn entry(s: &Service, id: &str) -> Result<IndexEntry, Reply> {
-    let id = parse_id(id)?;
+    entry_by_id(s, parse_id(id)?)
+}
+
+fn entry_by_id(s: &Service, id: u64) -> Result<IndexEntry, Reply> {
     let index = s.index.read().expect("index lock");
     index
         .position(id)
@@ -179,7 +184,7 @@ fn embed(s: &Service, image: RgbImage) -> Result<Vec<f32>, Reply> {
     s.queue.embed(image).map_err(|refused| {
         let reason = match refused {
             Refused::Busy => "the embedding queue is full: retry shortly",
-            Refused::Stopped => "the service is stopping",
+            Refused::Stopped => "the embedding worker stopped",
         };
         Reply::error(503, reason).with_header("Retry-After", "1")
     })
@@ -351,14 +356,14 @@ fn add(s: &Service, request: &Request, target: &Target) -> Result<Reply, Reply> 
             .map_err(|e| Reply::error(500, format!("cannot index the image: {e:#}")))?;
     }
     save(s)?;
-    let entry = entry(s, &id.to_string())?;
+    let entry = entry_by_id(s, id)?;
     Ok(Reply::json(201, &entry_json(&entry)))
 }
 
 fn remove(s: &Service, id: &str) -> Result<Reply, Reply> {
     let id = parse_id(id)?;
     let _writer = s.writer.lock().expect("writer lock");
-    let entry = entry(s, &id.to_string())?;
+    let entry = entry_by_id(s, id)?;
     // The file is moved beside the index, not deleted: nothing removed is lost.
     if let Some(path) = s.gallery_file(&entry.name) {
         let removed = s.removed_dir();
@@ -525,15 +530,6 @@ fn submit(s: &Service, request: &Request) -> Result<Reply, Reply> {
         )),
         Err(e) => Err(Reply::error(500, format!("cannot record the score: {e:#}"))),
     }
-}
-
-/// Escapes text for HTML.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 fn leaderboard_page(s: &Service) -> Result<Reply, Reply> {

@@ -15,7 +15,7 @@ pub mod queue;
 pub mod scoring;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -60,7 +60,6 @@ pub struct Service {
     pub started: Instant,
     pub requests: AtomicU64,
     pub searches: AtomicU64,
-    stopping: AtomicBool,
 }
 
 impl Service {
@@ -86,7 +85,6 @@ impl Service {
             started: Instant::now(),
             requests: AtomicU64::new(0),
             searches: AtomicU64::new(0),
-            stopping: AtomicBool::new(false),
         })
     }
 
@@ -138,15 +136,6 @@ impl Running {
     pub fn wait(self) {
         let _ = self.acceptor.join();
     }
-
-    /// Stops accepting, lets open requests finish, then stops the embedding worker.
-    pub fn stop(self) {
-        self.service.stopping.store(true, Ordering::SeqCst);
-        // Wake the acceptor with a connection of our own.
-        let _ = std::net::TcpStream::connect(self.address);
-        let _ = self.acceptor.join();
-        self.service.queue.stop();
-    }
 }
 
 /// How long a connection may sit idle, or take to send a request, before it is closed.
@@ -166,9 +155,6 @@ pub fn start(service: Service, address: &str) -> Result<Running> {
         .name("accept".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                if inner.stopping.load(Ordering::SeqCst) {
-                    break;
-                }
                 let Ok(stream) = stream else { continue };
                 if open.load(Ordering::SeqCst) >= inner.settings.connections.max(1) {
                     refuse(stream, &refusing, inner.settings.max_body);
@@ -251,7 +237,7 @@ fn serve_connection(service: &Service, stream: std::net::TcpStream) {
     loop {
         match http::read_request(&mut reader, service.settings.max_body) {
             Ok(Some(request)) => {
-                let keep_alive = request.keep_alive && !service.stopping.load(Ordering::SeqCst);
+                let keep_alive = request.keep_alive;
                 let reply = api::handle(service, &request);
                 if reply.write(&mut writer, keep_alive).is_err() || !keep_alive {
                     return;

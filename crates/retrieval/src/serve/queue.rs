@@ -2,10 +2,9 @@
 //! in batches of whatever is waiting. The queue is bounded: past it, a request is refused at
 //! once (the service answers 503 with Retry-After) instead of piling up memory.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use image::RgbImage;
 
@@ -22,16 +21,15 @@ struct Job {
 pub enum Refused {
     /// The queue is full: try again shortly.
     Busy,
-    /// The worker stopped (the service is shutting down).
+    /// The worker is gone (it panicked): nothing will be embedded.
     Stopped,
 }
 
 /// A handle to the embedding worker; cheap to share between request threads.
 pub struct EmbedQueue {
-    sender: Mutex<Option<SyncSender<Job>>>,
+    sender: SyncSender<Job>,
     waiting: Arc<AtomicUsize>,
     capacity: usize,
-    worker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl EmbedQueue {
@@ -41,25 +39,22 @@ impl EmbedQueue {
         let (sender, receiver) = mpsc::sync_channel::<Job>(capacity.max(1));
         let waiting = Arc::new(AtomicUsize::new(0));
         let counter = waiting.clone();
-        let worker = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("embedding".into())
             .spawn(move || work(&embedder, &receiver, &counter, max_batch.max(1)))
             .expect("spawning the embedding worker");
         Self {
-            sender: Mutex::new(Some(sender)),
+            sender,
             waiting,
             capacity: capacity.max(1),
-            worker: Mutex::new(Some(worker)),
         }
     }
 
     /// Embeds one image, waiting for the worker; refused at once when the queue is full.
     pub fn embed(&self, image: RgbImage) -> Result<Vec<f32>, Refused> {
         let (reply, answer) = mpsc::channel();
-        let sender = self.sender.lock().expect("queue lock").clone();
-        let sender = sender.ok_or(Refused::Stopped)?;
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        match sender.try_send(Job { image, reply }) {
+        match self.sender.try_send(Job { image, reply }) {
             Ok(()) => answer.recv().map_err(|_| Refused::Stopped),
             Err(e) => {
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -78,14 +73,6 @@ impl EmbedQueue {
 
     pub fn capacity(&self) -> usize {
         self.capacity
-    }
-
-    /// Lets the worker finish what it holds, then stops it.
-    pub fn stop(&self) {
-        self.sender.lock().expect("queue lock").take();
-        if let Some(worker) = self.worker.lock().expect("queue lock").take() {
-            let _ = worker.join();
-        }
     }
 }
 

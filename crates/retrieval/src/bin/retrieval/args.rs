@@ -7,12 +7,11 @@ use anyhow::{Result, bail};
 use clap::Args;
 use data::DecodeError;
 use data::load::skipped_summary;
-use retrieval::ann::{AnnIndex, AnnParams};
+use retrieval::ann::{AnnIndex, open_gallery};
 use retrieval::embed::{EmbedOptions, EmbeddingSet};
 use retrieval::embedder::Embedder;
 use retrieval::evaluation::rank_sets;
 use retrieval::expansion::Expansion;
-use retrieval::index::GalleryIndex;
 use retrieval::rank::Hit;
 use retrieval::rerank::KReciprocal;
 
@@ -113,25 +112,14 @@ impl ModelArgs {
         eprint!("{}", skipped_summary(&query_skipped, q.len()));
         let (g, gallery_skipped, ann, gallery_ids) = match &self.index {
             Some(dir) => {
-                let (index, report) = GalleryIndex::sync(
+                let (index, report, ann) = open_gallery(
                     dir,
                     (gallery, labels.1),
                     embedder,
                     &options,
                     retrieval::index::SAVE_EVERY,
+                    self.exact,
                 )?;
-                if let Some(why) = &report.discarded {
-                    eprintln!("warning: {}: {why}", dir.display());
-                }
-                let ann = if self.exact {
-                    None
-                } else {
-                    let (ann, why) = AnnIndex::open(dir, &index, AnnParams::default())?;
-                    if let Some(why) = why {
-                        eprintln!("warning: {why}");
-                    }
-                    Some(ann)
-                };
                 let ids = index.entries.iter().map(|e| e.id).collect();
                 (index.to_set(gallery), report.skipped, ann, ids)
             }
@@ -150,7 +138,7 @@ impl ModelArgs {
         let expansion = self.expansion();
         // The HNSW index holds the gallery as embedded: expansions change it, so they rank
         // exactly.
-        let ann = ann.filter(|_| expansion.is_identity() && !self.rerank);
+        let ann = ann.filter(|_| !expansion.is_active() && !self.rerank);
         let (query, gallery) = expansion.apply(&q, &g, &embedder.device);
         Ok(Pair {
             query,

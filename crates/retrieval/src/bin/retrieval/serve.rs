@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use data::load::skipped_summary;
-use retrieval::ann::{AnnIndex, AnnParams};
+use retrieval::ann::open_gallery;
 use retrieval::embed::EmbedOptions;
 use retrieval::embedder::Embedder;
 use retrieval::index::GalleryIndex;
@@ -84,17 +84,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         batch_size: args.batch_size.max(1),
         ..EmbedOptions::default()
     };
-    let (index, report) = GalleryIndex::sync(
+    let (index, report, ann) = open_gallery(
         &index_dir,
         (&args.gallery, None),
         &embedder,
         &options,
         std::time::Duration::from_secs_f64(args.save_every.max(0.0)),
-    )
-    .with_context(|| format!("indexing {}", args.gallery.display()))?;
-    if let Some(why) = &report.discarded {
-        eprintln!("warning: {}: {why}", index_dir.display());
-    }
+        args.exact,
+    )?;
     eprint!("{}", skipped_summary(&report.skipped, index.len()));
     eprintln!(
         "index {}: {} images ({} kept, {} reused, {} embedded, {} dropped)",
@@ -105,15 +102,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         report.embedded,
         report.removed
     );
-    let ann = if args.exact {
-        None
-    } else {
-        let (ann, why) = AnnIndex::open(&index_dir, &index, AnnParams::default())?;
-        if let Some(why) = why {
-            eprintln!("warning: {why}");
-        }
-        Some(ann)
-    };
     let settings = Settings {
         gallery: args.gallery.clone(),
         index_dir,
