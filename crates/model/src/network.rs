@@ -175,11 +175,17 @@ impl Network {
     /// Writes `model.safetensors` and `model.json` into `dir`, each atomically.
     pub fn save_checkpoint(&self, dir: &Path, note: &str) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = dir.join(format!(".{WEIGHTS_FILE}.partial"));
-        let mut store = SafetensorsStore::from_file(&tmp);
+        // Serialised in memory and written by `write_atomic`, whose temporaries a later write
+        // removes once their process is gone: burn-store's own file saving strands two scratch
+        // files (its own and the safetensors crate's) when the process is killed mid-save.
+        let weights = dir.join(WEIGHTS_FILE);
+        let mut store = SafetensorsStore::from_bytes(None);
         self.save_into(&mut store)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join(WEIGHTS_FILE))?;
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", weights.display()))?;
+        let bytes = store
+            .get_bytes()
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", weights.display()))?;
+        write_atomic(&weights, &bytes)?;
         let meta = CheckpointMeta {
             backbone: self.kind.name(),
             embedding_dim: self.head_dim(),

@@ -129,6 +129,8 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
 
     // Resume, or start afresh: a fresh run owns its directory, so nothing of an earlier run
     // (its last/ checkpoint, best model or metrics rows) may be resumed from or mixed in.
+    // Temporaries of a run killed mid-write are dropped either way.
+    data::atomic::remove_stale_temporaries(out)?;
     let mut found = None;
     if resume {
         (learner, found) = checkpoint::restore(out, learner)?;
