@@ -33,8 +33,9 @@ REQUIREMENTS = pathlib.Path(__file__).resolve().parent / "requirements.txt"
 
 
 def ensure_venv():
-    """Re-runs this script inside target/peers-venv, making or updating it first."""
-    if pathlib.Path(sys.prefix).resolve() == VENV.resolve():
+    """Re-runs this script inside target/peers-venv, making or updating it first (not with
+    --here: a machine whose Python already has the peers, such as a GPU machine's PyTorch)."""
+    if "--here" in sys.argv or pathlib.Path(sys.prefix).resolve() == VENV.resolve():
         return
     python = VENV / "bin" / "python"
     if not python.exists():
@@ -66,6 +67,11 @@ def parse_args():
     p.add_argument("--ours", help="read lookalike's figures from this JSON instead of running the binary")
     p.add_argument("--out", default=str(ROOT / "target" / "peers" / "results.json"))
     p.add_argument("--markdown", help="also write the table as Markdown here")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: PyTorch on the GPU against lookalike's wgpu figures (--ours from "
+                        "`speed --device wgpu`); forward and train only, no ONNX Runtime")
+    p.add_argument("--here", action="store_true",
+                   help="use this Python's packages instead of target/peers-venv")
     return p.parse_args()
 
 
@@ -218,18 +224,32 @@ def embedding_network(name):
     return Embed(net), INPUT_SIDES[name]
 
 
-def torch_forward(name, batches, seconds, channels_last):
+def synchronised(step, device):
+    """`step`, then a wait for the device (a GPU queues work; a CPU step is done when it returns)."""
+    import torch
+
+    if device == "cpu":
+        return step
+
+    def run():
+        step()
+        torch.cuda.synchronize()
+
+    return run
+
+
+def torch_forward(name, batches, seconds, channels_last, device="cpu"):
     import torch
 
     net, side = embedding_network(name)
     net.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
+    net = net.to(device=device, memory_format=fmt)
     figures = {}
     for b in batches:
-        x = torch.randn(b, 3, side, side).to(memory_format=fmt)
+        x = torch.randn(b, 3, side, side).to(device=device, memory_format=fmt)
         with torch.inference_mode():
-            figures[b] = measure(b, lambda: net(x), seconds)
+            figures[b] = measure(b, synchronised(lambda: net(x), device), seconds)
     return figures
 
 
@@ -256,20 +276,21 @@ def onnx_forward(name, batches, seconds, threads, workdir):
     return figures
 
 
-def torch_train_step(name, batch, seconds, channels_last):
+def torch_train_step(name, batch, seconds, channels_last, device="cpu"):
     """Forward, backward of the same loss lookalike's step uses, AdamW over every parameter."""
     import torch
 
     net, side = embedding_network(name)
+    net = net.to(device)
     backbone = net.backbone
     feature_dim = FEATURE_DIMS[name]
-    head = torch.nn.Linear(feature_dim, 256)
+    head = torch.nn.Linear(feature_dim, 256).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     backbone.train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     backbone = backbone.to(memory_format=fmt)
-    x = torch.randn(batch, 3, side, side).to(memory_format=fmt)
+    x = torch.randn(batch, 3, side, side).to(device=device, memory_format=fmt)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -278,7 +299,7 @@ def torch_train_step(name, batch, seconds, channels_last):
         loss.backward()
         optimizer.step()
 
-    return measure(batch, step, seconds)
+    return measure(batch, synchronised(step, device), seconds)
 
 
 def torch_folder(name, folder, batch=32):
@@ -413,20 +434,25 @@ def main():
     for name in models:
         print(f"peers: {name}", file=sys.stderr)
         note = weights_note(name)
+        cuda = args.device == "cuda"
+        on = " (CUDA)" if cuda else ""
         if "forward" in only:
             peers = {
-                "PyTorch": torch_forward(name, batches, args.seconds, False),
-                "PyTorch (channels-last)": torch_forward(name, batches, args.seconds, True),
-                "ONNX Runtime": onnx_forward(name, batches, args.seconds, args.threads, workdir),
+                f"PyTorch{on}": torch_forward(name, batches, args.seconds, False, args.device),
+                f"PyTorch{on} (channels-last)":
+                    torch_forward(name, batches, args.seconds, True, args.device),
             }
+            if not cuda:
+                peers["ONNX Runtime"] = onnx_forward(name, batches, args.seconds, args.threads,
+                                                     workdir)
             for b in batches:
                 for peer, figures in peers.items():
                     rows.append((f"{name} embedding, batch {b}{note}",
                                  f"forward/{name}/{b}/folded", peer, figures[b]))
         if "train" in only:
-            for peer, cl in [("PyTorch", False), ("PyTorch (channels-last)", True)]:
+            for peer, cl in [(f"PyTorch{on}", False), (f"PyTorch{on} (channels-last)", True)]:
                 rows.append((f"{name} training step, batch 32{note}", f"train/{name}/32", peer,
-                             torch_train_step(name, 32, args.seconds, cl)))
+                             torch_train_step(name, 32, args.seconds, cl, args.device)))
         folder = torch_folder(name, args.folder) if "folder" in only else None
         if folder is not None:
             rows.append((f"{name} folder embedding (decode + resize + forward)",

@@ -54,6 +54,10 @@ struct Cli {
     /// to measure what `model::allocator::keep_freed_memory` gains.
     #[arg(long)]
     allocator_defaults: bool,
+    /// Where the networks run: cpu (flex) or wgpu (a build with `--features wgpu`). Forward
+    /// and training measurements wait for the device after every step.
+    #[arg(long, default_value = "cpu")]
+    device: model::device::DeviceKind,
     /// Write the figures as JSON here too.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -84,7 +88,7 @@ fn main() -> Result<()> {
     if !cli.allocator_defaults && !model::allocator::keep_freed_memory() {
         eprintln!("this allocator keeps its own policy for freed memory");
     }
-    let device = burn::prelude::Device::flex();
+    let device = cli.device.device()?;
     let min_time = Duration::from_secs_f64(cli.seconds);
     let wanted = |what: &str| cli.only.iter().any(|w| w == what);
     let mut rows: Vec<Measurement> = Vec::new();

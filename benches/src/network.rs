@@ -106,6 +106,8 @@ pub fn train_step(
             let mut grads = loss.backward();
             let g = GradientsParams::from_module(&mut grads, &model);
             model = optimizer.step(1e-4, model.clone(), g);
+            // A GPU queues the work: the step ends when the device has done it.
+            ad.sync().expect("device failed");
         },
     )
 }
