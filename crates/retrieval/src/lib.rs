@@ -14,6 +14,8 @@
 //! - [`index`]: a persisted gallery index (embeddings, content hashes, stable ids), kept up to
 //!   date with its folder.
 //! - [`ann`]: an HNSW index over a gallery index, persisted and updated in place.
+//! - [`milvus`]: a gallery in a Milvus collection (RESTful API v1), for galleries past one
+//!   machine.
 //! - [`serve`]: the search service: web page, JSON API, scoring server.
 //! - [`rank`]: exact nearest neighbours by batched matrix products, deterministic ties.
 //! - [`metrics`]: top-k accuracy, mAP@10, MAP@R, competition score, per-class figures.
@@ -33,6 +35,7 @@ pub mod evaluation;
 pub mod expansion;
 pub mod index;
 pub mod metrics;
+pub mod milvus;
 pub mod rank;
 pub mod report;
 pub mod rerank;

@@ -1,6 +1,7 @@
 //! What several commands share: the model and test-time options, query/gallery pairing,
 //! embedding a pair, and naming ranked hits.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
@@ -12,6 +13,7 @@ use retrieval::embed::{EmbedOptions, EmbeddingSet};
 use retrieval::embedder::Embedder;
 use retrieval::evaluation::rank_sets;
 use retrieval::expansion::Expansion;
+use retrieval::milvus::{self, Collection, MilvusUrl};
 use retrieval::rank::Hit;
 use retrieval::rerank::KReciprocal;
 
@@ -56,11 +58,14 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 0.3)]
     pub rerank_lambda: f32,
     /// Keep the gallery's embeddings in a persisted index in DIR, updated in place (only new
-    /// or changed files are embedded), and rank by its HNSW index. `evaluate`, which scores
-    /// whole rankings, and the test-time options (--qe, --dba, --rerank) rank exactly.
+    /// or changed files are embedded), and rank by its HNSW index; or, given
+    /// milvus://HOST:PORT/COLLECTION, mirror the gallery into that Milvus collection (missing
+    /// files inserted, gone or changed ones deleted) and rank by Milvus' search. `evaluate`,
+    /// which scores whole rankings, and the test-time options (--qe, --dba, --rerank) rank
+    /// exactly.
     #[arg(long)]
-    pub index: Option<PathBuf>,
-    /// With --index: rank exactly instead of by the HNSW index.
+    pub index: Option<IndexArg>,
+    /// With --index: rank exactly instead of by the HNSW index or Milvus.
     #[arg(long)]
     pub exact: bool,
 }
@@ -110,8 +115,21 @@ impl ModelArgs {
         let options = self.options(quiet);
         let (q, query_skipped) = embedder.embed_folder(query, labels.0, &options)?;
         eprint!("{}", skipped_summary(&query_skipped, q.len()));
-        let (g, gallery_skipped, ann, gallery_ids) = match &self.index {
-            Some(dir) => {
+        let (g, gallery_skipped, ann) = match &self.index {
+            Some(IndexArg::Milvus(url)) => {
+                let (g, skipped) = embedder.embed_folder(gallery, labels.1, &options)?;
+                let collection = Collection::open(url, &model_id(embedder, &options), g.dim)?;
+                let report = milvus::mirror(&collection, &g)?;
+                if !quiet {
+                    eprintln!("{url}: {report}");
+                }
+                (
+                    g,
+                    skipped,
+                    (!self.exact).then_some(Approximate::Milvus(collection)),
+                )
+            }
+            Some(IndexArg::Dir(dir)) => {
                 let (index, report, ann) = open_gallery(
                     dir,
                     (gallery, labels.1),
@@ -121,11 +139,12 @@ impl ModelArgs {
                     self.exact,
                 )?;
                 let ids = index.entries.iter().map(|e| e.id).collect();
-                (index.to_set(gallery), report.skipped, ann, ids)
+                let ann = ann.map(|index| Approximate::Hnsw { index, ids });
+                (index.to_set(gallery), report.skipped, ann)
             }
             None => {
                 let (g, skipped) = embedder.embed_folder(gallery, labels.1, &options)?;
-                (g, skipped, None, Vec::new())
+                (g, skipped, None)
             }
         };
         eprint!("{}", skipped_summary(&gallery_skipped, g.len()));
@@ -136,8 +155,8 @@ impl ModelArgs {
             bail!("{}: no readable gallery image", gallery.display());
         }
         let expansion = self.expansion();
-        // The HNSW index holds the gallery as embedded: expansions change it, so they rank
-        // exactly.
+        // The HNSW index and Milvus hold the gallery as embedded: expansions change it, so
+        // they rank exactly.
         let ann = ann.filter(|_| !expansion.is_active() && !self.rerank);
         let (query, gallery) = expansion.apply(&q, &g, &embedder.device);
         Ok(Pair {
@@ -146,7 +165,6 @@ impl ModelArgs {
             query_skipped,
             gallery_skipped,
             ann,
-            gallery_ids,
         })
     }
 
@@ -162,7 +180,7 @@ impl ModelArgs {
         let embedder = self.embedder()?;
         let pair = self.embed_pair(&embedder, query, gallery, (None, None), quiet)?;
         let rankings = match &pair.ann {
-            Some(ann) => ann_rankings(ann, &pair, k)?,
+            Some(ann) => approximate_rankings(ann, &pair, k)?,
             None => rank_sets(
                 &pair.query,
                 &pair.gallery,
@@ -175,29 +193,51 @@ impl ModelArgs {
     }
 }
 
-/// Each query's `k` nearest gallery rows by the HNSW index (squared distances, as exact
-/// ranking gives them). The index's keys are the gallery index's ids, in the order of its rows.
-fn ann_rankings(ann: &AnnIndex, pair: &Pair, k: usize) -> Result<Vec<Vec<Hit>>> {
-    let rows: std::collections::HashMap<u64, usize> = pair
-        .gallery_ids
-        .iter()
-        .enumerate()
-        .map(|(row, id)| (*id, row))
-        .collect();
-    (0..pair.query.len())
-        .map(|i| {
-            Ok(ann
-                .search(pair.query.row(i), k.min(pair.gallery.len()), None)?
-                .into_iter()
-                .filter_map(|(id, d)| {
-                    rows.get(&id).map(|&index| Hit {
-                        index,
-                        distance: d * d,
-                    })
+/// Each query's `k` nearest gallery rows by the HNSW index or Milvus (squared distances, as
+/// exact ranking gives them).
+fn approximate_rankings(ann: &Approximate, pair: &Pair, k: usize) -> Result<Vec<Vec<Hit>>> {
+    let k = k.min(pair.gallery.len());
+    match ann {
+        Approximate::Hnsw { index, ids } => {
+            let rows: HashMap<u64, usize> =
+                ids.iter().enumerate().map(|(row, id)| (*id, row)).collect();
+            (0..pair.query.len())
+                .map(|i| {
+                    Ok(index
+                        .search(pair.query.row(i), k, None)?
+                        .into_iter()
+                        .filter_map(|(id, d)| {
+                            rows.get(&id).map(|&index| Hit {
+                                index,
+                                distance: d * d,
+                            })
+                        })
+                        .collect())
                 })
-                .collect())
-        })
-        .collect()
+                .collect()
+        }
+        Approximate::Milvus(collection) => {
+            let rows: HashMap<&str, usize> = pair
+                .gallery
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(row, e)| (e.name.as_str(), row))
+                .collect();
+            (0..pair.query.len())
+                .map(|i| {
+                    Ok(collection
+                        .search(pair.query.row(i), k)?
+                        .into_iter()
+                        .filter_map(|(name, distance)| {
+                            rows.get(name.as_str())
+                                .map(|&index| Hit { index, distance })
+                        })
+                        .collect())
+                })
+                .collect()
+        }
+    }
 }
 
 /// A query and a gallery folder embedded, with the files of each that could not be read.
@@ -206,10 +246,50 @@ pub struct Pair {
     pub gallery: EmbeddingSet,
     pub query_skipped: Vec<DecodeError>,
     pub gallery_skipped: Vec<DecodeError>,
-    /// The gallery's HNSW index, with `--index` (unless `--exact` or an expansion).
-    pub ann: Option<AnnIndex>,
-    /// The gallery index's id of each gallery row, with `--index`.
-    pub gallery_ids: Vec<u64>,
+    /// The gallery's HNSW index or Milvus collection, with `--index` (unless `--exact` or an
+    /// expansion).
+    pub ann: Option<Approximate>,
+}
+
+/// Where `--index` keeps the gallery: a folder (embeddings and an HNSW index) or a Milvus
+/// collection (`milvus://HOST:PORT/COLLECTION`).
+#[derive(Clone, Debug)]
+pub enum IndexArg {
+    Dir(PathBuf),
+    Milvus(MilvusUrl),
+}
+
+impl std::str::FromStr for IndexArg {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.starts_with("milvus://") {
+            Ok(IndexArg::Milvus(s.parse()?))
+        } else if s.contains("://") {
+            bail!("{s:?}: --index takes a folder or milvus://HOST:PORT/COLLECTION")
+        } else {
+            Ok(IndexArg::Dir(PathBuf::from(s)))
+        }
+    }
+}
+
+/// A ranking other than the exact one, over the gallery as embedded.
+pub enum Approximate {
+    /// The HNSW index, keyed by the gallery index's id of each gallery row, in row order.
+    Hnsw {
+        index: AnnIndex,
+        ids: Vec<u64>,
+    },
+    Milvus(Collection),
+}
+
+/// What a Milvus collection records as its model: the embedder, and whether images are
+/// averaged with their mirror images.
+pub fn model_id(embedder: &Embedder, options: &EmbedOptions) -> String {
+    if options.flip {
+        format!("{} flip", embedder.id())
+    } else {
+        embedder.id()
+    }
 }
 
 impl Pair {
