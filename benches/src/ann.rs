@@ -11,10 +11,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use retrieval::ann::{AnnIndex, AnnParams};
 use retrieval::index::GalleryIndex;
+use vectors::{clustered, gallery};
+
+mod vectors;
 
 #[derive(Parser)]
 #[command(name = "ann", about = "HNSW against exact search")]
@@ -48,40 +49,6 @@ struct Figure {
     p50_ms: f64,
     per_second: f64,
     build_s: f64,
-}
-
-/// `n` unit vectors around 1,000 cluster centres.
-fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut centres = ChaCha8Rng::seed_from_u64(99);
-    let centres: Vec<f32> = (0..1000 * dim)
-        .map(|_| centres.random::<f32>() - 0.5)
-        .collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = Vec::with_capacity(n * dim);
-    for _ in 0..n {
-        let c = rng.random_range(0..1000);
-        let mut v: Vec<f32> = (0..dim)
-            .map(|j| centres[c * dim + j] + 0.35 * (rng.random::<f32>() - 0.5))
-            .collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= norm);
-        out.extend(v);
-    }
-    out
-}
-
-fn gallery(rows: &[f32], dim: usize) -> GalleryIndex {
-    let mut g = GalleryIndex::new("bench", dim);
-    for (i, row) in rows.chunks_exact(dim).enumerate() {
-        let entry = data::ImageEntry {
-            path: PathBuf::new(),
-            name: format!("{i:09}"),
-            label: None,
-            distractor: false,
-        };
-        g.add(&entry, String::new(), row);
-    }
-    g
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

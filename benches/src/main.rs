@@ -1,7 +1,7 @@
 //! `speed`: lookalike's own speed and memory figures (issue 6). Per backbone: inference
 //! throughput at batch 1, 16 and 64, a training step, and end-to-end folder embedding
-//! (decode, preprocess, forward); then exact search latency on synthetic galleries. Prints a
-//! table and writes JSON. Peer figures (PyTorch, ONNX Runtime, FAISS) are not part of this
+//! (decode, preprocess, forward); then exact search latency on synthetic galleries, and the
+//! HNSW index's build time, memory and single-query speed. Prints a table and writes JSON. Peer figures (PyTorch, ONNX Runtime, FAISS) are not part of this
 //! binary; they come from a script run beside it.
 //!
 //! `cargo run --release -p benches -- --out benches/results.json`
@@ -10,6 +10,7 @@ mod memory;
 mod network;
 mod search;
 mod timing;
+mod vectors;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -39,14 +40,18 @@ struct Cli {
     /// Seconds each measurement runs at least.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Which measurements to run (comma-separated: forward, train, folder, search); handy
-    /// under a profiler.
+    /// Which measurements to run (comma-separated: forward, train, folder, search, hnsw);
+    /// handy under a profiler.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "forward,train,folder,search"
+        default_value = "forward,train,folder,search,hnsw"
     )]
     only: Vec<String>,
+    /// Gallery sizes for the HNSW build and search (comma-separated; a million takes about
+    /// ten minutes to build on 2 cores, see the `ann` binary).
+    #[arg(long, value_delimiter = ',', default_value = "100000")]
+    hnsw_sizes: Vec<usize>,
     /// Batch sizes for the forward measurements (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     batches: Vec<usize>,
@@ -127,6 +132,11 @@ fn main() -> Result<()> {
     if wanted("search") {
         for &size in &cli.gallery_sizes {
             rows.push(search::exact(size, cli.dim, 100, min_time, &device));
+        }
+    }
+    if wanted("hnsw") {
+        for &size in &cli.hnsw_sizes {
+            rows.extend(search::hnsw(size, cli.dim, 500, min_time));
         }
     }
     let mut table = Table::new();

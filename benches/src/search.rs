@@ -46,3 +46,55 @@ pub fn exact(
         },
     )
 }
+
+/// The HNSW index (`retrieval::ann`, default parameters) on `size` clustered unit vectors of
+/// width `dim`: one row for its build (vectors a second, build time, peak resident memory of
+/// the build, the index's own size in the label) and one for single-query search (queries a
+/// second, with recall@10 against exact search in the label).
+pub fn hnsw(size: usize, dim: usize, queries: usize, min_time: Duration) -> Vec<Measurement> {
+    use retrieval::ann::{AnnIndex, AnnParams};
+
+    let base = crate::vectors::clustered(size, dim, 1);
+    let query = crate::vectors::clustered(queries, dim, 2);
+    let gallery = crate::vectors::gallery(&base, dim);
+    drop(base);
+    crate::memory::reset_peak();
+    let start = std::time::Instant::now();
+    let index = AnnIndex::build(&gallery, AnnParams::default()).expect("HNSW build");
+    let seconds = start.elapsed().as_secs_f64();
+    let build = Measurement {
+        key: format!("hnsw-build/{size}x{dim}"),
+        what: format!(
+            "HNSW build, {size} x {dim} clustered (vectors/s; index {:.0} MiB)",
+            index.memory_bytes() as f64 / (1 << 20) as f64
+        ),
+        per_second: size as f64 / seconds,
+        step_ms: seconds * 1e3,
+        peak_mib: crate::memory::peak_mib(),
+    };
+    let mut found = 0;
+    for q in query.chunks_exact(dim) {
+        let want: Vec<u64> = gallery
+            .search(q, 10, None)
+            .iter()
+            .map(|h| gallery.entries[h.0].id)
+            .collect();
+        let hits = index.search(q, 10, None).expect("HNSW search");
+        found += hits.iter().filter(|h| want.contains(&h.0)).count();
+    }
+    let recall = found as f64 / (10 * queries) as f64;
+    let search = measure(
+        format!("hnsw/{size}x{dim}"),
+        format!("HNSW search, {size} x {dim}, one query a call (recall@10 {recall:.3})"),
+        queries,
+        1,
+        1,
+        min_time,
+        || {
+            for q in query.chunks_exact(dim) {
+                let _ = index.search(q, 10, None).expect("HNSW search");
+            }
+        },
+    );
+    vec![build, search]
+}
