@@ -374,7 +374,8 @@ def hnsw(size, dim, threads):
 
     dump = ROOT / "target" / "peers" / "hnsw"
     cmd = ["cargo", "run", "--release", "-p", "benches", "--bin", "ann", "--",
-           "--sizes", str(size), "--dim", str(dim), "--dump", str(dump)]
+           "--sizes", str(size), "--dim", str(dim), "--dump", str(dump),
+           "--vectors", "f32,f16", "--ef", "32,64,128"]
     print("lookalike:", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, cwd=ROOT, check=True)
     folder = dump / f"synthetic-{size}"
@@ -401,7 +402,8 @@ def hnsw(size, dim, threads):
             found += len(set(got[0]) & set(truth[i]))
         p50 = sorted(times)[len(times) // 2]
         recall = found / (10 * len(queries))
-        what = (f"HNSW search, {size} x {dim} clustered, ef {figure['ef']} (queries/s, one a call; "
+        what = (f"HNSW search, {size} x {dim} clustered, {figure.get('vectors', 'f32')} vectors, "
+                f"ef {figure['ef']} (queries/s, one a call; "
                 f"recall@10 {figure['recall']:.4f} vs {recall:.4f}; build {figure['build_s']:.1f} s vs {build:.1f} s)")
         rows.append((what, figure, "FAISS (IndexHNSWFlat)", 1.0 / p50))
     return rows

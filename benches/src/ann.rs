@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use retrieval::ann::{AnnIndex, AnnParams};
+use retrieval::ann::{AnnIndex, AnnParams, Stored};
 use retrieval::index::GalleryIndex;
 use vectors::{clustered, gallery};
 
@@ -34,6 +34,9 @@ struct Cli {
     /// ef at search time (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "64,128")]
     ef: Vec<usize>,
+    /// Stored forms of the vectors to measure (comma-separated: f32, f16, i8).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    vectors: Vec<retrieval::ann::Stored>,
     /// Write each synthetic set's vectors (`base.f32`, `queries.f32`, raw little-endian) and
     /// lookalike's figures (`ours.json`) under DIR/synthetic-N, for `peers.py --only hnsw`.
     #[arg(long)]
@@ -44,6 +47,8 @@ struct Cli {
 #[derive(serde::Serialize)]
 struct Figure {
     key: String,
+    /// The stored form of the vectors: f32, f16, i8.
+    vectors: String,
     ef: usize,
     recall: f64,
     p50_ms: f64,
@@ -63,12 +68,21 @@ fn measure(
     g: &GalleryIndex,
     queries: &[f32],
     efs: &[usize],
+    vectors: Stored,
     table: &mut Table,
 ) -> Result<Vec<Figure>> {
     let dim = g.dim;
     let mut figures = Vec::new();
     let began = Instant::now();
-    let params = AnnParams::default();
+    let params = AnnParams {
+        vectors,
+        ..AnnParams::default()
+    };
+    // f32 keeps the plain key `peers.py` matches FAISS's figures on.
+    let form = match vectors {
+        Stored::F32 => String::new(),
+        other => format!("-{}", format!("{other:?}").to_lowercase()),
+    };
     let ann = AnnIndex::build(g, params)?;
     let build = began.elapsed().as_secs_f64();
     let mut exact_ms = Vec::new();
@@ -100,7 +114,8 @@ fn measure(
         let recall = found as f64 / (10 * truth.len()) as f64;
         let p50 = median(ms.clone());
         figures.push(Figure {
-            key: format!("hnsw/{}x{dim}/{ef}", g.len()),
+            key: format!("hnsw{form}/{}x{dim}/{ef}", g.len()),
+            vectors: format!("{vectors:?}").to_lowercase(),
             ef,
             recall,
             p50_ms: p50,
@@ -108,7 +123,7 @@ fn measure(
             build_s: build,
         });
         table.add_row([
-            name.to_string(),
+            format!("{name} ({vectors:?})"),
             g.len().to_string(),
             format!("{build:.1}"),
             format!("{:.0}", ann.memory_bytes() as f64 / (1 << 20) as f64),
@@ -139,7 +154,17 @@ fn main() -> Result<()> {
         let base = clustered(n, cli.dim, 1);
         let q = clustered(cli.queries, cli.dim, 2);
         let g = gallery(&base, cli.dim);
-        let figures = measure("synthetic clustered", &g, &q, &cli.ef, &mut table)?;
+        let mut figures = Vec::new();
+        for &v in &cli.vectors {
+            figures.extend(measure(
+                "synthetic clustered",
+                &g,
+                &q,
+                &cli.ef,
+                v,
+                &mut table,
+            )?);
+        }
         if let Some(dir) = &cli.dump {
             let dir = dir.join(format!("synthetic-{n}"));
             std::fs::create_dir_all(&dir)?;
@@ -174,13 +199,10 @@ fn main() -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        measure(
-            &name,
-            &gallery(&gallery_rows, dim),
-            &query_rows,
-            &cli.ef,
-            &mut table,
-        )?;
+        let g = gallery(&gallery_rows, dim);
+        for &v in &cli.vectors {
+            measure(&name, &g, &query_rows, &cli.ef, v, &mut table)?;
+        }
     }
     println!("{table}");
     Ok(())

@@ -33,14 +33,46 @@ pub struct AnnParams {
     pub expansion_add: usize,
     /// Candidates kept while searching (ef); raised to k when k is larger.
     pub expansion_search: usize,
+    /// How the graph stores vectors (distances are computed on the stored form).
+    #[serde(default)]
+    pub vectors: Stored,
 }
 
+/// The stored form of the index's vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stored {
+    /// As embedded.
+    #[default]
+    F32,
+    /// Half precision: half the memory.
+    F16,
+    /// 8-bit integers (each component × 127): a quarter of the memory.
+    I8,
+}
+
+impl std::str::FromStr for Stored {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Stored::F32),
+            "f16" => Ok(Stored::F16),
+            "i8" => Ok(Stored::I8),
+            other => bail!("vectors {other:?}: f32, f16 or i8"),
+        }
+    }
+}
+
+/// The defaults: half-precision vectors (half the memory, 1.6 times the queries a second of
+/// f32 at 100,000 vectors, recall@10 1.000 on the real galleries measured) and ef 192, which
+/// keeps recall@10 at 0.96 on a million vectors under 1 ms a query (docs/serving.md).
 impl Default for AnnParams {
     fn default() -> Self {
         Self {
             connectivity: 16,
             expansion_add: 128,
-            expansion_search: 64,
+            expansion_search: 192,
+            vectors: Stored::F16,
         }
     }
 }
@@ -52,6 +84,8 @@ struct Header {
     dim: usize,
     connectivity: usize,
     expansion_add: usize,
+    #[serde(default)]
+    vectors: Stored,
     /// sha256 of the sorted ids the index holds.
     ids: String,
     /// sha256 of the serialised index that follows the header.
@@ -85,7 +119,11 @@ impl AnnIndex {
         let options = IndexOptions {
             dimensions: dim,
             metric: MetricKind::L2sq,
-            quantization: ScalarKind::F32,
+            quantization: match params.vectors {
+                Stored::F32 => ScalarKind::F32,
+                Stored::F16 => ScalarKind::F16,
+                Stored::I8 => ScalarKind::I8,
+            },
             connectivity: params.connectivity,
             expansion_add: params.expansion_add,
             expansion_search: params.expansion_search,
@@ -149,8 +187,8 @@ impl AnnIndex {
         if header.model != gallery.model || header.dim != gallery.dim {
             bail!("built for another model");
         }
-        if (header.connectivity, header.expansion_add)
-            != (params.connectivity, params.expansion_add)
+        if (header.connectivity, header.expansion_add, header.vectors)
+            != (params.connectivity, params.expansion_add, params.vectors)
         {
             bail!("built with other parameters");
         }
@@ -182,6 +220,7 @@ impl AnnIndex {
             dim: self.dim,
             connectivity: self.params.connectivity,
             expansion_add: self.params.expansion_add,
+            vectors: self.params.vectors,
             ids: ids_digest(gallery),
             body: hex::encode(Sha256::digest(&body)),
         })?;
