@@ -292,8 +292,7 @@ impl GalleryIndex {
         let hashed: Vec<Result<String, DecodeError>> = listed
             .par_iter()
             .map(|entry| {
-                let hash = data::decode::read_file(&entry.path)
-                    .map(|bytes| hex::encode(Sha256::digest(&bytes)));
+                let hash = file_hash(&entry.path);
                 bar.inc(1);
                 hash
             })
@@ -407,6 +406,12 @@ impl GalleryIndex {
         )));
         crate::cache::cache_dir().join("index").join(&key[..16])
     }
+}
+
+/// The hex sha256 of a file's bytes: the content key of the gallery index and of a Milvus
+/// collection's entries.
+pub fn file_hash(path: &Path) -> Result<String, DecodeError> {
+    data::decode::read_file(path).map(|bytes| hex::encode(Sha256::digest(&bytes)))
 }
 
 #[cfg(test)]

@@ -18,17 +18,17 @@
 //! change is visible, so a search right after an ingest sees it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use data::{DecodeError, ImageEntry};
+use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::embed::{EmbedOptions, EmbeddingSet};
 use crate::embedder::Embedder;
+use crate::index::file_hash;
 
 /// Rows per insert request and hashes per lookup query.
 const BATCH: usize = 256;
@@ -417,11 +417,6 @@ fn parse_ids(v: &Value) -> Result<Vec<i64>> {
         .collect()
 }
 
-/// The hex sha256 of a file's bytes.
-pub fn file_hash(path: &Path) -> Result<String, DecodeError> {
-    data::decode::read_file(path).map(|bytes| hex::encode(Sha256::digest(&bytes)))
-}
-
 /// Streams images into the collection: a batch at a time, hashes the files, embeds only those
 /// whose name and content are not there yet, inserts them, and waits until they are
 /// searchable. Re-running it inserts nothing. Shows progress unless `options.quiet`.
@@ -440,8 +435,9 @@ pub fn ingest(
     };
     for batch in entries.chunks(BATCH) {
         let mut hashed = Vec::new();
-        for entry in batch {
-            match file_hash(&entry.path) {
+        let hashes: Vec<_> = batch.par_iter().map(|e| file_hash(&e.path)).collect();
+        for (entry, hash) in batch.iter().zip(hashes) {
+            match hash {
                 Ok(h) => hashed.push((entry.clone(), h)),
                 Err(e) => report.skipped.push(e),
             }

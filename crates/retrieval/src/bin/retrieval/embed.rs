@@ -77,6 +77,10 @@ impl std::str::FromStr for Output {
 
 pub fn run(args: EmbedArgs) -> Result<Outcome> {
     let embedder = args.model.embedder()?;
+    let (_, mut entries) = data::list_images(&args.images, None)?;
+    if let Some(shard) = args.shard {
+        entries = shard.take(entries);
+    }
     let out = match &args.out {
         Output::File(path) => path,
         Output::Milvus(url) => {
@@ -86,10 +90,6 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
                 &model_id(&embedder, &options),
                 embedder.embedding_dim(),
             )?;
-            let (_, mut entries) = data::list_images(&args.images, None)?;
-            if let Some(shard) = args.shard {
-                entries = shard.take(entries);
-            }
             let report = milvus::ingest(&collection, entries, &embedder, &options)?;
             let stored = report.inserted + report.present;
             eprint!("{}", data::load::skipped_summary(&report.skipped, stored));
@@ -97,10 +97,6 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
             return Ok(Outcome::of(report.skipped.is_empty()));
         }
     };
-    let (_, mut entries) = data::list_images(&args.images, None)?;
-    if let Some(shard) = args.shard {
-        entries = shard.take(entries);
-    }
     let (set, skipped) = embedder
         .embed_entries(entries, &args.model.options(false))
         .with_context(|| format!("embedding {}", args.images.display()))?;
