@@ -44,6 +44,29 @@ pub fn find_last(out: &Path) -> Option<PathBuf> {
         .find(|d| d.join("state.json").is_file())
 }
 
+/// Finishes a swap that a killed run left half done: a complete `last/` makes `last.old/` and
+/// `last.partial/` stale; without one, a complete `last.old/` becomes `last/` again.
+pub fn tidy(out: &Path) -> Result<()> {
+    let (last, old, partial) = (
+        last_dir(out),
+        out.join("last.old"),
+        out.join("last.partial"),
+    );
+    if !last.join("state.json").is_file() && old.join("state.json").is_file() {
+        if last.exists() {
+            std::fs::remove_dir_all(&last)?;
+        }
+        std::fs::rename(&old, &last)?;
+    }
+    for stale in [old, partial] {
+        if stale.exists() {
+            std::fs::remove_dir_all(&stale)
+                .with_context(|| format!("cannot remove {}", stale.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes a checkpoint by filling `last.partial/` with `fill` and swapping it in.
 pub fn write_last(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let partial = out.join("last.partial");
@@ -155,4 +178,40 @@ pub fn restore(out: &Path, mut learner: Learner) -> Result<(Learner, Option<Trai
     learner.opt_head = load_opt(learner.opt_head, "optim_head.bpk")?;
     learner.opt_loss = load_opt(learner.opt_loss, "optim_loss.bpk")?;
     Ok((learner, Some(state)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(dir: &Path, epoch: usize) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join("state.json"),
+            format!("{{\"epoch\": {epoch}, \"step\": 0}}"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn tidy_finishes_an_interrupted_swap() {
+        // Killed after the new last/ was in place: the old one and a stray partial go.
+        let out = tempfile::tempdir().unwrap();
+        checkpoint(&out.path().join("last"), 2);
+        checkpoint(&out.path().join("last.old"), 1);
+        std::fs::create_dir_all(out.path().join("last.partial")).unwrap();
+        tidy(out.path()).unwrap();
+        assert_eq!(read_state(&out.path().join("last")).unwrap().epoch, 2);
+        assert!(!out.path().join("last.old").exists());
+        assert!(!out.path().join("last.partial").exists());
+
+        // Killed between the two renames: last.old becomes last/ again.
+        let out = tempfile::tempdir().unwrap();
+        checkpoint(&out.path().join("last.old"), 1);
+        checkpoint(&out.path().join("last.partial"), 2);
+        tidy(out.path()).unwrap();
+        assert_eq!(read_state(&out.path().join("last")).unwrap().epoch, 1);
+        assert!(!out.path().join("last.old").exists());
+        assert!(!out.path().join("last.partial").exists());
+    }
 }

@@ -129,8 +129,10 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
 
     // Resume, or start afresh: a fresh run owns its directory, so nothing of an earlier run
     // (its last/ checkpoint, best model or metrics rows) may be resumed from or mixed in.
-    // Temporaries of a run killed mid-write are dropped either way.
+    // Temporaries of a run killed mid-write are dropped, and a half-done checkpoint swap is
+    // finished, either way.
     data::atomic::remove_stale_temporaries(out)?;
+    checkpoint::tidy(out)?;
     let mut found = None;
     if resume {
         (learner, found) = checkpoint::restore(out, learner)?;
