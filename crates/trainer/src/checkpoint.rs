@@ -6,7 +6,8 @@
 //! <out_dir>/model.json         the best model so far (usable as --model)
 //! <out_dir>/model.safetensors
 //! <out_dir>/last/              everything --resume needs: weights with their parameter ids,
-//!                              optimiser states, the epoch and step counters
+//!                              optimiser states, the epoch and step counters, and with
+//!                              `soup_from_epoch` the running mean of the weights
 //! ```
 //!
 //! `last/` is written to `last.partial/` and swapped in by renames, so a run killed while
@@ -30,6 +31,9 @@ pub struct TrainState {
     pub step: usize,
     /// Best selection value so far and its epoch.
     pub best: Option<(f64, usize)>,
+    /// Epochs averaged in `soup.bpk` (`soup_from_epoch`); 0 when there is none.
+    #[serde(default)]
+    pub soup: usize,
 }
 
 pub fn last_dir(out: &Path) -> PathBuf {
@@ -134,6 +138,9 @@ pub fn save(out: &Path, learner: &Learner, state: &TrainState) -> Result<()> {
         if let Some(a) = &learner.arcface {
             a.clone().save_file(dir.join("loss.bpk")).map_err(err)?;
         }
+        if let Some((soup, _)) = &learner.soup {
+            soup.clone().save_file(dir.join("soup.bpk")).map_err(err)?;
+        }
         for (o, name) in [
             (&learner.opt_backbone, "optim_backbone.bpk"),
             (&learner.opt_head, "optim_head.bpk"),
@@ -177,6 +184,15 @@ pub fn restore(out: &Path, mut learner: Learner) -> Result<(Learner, Option<Trai
     learner.opt_backbone = load_opt(learner.opt_backbone, "optim_backbone.bpk")?;
     learner.opt_head = load_opt(learner.opt_head, "optim_head.bpk")?;
     learner.opt_loss = load_opt(learner.opt_loss, "optim_loss.bpk")?;
+    if state.soup > 0 {
+        let soup = learner
+            .model
+            .valid()
+            .try_load_file(dir.join("soup.bpk"))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+            .with_context(|| load_err("soup"))?;
+        learner.soup = Some((soup, state.soup));
+    }
     Ok((learner, Some(state)))
 }
 

@@ -251,6 +251,12 @@ pub struct TrainConfig {
     /// (1 − wise_ft) · pretrained`, backbone weight by weight (the head as trained); training
     /// goes on from the fine-tuned weights. Absent: the fine-tuned weights themselves.
     pub wise_ft: Option<f64>,
+    /// Checkpoint averaging (a uniform model soup of one run, Wortsman et al., ICML 2022;
+    /// stochastic weight averaging, Izmailov et al., UAI 2018): from this epoch on, the model
+    /// validated and saved is the mean of the weights at the end of every epoch since (epoch
+    /// `soup_from_epoch` counted from 1); training goes on from its own weights. Absent: each
+    /// epoch's weights themselves.
+    pub soup_from_epoch: Option<usize>,
     pub augment: AugmentConfig,
     pub seed: u64,
     pub out_dir: PathBuf,
@@ -287,6 +293,7 @@ impl Default for TrainConfig {
             freeze: FreezeConfig::default(),
             distill_weight: 0.0,
             wise_ft: None,
+            soup_from_epoch: None,
             augment: AugmentConfig::default(),
             seed: 17,
             out_dir: PathBuf::from("checkpoints/run"),
@@ -367,6 +374,14 @@ impl TrainConfig {
             && !(0.0..=1.0).contains(&a)
         {
             bail!("wise_ft must lie between 0 and 1 (got {a})");
+        }
+        if let Some(from) = self.soup_from_epoch
+            && !(1..=self.epochs).contains(&from)
+        {
+            bail!(
+                "soup_from_epoch must name an epoch of the run, 1 to {} (got {from})",
+                self.epochs
+            );
         }
         if self.wise_ft.is_some() && !self.pretrained {
             bail!("wise_ft blends with the pretrained weights: it needs pretrained = true");

@@ -22,6 +22,9 @@ pub struct Learner {
     pub opt_loss: Optimizer,
     /// The autodiff device everything trains on.
     pub device: Device,
+    /// With `soup_from_epoch`: the mean of the epoch-end weights so far, and how many epochs
+    /// it averages.
+    pub soup: Option<(Network, usize)>,
 }
 
 /// One training batch: views (and, for distillation, the same views as photos) with labels.
@@ -73,6 +76,7 @@ impl Learner {
             opt_head: config.optimizer.build(),
             opt_loss: config.optimizer.build(),
             device: ad.clone(),
+            soup: None,
         })
     }
 
@@ -148,6 +152,24 @@ impl Learner {
         Ok((self, value))
     }
 
+    /// Adds the weights at the end of `epoch` (counted from 1) to the soup when
+    /// `soup_from_epoch` says it has begun: the running mean of `n` epochs takes the new one
+    /// at weight 1/n.
+    pub fn add_to_soup(&mut self, config: &TrainConfig, epoch: usize) -> Result<()> {
+        if config.soup_from_epoch.is_none_or(|from| epoch < from) {
+            return Ok(());
+        }
+        let current = self.model.valid();
+        self.soup = Some(match self.soup.take() {
+            None => (current, 1),
+            Some((soup, n)) => (
+                model::interpolate::interpolate(current, &soup, 1.0 / (n + 1) as f64)?,
+                n + 1,
+            ),
+        });
+        Ok(())
+    }
+
     /// The model an epoch validates and saves: the fine-tuned weights, or with `wise_ft`
     /// their blend with the pretrained backbone.
     pub fn kept_model(
@@ -155,7 +177,10 @@ impl Learner {
         pretrained: Option<&Backbone>,
         config: &TrainConfig,
     ) -> Result<Network> {
-        let mut kept = self.model.valid();
+        let mut kept = match &self.soup {
+            Some((soup, _)) => soup.clone(),
+            None => self.model.valid(),
+        };
         if let (Some(alpha), Some(pre)) = (config.wise_ft, pretrained) {
             kept.backbone = model::interpolate::interpolate(kept.backbone, pre, alpha)?;
         }

@@ -246,6 +246,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
 
         // Validate the kept model, log, keep the best, save the state for --resume.
         let t2 = Instant::now();
+        learner.add_to_soup(config, epoch + 1)?;
         let kept = learner.kept_model(pretrained.as_ref(), config)?;
         // A loss can stay finite while the weights blow up: such an epoch is neither kept
         // nor saved for --resume.
@@ -269,12 +270,16 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
         };
         log.record(&record)?;
         state.epoch = epoch + 1;
+        state.soup = learner.soup.as_ref().map_or(0, |(_, n)| *n);
         if state.best.is_none_or(|(best, _)| record.selection > best) {
             state.best = Some((record.selection, epoch + 1));
-            let note = match config.wise_ft {
-                Some(a) => format!("{kind} epoch {}, WiSE-FT {a}", epoch + 1),
+            let mut note = match &learner.soup {
+                Some((_, n)) => format!("{kind} mean of epochs {} to {}", epoch + 2 - n, epoch + 1),
                 None => format!("{kind} epoch {}", epoch + 1),
             };
+            if let Some(a) = config.wise_ft {
+                note.push_str(&format!(", WiSE-FT {a}"));
+            }
             kept.save_checkpoint(out, &note)?;
         }
         checkpoint::save(out, &learner, &state)?;

@@ -284,6 +284,53 @@ fn smaller_training_views_and_wise_ft() {
     assert!(TrainConfig::parse(&text, &["wise_ft=1.5".into()]).is_err());
 }
 
+/// Checkpoint averaging: from `soup_from_epoch` on, the kept model is the mean of the
+/// epoch-end weights (its note says which), and a run stopped once the soup has begun resumes
+/// to the metrics of a straight run, so the running mean is saved and restored with `last/`.
+#[test]
+fn soup_of_epochs_resumes_to_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_data(tmp.path());
+    let config = |out: &Path, extra: &[&str]| {
+        let mut sets = vec!["soup_from_epoch=2".to_string()];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        TrainConfig::parse(&config_text(tmp.path(), out, 3), &sets).unwrap()
+    };
+    let straight = tmp.path().join("straight");
+    let outcome = trainer::training::train(&config(&straight, &[]), false, true).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("model.json")).unwrap())
+            .unwrap();
+    let kept = outcome.best.unwrap().1;
+    let expected = match kept {
+        1 => "epoch 1".to_string(),
+        e => format!("mean of epochs 2 to {e}"),
+    };
+    assert!(meta["note"].as_str().unwrap().contains(&expected), "{meta}");
+    let state = trainer::checkpoint::read_state(&straight.join("last")).unwrap();
+    assert_eq!((state.epoch, state.soup), (3, 2));
+
+    // Stopped at the end of epoch 2 (the soup holds one epoch), then resumed to the end.
+    let stopped = tmp.path().join("stopped");
+    let two_epochs = format!("max_steps={}", state.step / 3 * 2);
+    trainer::training::train(&config(&stopped, &[&two_epochs]), false, true).unwrap();
+    let state = trainer::checkpoint::read_state(&stopped.join("last")).unwrap();
+    assert_eq!((state.epoch, state.soup), (2, 1));
+    trainer::training::train(&config(&stopped, &[]), true, true).unwrap();
+    let rows = |out: &Path| -> Vec<Vec<String>> {
+        metrics_rows(out).iter().map(|r| comparable(r)).collect()
+    };
+    assert_eq!(rows(&straight).len(), 4);
+    assert_eq!(rows(&straight), rows(&stopped));
+    assert!(
+        TrainConfig::parse(
+            &config_text(tmp.path(), &straight, 3),
+            &["soup_from_epoch=4".into()]
+        )
+        .is_err()
+    );
+}
+
 /// A fresh run into the directory of an earlier one keeps nothing of it: one row an epoch in
 /// metrics.csv, and no checkpoint of the old run left for a --resume to continue.
 #[test]
