@@ -62,6 +62,7 @@ pub struct GalleryIndex {
     pub values: Vec<f32>,
     next_id: u64,
     rows_by_id: HashMap<u64, usize>,
+    rows_by_name: HashMap<String, usize>,
 }
 
 /// What [`GalleryIndex::sync`] did.
@@ -99,6 +100,7 @@ impl GalleryIndex {
             values: Vec::new(),
             next_id: 0,
             rows_by_id: HashMap::new(),
+            rows_by_name: HashMap::new(),
         }
     }
 
@@ -117,6 +119,11 @@ impl GalleryIndex {
     /// The row of an id.
     pub fn position(&self, id: u64) -> Option<usize> {
         self.rows_by_id.get(&id).copied()
+    }
+
+    /// The row of a name (path relative to the gallery).
+    pub fn position_of_name(&self, name: &str) -> Option<usize> {
+        self.rows_by_name.get(name).copied()
     }
 
     /// Reads `dir/index.safetensors`; `None` when there is none.
@@ -167,6 +174,7 @@ impl GalleryIndex {
             values,
             next_id: header.next_id,
             rows_by_id: HashMap::new(),
+            rows_by_name: HashMap::new(),
         };
         index.reindex();
         if index.rows_by_id.len() != index.entries.len()
@@ -204,6 +212,12 @@ impl GalleryIndex {
             .enumerate()
             .map(|(i, e)| (e.id, i))
             .collect();
+        self.rows_by_name = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
     }
 
     /// Appends an image with its embedding; returns its new id.
@@ -212,6 +226,8 @@ impl GalleryIndex {
         let id = self.next_id;
         self.next_id += 1;
         self.rows_by_id.insert(id, self.entries.len());
+        self.rows_by_name
+            .insert(image.name.clone(), self.entries.len());
         self.entries.push(IndexEntry {
             id,
             name: image.name.clone(),
@@ -327,6 +343,9 @@ impl GalleryIndex {
                 Some(&row) if old.entries[row].hash == hash => {
                     let kept = &old.entries[row];
                     index.rows_by_id.insert(kept.id, index.entries.len());
+                    index
+                        .rows_by_name
+                        .insert(kept.name.clone(), index.entries.len());
                     index.entries.push(IndexEntry {
                         label: entry.label.clone(),
                         distractor: entry.distractor,

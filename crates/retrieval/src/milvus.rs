@@ -497,17 +497,27 @@ fn rows_of<'a, H: AsRef<str>>(
 /// that are missing, deletes entries whose file is gone or changed and duplicates, then waits
 /// until searches see the result.
 pub fn mirror(collection: &Collection, set: &EmbeddingSet) -> Result<IngestReport> {
-    let mut report = IngestReport::default();
     let hashes: Vec<String> = set
         .entries
-        .iter()
+        .par_iter()
         .map(|e| file_hash(&e.path))
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow!("{e}"))?;
+    mirror_hashed(collection, set, &hashes)
+}
+
+/// [`mirror`] with the files' content hashes already known (a gallery index keeps them),
+/// `hashes[i]` for `set`'s row `i`.
+pub fn mirror_hashed(
+    collection: &Collection,
+    set: &EmbeddingSet,
+    hashes: &[String],
+) -> Result<IngestReport> {
+    let mut report = IngestReport::default();
     let wanted: HashMap<(&str, &str), usize> = set
         .entries
         .iter()
-        .zip(&hashes)
+        .zip(hashes)
         .enumerate()
         .map(|(i, (e, h))| ((e.name.as_str(), h.as_str()), i))
         .collect();
@@ -522,7 +532,7 @@ pub fn mirror(collection: &Collection, set: &EmbeddingSet) -> Result<IngestRepor
     report.present = kept.len();
     collection.delete(&stale)?;
     report.deleted = stale.len();
-    let rows = rows_of(set, &hashes, |i| !kept.contains(&i));
+    let rows = rows_of(set, hashes, |i| !kept.contains(&i));
     let inserted = collection.insert(&rows)?;
     report.inserted = inserted.len();
     collection.wait_visible(&inserted, true)?;

@@ -198,6 +198,114 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// `serve --milvus`: the collection mirrors the gallery index on start, searches go through
+/// it and agree with exact search, and an image added or removed through the API is added to
+/// or deleted from the collection.
+fn serve_through_milvus(
+    cache: &Path,
+    gallery: &Path,
+    query: &Path,
+    exact: &BTreeMap<String, Vec<String>>,
+    url: &str,
+) {
+    const TOKEN: &str = "milvus-token";
+    let index = cache.join("serve-index");
+    let log = cache.join("serve.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_retrieval"))
+        .env("LOOKALIKE_CACHE", cache)
+        .args(["serve", "-m", "mobilenet_v2", "--gallery"])
+        .arg(gallery)
+        .arg("--index")
+        .arg(&index)
+        .args(["--milvus", url, "--token", TOKEN, "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _child = Kill(child);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("no address in {line:?}: {}", log_text()))
+        .to_string();
+    assert!(log_text().contains("299 inserted"), "{}", log_text());
+    let collection = Collection::open(&url.parse().unwrap(), "mobilenet_v2", 1280).unwrap();
+    assert_eq!(collection.entries().unwrap().len(), 299);
+    let json = |r: Result<ureq::Response, ureq::Error>| -> (u16, Value) {
+        let r = match r {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        (r.status(), r.into_json().unwrap_or(Value::Null))
+    };
+    let (_, stats) = json(ureq::get(&format!("{base}/api/stats")).call());
+    assert_eq!(stats["search"], "milvus", "{stats}");
+
+    // The service's top-10 through Milvus is exact search's, query by query.
+    let names = |v: &Value| -> Vec<String> {
+        let mut n: Vec<String> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    let mut same = 0;
+    let checked: Vec<_> = exact.iter().take(10).collect();
+    for (q, want) in &checked {
+        let bytes = std::fs::read(query.join(q.as_str())).unwrap();
+        let (status, found) =
+            json(ureq::post(&format!("{base}/api/search?k=10")).send_bytes(&bytes));
+        assert_eq!(status, 200, "{found}");
+        let mut want = (*want).clone();
+        want.sort();
+        same += usize::from(names(&found) == want);
+    }
+    assert!(same >= 9, "{same} of {} queries agree", checked.len());
+
+    // Added through the API: in the collection and found first; removed: gone from both.
+    let bytes = std::fs::read(query.join(checked[0].0.as_str())).unwrap();
+    let (status, added) = json(
+        ureq::post(&format!("{base}/api/images?name=added.png&label=dog"))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .send_bytes(&bytes),
+    );
+    assert_eq!(status, 201, "{added}");
+    assert_eq!(collection.entries().unwrap().len(), 300);
+    let (_, found) = json(ureq::post(&format!("{base}/api/search?k=1")).send_bytes(&bytes));
+    assert_eq!(found["results"][0]["name"], "dog/added.png", "{found}");
+    let id = added["id"].as_u64().unwrap();
+    let (status, _) = json(
+        ureq::delete(&format!("{base}/api/images/{id}"))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .call(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(collection.entries().unwrap().len(), 299);
+    let (_, found) = json(ureq::post(&format!("{base}/api/search?k=10")).send_bytes(&bytes));
+    assert!(
+        !names(&found).contains(&"dog/added.png".to_string()),
+        "{found}"
+    );
+}
+
 /// Ingest the val gallery (streamed by `embed`, in two shards), re-ingest (nothing added), search through
 /// Milvus against exact search, remove a file (gone from the results), and the errors a user
 /// meets: another model on the collection, a server that is not there.
@@ -297,6 +405,14 @@ fn milvus_gallery_matches_exact_search() {
         text(&other).contains("val_mobilenet") && text(&other).contains("hsv_histogram"),
         "{}",
         text(&other)
+    );
+
+    serve_through_milvus(
+        &cache,
+        &gallery,
+        &query,
+        &exact_after,
+        &milvus.url("serve_mobilenet"),
     );
 
     // No server there: a clear error and a failing exit code.

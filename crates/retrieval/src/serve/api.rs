@@ -143,7 +143,7 @@ fn stats(s: &Service) -> Reply {
         "searches": s.searches.load(Ordering::Relaxed),
         "uptime_s": s.started.elapsed().as_secs(),
         "writes": s.settings.token.is_some(),
-        "search": if s.ann.is_some() { "hnsw" } else { "exact" },
+        "search": s.search_kind(),
         "scoring": s.scorer.as_ref().map(|sc| json!({"queries": sc.queries()})),
         "max_body": s.settings.max_body,
     }))
@@ -350,12 +350,23 @@ fn add(s: &Service, request: &Request, target: &Target) -> Result<Reply, Reply> 
         .index
         .write()
         .expect("index lock")
-        .add(&image_entry, hash, &row);
+        .add(&image_entry, hash.clone(), &row);
     if let Some(ann) = &s.ann {
         ann.add(id, &row)
             .map_err(|e| Reply::error(500, format!("cannot index the image: {e:#}")))?;
     }
     save(s)?;
+    if let Some(collection) = &s.milvus {
+        let written = collection
+            .insert(&[crate::milvus::Row {
+                name: &image_entry.name,
+                label: image_entry.label.as_deref(),
+                sha256: &hash,
+                vector: &row,
+            }])
+            .and_then(|ids| collection.wait_visible(&ids, true));
+        written.map_err(|e| milvus_error(&image_entry.name, e))?;
+    }
     let entry = entry_by_id(s, id)?;
     Ok(Reply::json(201, &entry_json(&entry)))
 }
@@ -383,7 +394,30 @@ fn remove(s: &Service, id: &str) -> Result<Reply, Reply> {
             .map_err(|e| Reply::error(500, format!("cannot unindex the image: {e:#}")))?;
     }
     save(s)?;
+    if let Some(collection) = &s.milvus {
+        let deleted = collection.with_hashes(&[&entry.hash]).and_then(|found| {
+            let ids: Vec<i64> = found
+                .into_iter()
+                .filter(|f| f.name == entry.name)
+                .map(|f| f.id)
+                .collect();
+            collection.delete(&ids)?;
+            collection.wait_visible(&ids, false)
+        });
+        deleted.map_err(|e| milvus_error(&entry.name, e))?;
+    }
     Ok(Reply::ok(&json!({ "removed": entry_json(&entry) })))
+}
+
+/// A write the gallery index took but Milvus did not: 502, naming the image; the service
+/// mirrors the collection again at its next start.
+fn milvus_error(name: &str, e: anyhow::Error) -> Reply {
+    Reply::error(
+        502,
+        format!(
+            "{name}: the gallery index has the change, the Milvus collection does not ({e:#}); it is brought in line at the next start"
+        ),
+    )
 }
 
 /// Saves the index (and the HNSW index beside it) after a write and marks it changed.

@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 
 use crate::ann::AnnIndex;
 use crate::index::GalleryIndex;
+use crate::milvus::Collection;
 use queue::EmbedQueue;
 use scoring::Scorer;
 
@@ -50,6 +51,9 @@ pub struct Service {
     pub index: RwLock<GalleryIndex>,
     /// The HNSW index over it; `None` ranks exactly (`--exact`).
     pub ann: Option<AnnIndex>,
+    /// A Milvus collection mirroring the gallery (`--milvus`): searches go to it, and
+    /// additions and removals are written to it too. It takes precedence over `ann`.
+    pub milvus: Option<Collection>,
     /// Bumped on every change of the index (keys the duplicate groups).
     pub version: AtomicU64,
     /// Held while a write (add, remove) changes the index and its files.
@@ -77,6 +81,7 @@ impl Service {
             root,
             index: RwLock::new(index),
             ann,
+            milvus: None,
             version: AtomicU64::new(0),
             writer: Mutex::new(()),
             queue,
@@ -86,6 +91,22 @@ impl Service {
             requests: AtomicU64::new(0),
             searches: AtomicU64::new(0),
         })
+    }
+
+    /// Searches, adds and removes through a Milvus collection that already mirrors the index
+    /// ([`crate::milvus::mirror_hashed`]).
+    pub fn with_milvus(mut self, collection: Collection) -> Self {
+        self.milvus = Some(collection);
+        self
+    }
+
+    /// How searches rank: `milvus`, `hnsw` or `exact`.
+    pub fn search_kind(&self) -> &'static str {
+        match (&self.milvus, &self.ann) {
+            (Some(_), _) => "milvus",
+            (None, Some(_)) => "hnsw",
+            (None, None) => "exact",
+        }
     }
 
     /// Where removed images are moved (nothing the service removes is lost).
@@ -107,6 +128,18 @@ impl Service {
         k: usize,
         exclude: Option<u64>,
     ) -> Result<Vec<(usize, f32)>> {
+        if let Some(collection) = &self.milvus {
+            let skip = exclude.and_then(|id| index.position(id));
+            let want = k + usize::from(skip.is_some());
+            return Ok(collection
+                .search(query, want)?
+                .into_iter()
+                .filter_map(|(name, d)| index.position_of_name(&name).map(|row| (row, d)))
+                .filter(|(row, _)| Some(*row) != skip)
+                .take(k)
+                .map(|(row, d)| (row, d.max(0.0).sqrt()))
+                .collect());
+        }
         match &self.ann {
             Some(ann) => Ok(ann
                 .search(query, k, exclude)?

@@ -11,6 +11,7 @@ use retrieval::ann::open_gallery;
 use retrieval::embed::EmbedOptions;
 use retrieval::embedder::Embedder;
 use retrieval::index::GalleryIndex;
+use retrieval::milvus::{Collection, MilvusUrl};
 use retrieval::serve::queue::EmbedQueue;
 use retrieval::serve::scoring::{Answers, Scorer};
 use retrieval::serve::{Service, Settings, default_leaderboard, start};
@@ -59,6 +60,12 @@ pub struct ServeArgs {
     /// Rank exactly instead of by the HNSW index (built on start, kept beside the index).
     #[arg(long)]
     exact: bool,
+    /// Search through a Milvus collection (milvus://HOST:PORT/COLLECTION) instead of the HNSW
+    /// index: on start the collection is made to mirror the gallery index (missing images
+    /// inserted, gone or changed ones deleted), and images added or removed through the API
+    /// are written to it too.
+    #[arg(long, conflicts_with = "exact")]
+    milvus: Option<MilvusUrl>,
     /// Connections served at once (a thread each); past it, 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -90,7 +97,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         &embedder,
         &options,
         std::time::Duration::from_secs_f64(args.save_every.max(0.0)),
-        args.exact,
+        args.exact || args.milvus.is_some(),
     )?;
     eprint!("{}", skipped_summary(&report.skipped, index.len()));
     eprintln!(
@@ -110,11 +117,27 @@ pub fn run(args: ServeArgs) -> Result<()> {
         queue: args.queue,
         connections: args.connections,
     };
+    let collection = match &args.milvus {
+        Some(url) => {
+            let collection =
+                Collection::open(url, &crate::args::model_id(&embedder, &options), index.dim)?;
+            let hashes: Vec<String> = index.entries.iter().map(|e| e.hash.clone()).collect();
+            let report = retrieval::milvus::mirror_hashed(
+                &collection,
+                &index.to_set(&args.gallery),
+                &hashes,
+            )?;
+            eprintln!("{url}: {report}");
+            Some(collection)
+        }
+        None => None,
+    };
     let queue = EmbedQueue::start(embedder, args.queue, args.batch_size);
-    let running = start(
-        Service::new(settings, index, ann, queue, scorer)?,
-        &args.addr,
-    )?;
+    let mut service = Service::new(settings, index, ann, queue, scorer)?;
+    if let Some(collection) = collection {
+        service = service.with_milvus(collection);
+    }
+    let running = start(service, &args.addr)?;
     println!("listening on http://{}", running.address);
     std::io::stdout().flush()?;
     running.wait();
