@@ -222,21 +222,29 @@ impl GalleryIndex {
 
     /// Appends an image with its embedding; returns its new id.
     pub fn add(&mut self, image: &ImageEntry, hash: String, row: &[f32]) -> u64 {
-        assert_eq!(row.len(), self.dim, "embedding width");
         let id = self.next_id;
         self.next_id += 1;
-        self.rows_by_id.insert(id, self.entries.len());
-        self.rows_by_name
-            .insert(image.name.clone(), self.entries.len());
-        self.entries.push(IndexEntry {
-            id,
-            name: image.name.clone(),
-            hash,
-            label: image.label.clone(),
-            distractor: image.distractor,
-        });
-        self.values.extend_from_slice(row);
+        self.push(
+            IndexEntry {
+                id,
+                name: image.name.clone(),
+                hash,
+                label: image.label.clone(),
+                distractor: image.distractor,
+            },
+            row,
+        );
         id
+    }
+
+    /// Appends an entry with its row, keeping the rows by id and by name.
+    fn push(&mut self, entry: IndexEntry, row: &[f32]) {
+        assert_eq!(row.len(), self.dim, "embedding width");
+        self.rows_by_id.insert(entry.id, self.entries.len());
+        self.rows_by_name
+            .insert(entry.name.clone(), self.entries.len());
+        self.entries.push(entry);
+        self.values.extend_from_slice(row);
     }
 
     /// Removes an id; returns its entry.
@@ -341,17 +349,12 @@ impl GalleryIndex {
             };
             match by_name.get(entry.name.as_str()) {
                 Some(&row) if old.entries[row].hash == hash => {
-                    let kept = &old.entries[row];
-                    index.rows_by_id.insert(kept.id, index.entries.len());
-                    index
-                        .rows_by_name
-                        .insert(kept.name.clone(), index.entries.len());
-                    index.entries.push(IndexEntry {
+                    let kept = IndexEntry {
                         label: entry.label.clone(),
                         distractor: entry.distractor,
-                        ..kept.clone()
-                    });
-                    index.values.extend_from_slice(old.row(row));
+                        ..old.entries[row].clone()
+                    };
+                    index.push(kept, old.row(row));
                     report.kept += 1;
                 }
                 _ => match by_hash.get(hash.as_str()) {

@@ -9,11 +9,11 @@ use data::DecodeError;
 use image::RgbImage;
 use serde_json::{Value, json};
 
-use super::Service;
 use super::duplicates;
 use super::http::{Reply, Request, Target, multipart_file};
 use super::queue::Refused;
 use super::scoring::Verdict;
+use super::{Search, Service};
 use crate::index::IndexEntry;
 use crate::report::escape;
 use crate::submission::Submission;
@@ -143,7 +143,7 @@ fn stats(s: &Service) -> Reply {
         "searches": s.searches.load(Ordering::Relaxed),
         "uptime_s": s.started.elapsed().as_secs(),
         "writes": s.settings.token.is_some(),
-        "search": s.search_kind(),
+        "search": s.search.name(),
         "scoring": s.scorer.as_ref().map(|sc| json!({"queries": sc.queries()})),
         "max_body": s.settings.max_body,
     }))
@@ -351,12 +351,12 @@ fn add(s: &Service, request: &Request, target: &Target) -> Result<Reply, Reply> 
         .write()
         .expect("index lock")
         .add(&image_entry, hash.clone(), &row);
-    if let Some(ann) = &s.ann {
+    if let Search::Hnsw(ann) = &s.search {
         ann.add(id, &row)
             .map_err(|e| Reply::error(500, format!("cannot index the image: {e:#}")))?;
     }
     save(s)?;
-    if let Some(collection) = &s.milvus {
+    if let Search::Milvus(collection) = &s.search {
         let written = collection
             .insert(&[crate::milvus::Row {
                 name: &image_entry.name,
@@ -389,12 +389,12 @@ fn remove(s: &Service, id: &str) -> Result<Reply, Reply> {
         moved.map_err(|e| Reply::error(500, format!("cannot move {} aside: {e}", entry.name)))?;
     }
     s.index.write().expect("index lock").remove(id);
-    if let Some(ann) = &s.ann {
+    if let Search::Hnsw(ann) = &s.search {
         ann.remove(id)
             .map_err(|e| Reply::error(500, format!("cannot unindex the image: {e:#}")))?;
     }
     save(s)?;
-    if let Some(collection) = &s.milvus {
+    if let Search::Milvus(collection) = &s.search {
         let deleted = collection.with_hashes(&[&entry.hash]).and_then(|found| {
             let ids: Vec<i64> = found
                 .into_iter()
@@ -427,7 +427,10 @@ fn save(s: &Service) -> Result<(), Reply> {
     let dir = &s.settings.index_dir;
     index
         .save(dir)
-        .and_then(|()| s.ann.as_ref().map_or(Ok(()), |ann| ann.save(dir, &index)))
+        .and_then(|()| match &s.search {
+            Search::Hnsw(ann) => ann.save(dir, &index),
+            Search::Exact | Search::Milvus(_) => Ok(()),
+        })
         .map_err(|e| Reply::error(500, format!("cannot save the index: {e:#}")))
 }
 

@@ -43,17 +43,37 @@ pub struct Settings {
     pub connections: usize,
 }
 
+/// How the service ranks its gallery index.
+pub enum Search {
+    /// Every row, exactly (`--exact`).
+    Exact,
+    /// By the HNSW index over the rows, updated in place and saved with the index.
+    Hnsw(AnnIndex),
+    /// By a Milvus collection that already mirrors the index
+    /// ([`crate::milvus::mirror_hashed`], `--milvus`); additions and removals are written to
+    /// it too.
+    Milvus(Collection),
+}
+
+impl Search {
+    /// `exact`, `hnsw` or `milvus`, as `/api/stats` names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Search::Exact => "exact",
+            Search::Hnsw(_) => "hnsw",
+            Search::Milvus(_) => "milvus",
+        }
+    }
+}
+
 /// The running service's shared state.
 pub struct Service {
     pub settings: Settings,
     /// The gallery's canonical path: nothing outside it is ever served.
     pub root: PathBuf,
     pub index: RwLock<GalleryIndex>,
-    /// The HNSW index over it; `None` ranks exactly (`--exact`).
-    pub ann: Option<AnnIndex>,
-    /// A Milvus collection mirroring the gallery (`--milvus`): searches go to it, and
-    /// additions and removals are written to it too. It takes precedence over `ann`.
-    pub milvus: Option<Collection>,
+    /// How searches rank the index.
+    pub search: Search,
     /// Bumped on every change of the index (keys the duplicate groups).
     pub version: AtomicU64,
     /// Held while a write (add, remove) changes the index and its files.
@@ -70,7 +90,7 @@ impl Service {
     pub fn new(
         settings: Settings,
         index: GalleryIndex,
-        ann: Option<AnnIndex>,
+        search: Search,
         queue: EmbedQueue,
         scorer: Option<Scorer>,
     ) -> Result<Self> {
@@ -80,8 +100,7 @@ impl Service {
             settings,
             root,
             index: RwLock::new(index),
-            ann,
-            milvus: None,
+            search,
             version: AtomicU64::new(0),
             writer: Mutex::new(()),
             queue,
@@ -91,22 +110,6 @@ impl Service {
             requests: AtomicU64::new(0),
             searches: AtomicU64::new(0),
         })
-    }
-
-    /// Searches, adds and removes through a Milvus collection that already mirrors the index
-    /// ([`crate::milvus::mirror_hashed`]).
-    pub fn with_milvus(mut self, collection: Collection) -> Self {
-        self.milvus = Some(collection);
-        self
-    }
-
-    /// How searches rank: `milvus`, `hnsw` or `exact`.
-    pub fn search_kind(&self) -> &'static str {
-        match (&self.milvus, &self.ann) {
-            (Some(_), _) => "milvus",
-            (None, Some(_)) => "hnsw",
-            (None, None) => "exact",
-        }
     }
 
     /// Where removed images are moved (nothing the service removes is lost).
@@ -120,7 +123,7 @@ impl Service {
     }
 
     /// The `k` nearest rows of the index to `query`, leaving out `exclude`: (row, Euclidean
-    /// distance), by the HNSW index when there is one, else exactly.
+    /// distance), by [`Service::search`].
     pub fn nearest(
         &self,
         index: &GalleryIndex,
@@ -128,25 +131,25 @@ impl Service {
         k: usize,
         exclude: Option<u64>,
     ) -> Result<Vec<(usize, f32)>> {
-        if let Some(collection) = &self.milvus {
-            let skip = exclude.and_then(|id| index.position(id));
-            let want = k + usize::from(skip.is_some());
-            return Ok(collection
-                .search(query, want)?
-                .into_iter()
-                .filter_map(|(name, d)| index.position_of_name(&name).map(|row| (row, d)))
-                .filter(|(row, _)| Some(*row) != skip)
-                .take(k)
-                .map(|(row, d)| (row, d.max(0.0).sqrt()))
-                .collect());
-        }
-        match &self.ann {
-            Some(ann) => Ok(ann
+        match &self.search {
+            Search::Milvus(collection) => {
+                let skip = exclude.and_then(|id| index.position(id));
+                let want = k + usize::from(skip.is_some());
+                Ok(collection
+                    .search(query, want)?
+                    .into_iter()
+                    .filter_map(|(name, d)| index.position_of_name(&name).map(|row| (row, d)))
+                    .filter(|(row, _)| Some(*row) != skip)
+                    .take(k)
+                    .map(|(row, d)| (row, d.max(0.0).sqrt()))
+                    .collect())
+            }
+            Search::Hnsw(ann) => Ok(ann
                 .search(query, k, exclude)?
                 .into_iter()
                 .filter_map(|(id, d)| index.position(id).map(|row| (row, d)))
                 .collect()),
-            None => Ok(index.search(query, k, exclude)),
+            Search::Exact => Ok(index.search(query, k, exclude)),
         }
     }
 

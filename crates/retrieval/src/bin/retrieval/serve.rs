@@ -14,7 +14,7 @@ use retrieval::index::GalleryIndex;
 use retrieval::milvus::{Collection, MilvusUrl};
 use retrieval::serve::queue::EmbedQueue;
 use retrieval::serve::scoring::{Answers, Scorer};
-use retrieval::serve::{Service, Settings, default_leaderboard, start};
+use retrieval::serve::{Search, Service, Settings, default_leaderboard, start};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -117,8 +117,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         queue: args.queue,
         connections: args.connections,
     };
-    let collection = match &args.milvus {
-        Some(url) => {
+    let search = match (&args.milvus, ann) {
+        (Some(url), _) => {
             let collection =
                 Collection::open(url, &crate::args::model_id(&embedder, &options), index.dim)?;
             let hashes: Vec<String> = index.entries.iter().map(|e| e.hash.clone()).collect();
@@ -128,15 +128,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 &hashes,
             )?;
             eprintln!("{url}: {report}");
-            Some(collection)
+            Search::Milvus(collection)
         }
-        None => None,
+        (None, Some(ann)) => Search::Hnsw(ann),
+        (None, None) => Search::Exact,
     };
     let queue = EmbedQueue::start(embedder, args.queue, args.batch_size);
-    let mut service = Service::new(settings, index, ann, queue, scorer)?;
-    if let Some(collection) = collection {
-        service = service.with_milvus(collection);
-    }
+    let service = Service::new(settings, index, search, queue, scorer)?;
     let running = start(service, &args.addr)?;
     println!("listening on http://{}", running.address);
     std::io::stdout().flush()?;
