@@ -23,6 +23,12 @@ use crate::index::{GalleryIndex, SyncReport};
 /// The file an ANN index lives in, beside `index.safetensors`.
 pub const ANN_FILE: &str = "ann.usearch";
 const FORMAT: &str = "lookalike-ann-1";
+/// Rows a build inserts one at a time before it goes parallel. Inserted concurrently into a
+/// small graph, nodes miss each other: on the val gallery (300 rows) two threads gave recall@10
+/// from 0.95 to 1.00 from one build to the next, one thread 1.00 every time (and the same
+/// graph). Past this many rows the graph is large enough; these take 0.2-1.0 s (512 to 1536
+/// dimensions, `ann --sizes 2048`).
+const SERIAL_ROWS: usize = 2048;
 
 /// HNSW parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -136,15 +142,19 @@ impl AnnIndex {
         })
     }
 
-    /// Builds the index of every row, inserting in parallel.
+    /// Builds the index of every row: the first [`SERIAL_ROWS`] one after another, the rest
+    /// in parallel.
     pub fn build(gallery: &GalleryIndex, params: AnnParams) -> Result<Self> {
         let ann = Self::empty(gallery.dim, params)?;
         ann.index.reserve(gallery.len().max(1)).map_err(err)?;
-        (0..gallery.len()).into_par_iter().try_for_each(|row| {
+        let add = |row: usize| {
             ann.index
                 .add(gallery.entries[row].id, gallery.row(row))
                 .map_err(err)
-        })?;
+        };
+        let serial = gallery.len().min(SERIAL_ROWS);
+        (0..serial).try_for_each(add)?;
+        (serial..gallery.len()).into_par_iter().try_for_each(add)?;
         Ok(ann)
     }
 
