@@ -148,7 +148,12 @@ impl Network {
 
     /// The embedding of exactly this batch, no test-time augmentation.
     pub fn embed_once(&self, x: Tensor<4>) -> Tensor<2> {
-        let features = self.backbone.features(x);
+        self.embed_features(self.backbone.features(x))
+    }
+
+    /// The embedding of the backbone's pooled features `[B, F]` (what [`Self::embed_once`]
+    /// makes of them): the head's projection, the features, or both, as `output` says.
+    pub fn embed_features(&self, features: Tensor<2>) -> Tensor<2> {
         match (&self.head, self.output) {
             (Some(head), EmbeddingOutput::Head) => head.forward(features),
             (Some(head), EmbeddingOutput::Concat) => {

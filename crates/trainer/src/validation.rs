@@ -3,12 +3,18 @@
 //!
 //! The pairs share many images (the val gallery is inside the novel and domains galleries), so
 //! images are pooled by file content: each distinct image is embedded once an epoch, whichever
-//! pairs list it.
+//! pairs list it. While the backbone does not change (a head-only epoch after the baseline, or a
+//! run that never trains it), the pool's backbone features are kept and only the head runs
+//! again: they are keyed by a hash of the backbone's weights and statistics, so any change to
+//! them, however it came about, embeds the pool afresh.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
-use burn::prelude::Device;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::{Device, Tensor, TensorData};
 use data::{DecodeError, ImageEntry, Preprocess, list_images};
 use model::Network;
 use rayon::prelude::*;
@@ -29,6 +35,31 @@ struct Side {
 pub struct Validation {
     pairs: Vec<(String, Side, Side)>,
     pool: Vec<Vec<f32>>,
+    /// The pool's pooled backbone features, and the fingerprint of the backbone that made them.
+    features: Mutex<Option<([u8; 32], Vec<f32>)>>,
+    /// How many times the pool went through the backbone.
+    backbone_passes: AtomicUsize,
+}
+
+/// SHA-256 of everything in a network that decides its backbone features: the backbone's
+/// kind, its input side, and every float tensor its modules hold (weights and batch-norm
+/// statistics), in visiting order with their shapes.
+fn backbone_fingerprint(model: &Network) -> [u8; 32] {
+    struct Hash(Sha256);
+    impl ModuleVisitor for Hash {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let data = param.val().into_data();
+            for d in data.shape().iter() {
+                self.0.update((*d as u64).to_le_bytes());
+            }
+            self.0.update(data.as_bytes());
+        }
+    }
+    let mut hash = Hash(Sha256::new());
+    hash.0.update(model.kind.name().as_bytes());
+    hash.0.update(model.input_size.to_le_bytes());
+    model.backbone.visit(&mut hash);
+    hash.0.finalize().into()
 }
 
 /// A file's content hash and, unless the pool already held that content, its pixels.
@@ -91,16 +122,66 @@ impl Validation {
                 .with_context(|| format!("validation {} gallery", pair.name))?;
             out.push((pair.name.clone(), query, gallery));
         }
-        Ok(Self { pairs: out, pool })
+        Ok(Self {
+            pairs: out,
+            pool,
+            features: Mutex::new(None),
+            backbone_passes: AtomicUsize::new(0),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
     }
 
+    /// The pooled backbone features `[pool, F]` of every image of the pool, row-major.
+    fn backbone_features(&self, model: &Network, device: &Device, batch_size: usize) -> Vec<f32> {
+        let side = model.preprocess().crop as usize;
+        let mut out = Vec::with_capacity(self.pool.len() * model.kind.feature_dim());
+        for chunk in self.pool.chunks(batch_size.max(1)) {
+            let x = Tensor::<4>::from_data(
+                TensorData::new(chunk.concat(), [chunk.len(), 3, side, side]),
+                device,
+            );
+            let f = model.backbone.features(x).into_data();
+            out.extend(f.iter::<f32>());
+        }
+        out
+    }
+
     /// Distinct images embedded an epoch.
     pub fn distinct_images(&self) -> usize {
         self.pool.len()
+    }
+
+    /// The embeddings `[pool, D]` of the pool, row-major; the backbone runs only when its
+    /// fingerprint differs from the one the kept features were made with.
+    fn embed(&self, model: Network, device: &Device, batch_size: usize) -> Result<Vec<f32>> {
+        Ok(if model.flip || self.pool.is_empty() {
+            // Flip averaging mixes two feature sets per image: embedded whole, nothing kept.
+            let member = Member::network(model, device, "training");
+            let options = EmbedOptions {
+                batch_size,
+                quiet: true,
+                ..Default::default()
+            };
+            member.embed_preprocessed(&self.pool, &options)
+        } else {
+            let key = backbone_fingerprint(&model);
+            let mut cache = self.features.lock().expect("validation features lock");
+            if cache.as_ref().map(|(k, _)| k) != Some(&key) {
+                *cache = Some((key, self.backbone_features(&model, device, batch_size)));
+                self.backbone_passes.fetch_add(1, Ordering::Relaxed);
+            }
+            let (_, features) = cache.as_ref().expect("features just computed");
+            let shape = [self.pool.len(), model.kind.feature_dim()];
+            let features = Tensor::<2>::from_data(TensorData::new(features.clone(), shape), device);
+            model
+                .embed_features(features)
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("embeddings are not f32: {e:?}"))?
+        })
     }
 
     /// Embeds the pool with `model` (in inference mode) and evaluates every pair.
@@ -110,14 +191,8 @@ impl Validation {
         device: &Device,
         batch_size: usize,
     ) -> Result<Vec<(String, Metrics)>> {
-        let member = Member::network(model, device, "training");
-        let options = EmbedOptions {
-            batch_size,
-            quiet: true,
-            ..Default::default()
-        };
-        let dim = member.embedding_dim();
-        let values = member.embed_preprocessed(&self.pool, &options);
+        let dim = model.embedding_dim();
+        let values = self.embed(model, device, batch_size)?;
         let set = |side: &Side| EmbeddingSet {
             entries: side.entries.clone(),
             dim,
@@ -177,5 +252,61 @@ mod tests {
         assert_eq!(q2.rows, vec![0]);
         assert_eq!(g2.entries.len(), 2, "the unreadable file is skipped");
         assert_eq!(g2.rows[0], 1, "b-copy.png is b.png's row");
+    }
+
+    /// While the backbone stays the same only the head runs again, and the embeddings are the
+    /// ones a whole pass gives; a backbone with other weights goes through the network afresh.
+    #[test]
+    fn frozen_backbone_features_are_kept_and_a_changed_backbone_is_embedded_afresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for (i, class) in ["cat", "dog", "cow"].iter().enumerate() {
+            png(&d.join(format!("q/{class}/a.png")), 40 * i as u8 + 10);
+            png(&d.join(format!("g/{class}/b.png")), 40 * i as u8 + 30);
+        }
+        let device = Device::default();
+        let kind = model::BackboneKind::MobileNetV2;
+        let pair = ValidationPair {
+            name: "one".into(),
+            query: d.join("q"),
+            gallery: d.join("g"),
+        };
+        let mut a = Network::new(kind, Some(8), &device);
+        a.output = model::network::EmbeddingOutput::Concat;
+        a.input_size = 32;
+        let v = Validation::load(&[pair], &a.preprocess()).unwrap();
+        let whole = |net: &Network| {
+            Member::network(net.clone(), &device, "whole").embed_preprocessed(
+                &v.pool,
+                &EmbedOptions {
+                    batch_size: 4,
+                    quiet: true,
+                    ..Default::default()
+                },
+            )
+        };
+        let close = |x: &[f32], y: &[f32]| {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-5)
+        };
+
+        let first = v.embed(a.clone(), &device, 4).unwrap();
+        assert!(close(&first, &whole(&a)));
+        assert_eq!(v.backbone_passes.load(Ordering::Relaxed), 1);
+
+        // Another head on the same backbone (the head-only epoch): the kept features serve.
+        let mut b = a.clone();
+        b.head = Network::new(kind, Some(8), &device).head;
+        let second = v.embed(b.clone(), &device, 4).unwrap();
+        assert_eq!(v.backbone_passes.load(Ordering::Relaxed), 1);
+        assert!(close(&second, &whole(&b)));
+        assert!(!close(&second, &first), "the new head is applied");
+
+        // Other backbone weights: the pool goes through the backbone again.
+        let mut c = b.clone();
+        c.backbone = Network::new(kind, Some(8), &device).backbone;
+        let third = v.embed(c.clone(), &device, 4).unwrap();
+        assert_eq!(v.backbone_passes.load(Ordering::Relaxed), 2);
+        assert!(close(&third, &whole(&c)));
+        assert!(!close(&third, &second));
     }
 }
