@@ -397,3 +397,65 @@ fn batch_norm_train_forward_and_gradients_match_the_reference() {
         );
     }
 }
+
+/// The element-wise passes split large tensors between threads (`planes::par_zip_mut`): on
+/// sizes below, at and above the split (a whole number of parts and not), in place and into a
+/// new tensor, each result is exactly the element-wise one.
+#[test]
+fn element_wise_passes_over_large_tensors_are_exact() {
+    let device = Device::flex();
+    let mut rng = Lcg(29);
+    for n in [1000, 256 * 1024, 256 * 1024 + 64 * 1024 * 3 + 17] {
+        let a: Vec<f32> = rng.values(n).iter().map(|v| (v * 8.0) as f32).collect();
+        let b: Vec<f32> = rng.values(n).iter().map(|v| (v * 8.0) as f32).collect();
+        let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &device);
+        let same = |what: &str, got: Tensor<1>, expected: Vec<f32>| {
+            let got = got.into_data().try_to_vec::<f32>().unwrap();
+            assert!(got == expected, "{what}, {n} elements");
+        };
+        let relu6 = |x: f32| x.clamp(0.0, 6.0);
+        // In place (the tensor is unique) and into a new tensor (a clone is kept).
+        same(
+            "relu6 in place",
+            t(&a).clamp_min(0.0).clamp_max(6.0),
+            a.iter().map(|&x| relu6(x)).collect(),
+        );
+        let kept = t(&a);
+        same(
+            "relu6 copied",
+            kept.clone().clamp_min(0.0).clamp_max(6.0),
+            a.iter().map(|&x| relu6(x)).collect(),
+        );
+        drop(kept);
+        same(
+            "add",
+            t(&a) + t(&b),
+            a.iter().zip(&b).map(|(x, y)| x + y).collect(),
+        );
+        let lhs = t(&a);
+        same(
+            "sub into rhs",
+            lhs.clone() - t(&b),
+            a.iter().zip(&b).map(|(x, y)| x - y).collect(),
+        );
+        same(
+            "mul",
+            lhs.clone() * t(&b),
+            a.iter().zip(&b).map(|(x, y)| x * y).collect(),
+        );
+        same(
+            "div into rhs",
+            lhs / t(&b),
+            a.iter().zip(&b).map(|(x, y)| x / y).collect(),
+        );
+        let mask = t(&a).greater_elem(2.0);
+        same(
+            "mask_fill",
+            t(&b).mask_fill(mask, 0.0),
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| if *x > 2.0 { 0.0 } else { *y })
+                .collect(),
+        );
+    }
+}

@@ -83,10 +83,10 @@ where
         let l_slice = &mut lhs_storage[..l_end];
 
         match simd_op {
-            BinaryOp::Add => simd::add_inplace_f32(l_slice, r_slice),
-            BinaryOp::Sub => simd::sub_inplace_f32(l_slice, r_slice),
-            BinaryOp::Mul => simd::mul_inplace_f32(l_slice, r_slice),
-            BinaryOp::Div => simd::div_inplace_f32(l_slice, r_slice),
+            BinaryOp::Add => super::planes::par_zip_mut(l_slice, r_slice, simd::add_inplace_f32),
+            BinaryOp::Sub => super::planes::par_zip_mut(l_slice, r_slice, simd::sub_inplace_f32),
+            BinaryOp::Mul => super::planes::par_zip_mut(l_slice, r_slice, simd::mul_inplace_f32),
+            BinaryOp::Div => super::planes::par_zip_mut(l_slice, r_slice, simd::div_inplace_f32),
         }
         return lhs;
     }
@@ -108,10 +108,10 @@ where
         let r_slice = &mut rhs_storage[..r_end];
 
         match simd_op {
-            BinaryOp::Add => simd::add_inplace_f32(r_slice, l_slice),
-            BinaryOp::Sub => simd::rsub_inplace_f32(r_slice, l_slice),
-            BinaryOp::Mul => simd::mul_inplace_f32(r_slice, l_slice),
-            BinaryOp::Div => simd::rdiv_inplace_f32(r_slice, l_slice),
+            BinaryOp::Add => super::planes::par_zip_mut(r_slice, l_slice, simd::add_inplace_f32),
+            BinaryOp::Sub => super::planes::par_zip_mut(r_slice, l_slice, simd::rsub_inplace_f32),
+            BinaryOp::Mul => super::planes::par_zip_mut(r_slice, l_slice, simd::mul_inplace_f32),
+            BinaryOp::Div => super::planes::par_zip_mut(r_slice, l_slice, simd::rdiv_inplace_f32),
         }
         return rhs;
     }

@@ -111,7 +111,7 @@ pub mod gather_scatter;
 pub mod grid_sample;
 mod int;
 pub mod interpolate;
-mod planes;
+pub(crate) mod planes;
 pub mod mask;
 pub mod matmul;
 mod module;

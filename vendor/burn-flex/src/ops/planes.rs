@@ -60,3 +60,37 @@ pub(super) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64
     }
     sum
 }
+
+/// Elements a thread takes at a time in the element-wise passes below (256 KiB of f32).
+const ELEMENTWISE_CHUNK: usize = 64 * 1024;
+
+/// `f(dst_part, src_part)` over matching parts of `dst` and `src` (the same length), on every
+/// core once `dst` holds at least `PARALLEL_THRESHOLD` elements: the element-wise passes of
+/// a network's activations (tens of MB each) otherwise run on one thread.
+pub(crate) fn par_zip_mut<A: Send, B: Sync>(
+    dst: &mut [A],
+    src: &[B],
+    f: impl Fn(&mut [A], &[B]) + Sync + Send,
+) {
+    debug_assert_eq!(dst.len(), src.len());
+    #[cfg(feature = "rayon")]
+    if dst.len() >= super::PARALLEL_THRESHOLD {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(src.par_chunks(ELEMENTWISE_CHUNK))
+            .for_each(|(d, s)| f(d, s));
+        return;
+    }
+    f(dst, src)
+}
+
+/// `f(part)` over parts of `dst`, on every core for large slices (see [`par_zip_mut`]).
+pub(crate) fn par_mut<A: Send>(dst: &mut [A], f: impl Fn(&mut [A]) + Sync + Send) {
+    #[cfg(feature = "rayon")]
+    if dst.len() >= super::PARALLEL_THRESHOLD {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(f);
+        return;
+    }
+    f(dst)
+}
