@@ -90,6 +90,15 @@ pub enum Member {
     Descriptor(Descriptor),
 }
 
+/// One batch `[N, 3, side, side]` of preprocessed images (each `3 · side²` values, as
+/// [`data::Preprocess::apply`] leaves them).
+pub fn batch_tensor(images: &[Vec<f32>], side: usize, device: &Device) -> Tensor<4> {
+    Tensor::<4>::from_data(
+        TensorData::new(images.concat(), [images.len(), 3, side, side]),
+        device,
+    )
+}
+
 /// `ckpt-<hash>` of a checkpoint directory: its weights and its `model.json` (input size,
 /// flip, output), everything that changes its embeddings.
 pub fn checkpoint_id(dir: &Path) -> Result<String> {
@@ -169,9 +178,7 @@ impl Member {
         let bar = progress_bar(images.len(), "embedding", options.quiet);
         let mut out = Vec::with_capacity(images.len() * model.embedding_dim());
         for chunk in images.chunks(options.batch_size.max(1)) {
-            let flat: Vec<f32> = chunk.concat();
-            let x =
-                Tensor::<4>::from_data(TensorData::new(flat, [chunk.len(), 3, side, side]), device);
+            let x = batch_tensor(chunk, side, device);
             let mut e = model.embed(x.clone());
             if options.flip {
                 e = model::head::l2_normalize(e + model.embed(x.flip([3])));

@@ -18,7 +18,7 @@ use burn::prelude::{Device, Tensor, TensorData};
 use data::{DecodeError, ImageEntry, Preprocess, list_images};
 use model::Network;
 use rayon::prelude::*;
-use retrieval::embed::{EmbedOptions, EmbeddingSet, Member};
+use retrieval::embed::{EmbedOptions, EmbeddingSet, Member, batch_tensor};
 use retrieval::evaluation::evaluate_sets;
 use retrieval::metrics::Metrics;
 use sha2::{Digest, Sha256};
@@ -139,10 +139,7 @@ impl Validation {
         let side = model.preprocess().crop as usize;
         let mut out = Vec::with_capacity(self.pool.len() * model.kind.feature_dim());
         for chunk in self.pool.chunks(batch_size.max(1)) {
-            let x = Tensor::<4>::from_data(
-                TensorData::new(chunk.concat(), [chunk.len(), 3, side, side]),
-                device,
-            );
+            let x = batch_tensor(chunk, side, device);
             let f = model.backbone.features(x).into_data();
             out.extend(f.iter::<f32>());
         }

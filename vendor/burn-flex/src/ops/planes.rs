@@ -94,3 +94,22 @@ pub(crate) fn par_mut<A: Send>(dst: &mut [A], f: impl Fn(&mut [A]) + Sync + Send
     }
     f(dst)
 }
+
+/// `src` mapped element by element into a new vector: collected on one thread for small
+/// slices (no zeroing pass), written by every core into a zeroed one from
+/// `PARALLEL_THRESHOLD` elements on (see [`par_zip_mut`]).
+pub(crate) fn par_map<A: Copy + Sync, B: bytemuck::Zeroable + Copy + Send>(
+    src: &[A],
+    f: impl Fn(A) -> B + Sync + Send,
+) -> Vec<B> {
+    if src.len() < super::PARALLEL_THRESHOLD {
+        return src.iter().map(|&x| f(x)).collect();
+    }
+    let mut out = vec![B::zeroed(); src.len()];
+    par_zip_mut(&mut out, src, |dst, part| {
+        for (d, &x) in dst.iter_mut().zip(part) {
+            *d = f(x);
+        }
+    });
+    out
+}

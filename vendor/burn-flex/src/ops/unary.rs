@@ -100,12 +100,7 @@ where
     // Iterate in storage order (contiguous) and preserve original layout.
     // Only valid when all strides are positive.
     if !has_negative_strides && layout.start_offset() == 0 && src.len() == n {
-        let mut result: Vec<E> = vec![E::zeroed(); n];
-        super::planes::par_zip_mut(&mut result, src, |dst, part| {
-            for (d, &x) in dst.iter_mut().zip(part) {
-                *d = op(x);
-            }
-        });
+        let result: Vec<E> = super::planes::par_map(src, &op);
         let bytes = Bytes::from_elems(result);
         return FlexTensor::new(bytes, layout, E::dtype());
     }
