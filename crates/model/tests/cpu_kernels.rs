@@ -122,12 +122,23 @@ fn assert_close(what: &str, c: &Case, got: Tensor<4>, expected: &[f64]) {
 }
 
 fn check(c: &Case, rng: &mut Lcg) {
+    check_with_bias(c, rng, false);
+}
+
+/// [`check`], with a random bias added to the output where `bias` is set.
+fn check_with_bias(c: &Case, rng: &mut Lcg, bias: bool) {
     let device = Device::flex().autodiff();
     let (oh, ow) = (c.out_size(c.h, 0), c.out_size(c.w, 1));
     let x = rng.values(c.batch * c.channels_in * c.h * c.w);
     let w = rng.values(c.channels_out * (c.channels_in / c.groups) * c.kernel * c.kernel);
     let g = rng.values(c.batch * c.channels_out * oh * ow);
-    let (y_ref, dx_ref, dw_ref) = reference(c, &x, &w, &g);
+    let b = rng.values(c.channels_out);
+    let (mut y_ref, dx_ref, dw_ref) = reference(c, &x, &w, &g);
+    if bias {
+        for (i, y) in y_ref.iter_mut().enumerate() {
+            *y += b[i / (oh * ow) % c.channels_out];
+        }
+    }
     let xt = tensor(&x, [c.batch, c.channels_in, c.h, c.w], &device).require_grad();
     let wt = tensor(
         &w,
@@ -135,8 +146,12 @@ fn check(c: &Case, rng: &mut Lcg) {
         &device,
     )
     .require_grad();
+    let bt = bias.then(|| {
+        let data: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+        Tensor::<1>::from_data(TensorData::new(data, [c.channels_out]), &device)
+    });
     let gt = tensor(&g, [c.batch, c.channels_out, oh, ow], &device);
-    let y = conv2d(xt.clone(), wt.clone(), None, c.options());
+    let y = conv2d(xt.clone(), wt.clone(), bt, c.options());
     assert_close("output", c, y.clone().inner(), &y_ref);
     let grads = (y * gt).sum().backward();
     assert_close("input gradient", c, xt.grad(&grads).unwrap(), &dx_ref);
@@ -170,7 +185,40 @@ fn depthwise_forward_and_gradients_match_the_reference() {
             padding: random_padding(&mut rng, i % 3 != 0),
             dilation: if i % 5 == 4 { 2 } else { 1 },
         };
-        check(&case, &mut rng);
+        check_with_bias(&case, &mut rng, i % 2 == 1);
+    }
+}
+
+/// Planes wider and taller than the kernels' 128-output chunks, as the networks' early layers
+/// are: several chunks a plane, rows that do not divide them, strides 1 and 2, 3×3 and 5×5.
+#[test]
+fn depthwise_on_planes_larger_than_a_chunk_matches_the_reference() {
+    let mut rng = Lcg(22);
+    // (batch, channels, h, w, kernel, stride, padding, dilation)
+    let cases = [
+        (2, 3, 37, 61, 3, 1, [(1, 1), (1, 1)], 1),
+        (1, 4, 40, 58, 3, 2, [(1, 1), (1, 1)], 1),
+        (2, 2, 33, 50, 5, 2, [(2, 2), (2, 2)], 1),
+        (1, 3, 30, 70, 5, 1, [(2, 2), (2, 2)], 1),
+        (1, 2, 29, 44, 3, 2, [(0, 1), (0, 1)], 1),
+        (2, 2, 26, 35, 3, 1, [(2, 2), (2, 2)], 2),
+    ];
+    for (i, (batch, channels, h, w, kernel, stride, padding, dilation)) in
+        cases.into_iter().enumerate()
+    {
+        let case = Case {
+            batch,
+            channels_in: channels,
+            channels_out: channels,
+            groups: channels,
+            h,
+            w,
+            kernel,
+            stride,
+            padding,
+            dilation,
+        };
+        check_with_bias(&case, &mut rng, i % 2 == 0);
     }
 }
 

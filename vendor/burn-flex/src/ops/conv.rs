@@ -847,7 +847,7 @@ fn should_use_depthwise_conv(
 /// for which the corresponding input index `o * stride + k * dilation - pad`
 /// lies inside `[0, in_size)`.
 #[inline]
-pub(super) fn valid_out_range(
+fn valid_out_range(
     k: usize,
     dilation: usize,
     pad: usize,
@@ -1159,7 +1159,65 @@ macro_rules! conv3d_depthwise_typed {
     };
 }
 
-conv3d_depthwise_typed!(conv3d_depthwise_f32, f32, DType::F32);
+/// f32 depthwise convolutions go through lookalike's kernel (`depthwise.rs`): all taps and the
+/// bias accumulated in registers, one pass over the output.
+fn conv3d_depthwise_f32(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<3>,
+) -> FlexTensor {
+    let x = x.to_contiguous();
+    let weight = weight.to_contiguous();
+    let x_shape = x.layout().shape();
+    let w_shape = weight.layout().shape();
+    let (batch_size, channels, in_h, in_w) = (x_shape[0], x_shape[1], x_shape[3], x_shape[4]);
+    let kernel = [w_shape[3], w_shape[4]];
+    let [_, stride_h, stride_w] = options.stride;
+    let [_, pad_h, pad_w] = options.padding_begin();
+    let [_, dilation_h, dilation_w] = options.dilation;
+    let geometry = super::depthwise::Geometry {
+        in_h,
+        in_w,
+        out_h: calculate_conv_output_size(kernel[0], stride_h, pad_h, dilation_h, in_h),
+        out_w: calculate_conv_output_size(kernel[1], stride_w, pad_w, dilation_w, in_w),
+        kernel,
+        stride: [stride_h, stride_w],
+        padding: [pad_h, pad_w],
+        dilation: [dilation_h, dilation_w],
+    };
+    let bias = bias.map(|b| b.to_contiguous());
+    let bias_data: Option<&[f32]> = bias.as_ref().map(|b| {
+        let data: &[f32] = b.storage();
+        assert_eq!(
+            data.len(),
+            channels,
+            "conv depthwise: bias length ({}) must equal channels ({channels})",
+            data.len()
+        );
+        data
+    });
+    let output = super::depthwise::forward(
+        x.storage(),
+        weight.storage(),
+        bias_data,
+        batch_size,
+        channels,
+        &geometry,
+    );
+    let out_shape = Shape::from(vec![
+        batch_size,
+        channels,
+        1,
+        geometry.out_h,
+        geometry.out_w,
+    ]);
+    FlexTensor::new(
+        Bytes::from_elems(output),
+        Layout::contiguous(out_shape),
+        DType::F32,
+    )
+}
 conv3d_depthwise_typed!(conv3d_depthwise_f64, f64, DType::F64);
 conv3d_depthwise_typed!(conv3d_depthwise_f16, f16, DType::F16);
 

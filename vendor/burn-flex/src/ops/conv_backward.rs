@@ -8,8 +8,8 @@
 //! image, without the column buffer and col2im copy of the generic transposed convolution.
 //!
 //! A canonical depthwise convolution has one filter a channel (`groups == channels_in ==
-//! channels_out`). Its forward pass already has a direct path in `conv.rs`; its two backward
-//! passes did not:
+//! channels_out`). Its forward pass had a direct path in `conv.rs`; its two backward passes
+//! did not:
 //!
 //! - the weight gradient went through Burn's generic grouped fallback: for every channel a
 //!   slice, a convolution of the batch against the output gradient (an `[1, batch, h, w]`
@@ -18,13 +18,11 @@
 //! - the input gradient, a transposed convolution with `groups == channels`, ran one GEMM
 //!   with a single row per (batch, channel) and a col2im scatter.
 //!
-//! Here both are direct loops over one (batch, channel) plane at a time, in parallel over
-//! planes (input gradient) or channels (weight gradient), with the valid output range of every
-//! kernel tap computed once so the inner loops carry no bounds checks on padding, and the
-//! stride-1 inner loops written over contiguous slices so they vectorise.
+//! Both are now the kernels of `depthwise.rs` (with the forward pass): filters over phase
+//! planes, every tap a contiguous run, in parallel over planes (input gradient) or channels
+//! (weight gradient).
 
 use alloc::vec;
-use alloc::vec::Vec;
 use burn_backend::ops::conv::pad_asymmetric_conv_input;
 use burn_backend::ops::{ConvOptions, ConvTransposeOptions, FloatTensorOps, ModuleOps};
 use burn_backend::{DType, TensorMetadata};
@@ -32,67 +30,8 @@ use burn_std::{Bytes, Shape, Slice};
 
 use crate::{Flex, FlexTensor, Layout};
 
-use super::conv::valid_out_range;
-use super::planes::{for_each_chunk, lane_sum};
-
-/// Spatial geometry shared by the kernels: `big` is the convolution's input side (the
-/// transposed convolution's output side), `small` the convolution's output side.
-#[derive(Clone, Copy)]
-struct Geometry {
-    big_h: usize,
-    big_w: usize,
-    small_h: usize,
-    small_w: usize,
-    kernel_h: usize,
-    kernel_w: usize,
-    stride: [usize; 2],
-    padding: [usize; 2],
-    dilation: [usize; 2],
-}
-
-impl Geometry {
-    /// For every kernel row and column, the range of `small` positions whose tap lands inside
-    /// the `big` plane.
-    fn ranges(&self) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
-        let rows = (0..self.kernel_h)
-            .map(|kh| {
-                valid_out_range(
-                    kh,
-                    self.dilation[0],
-                    self.padding[0],
-                    self.stride[0],
-                    self.big_h,
-                    self.small_h,
-                )
-            })
-            .collect();
-        let cols = (0..self.kernel_w)
-            .map(|kw| {
-                valid_out_range(
-                    kw,
-                    self.dilation[1],
-                    self.padding[1],
-                    self.stride[1],
-                    self.big_w,
-                    self.small_w,
-                )
-            })
-            .collect();
-        (rows, cols)
-    }
-
-    /// `big` row of `small` row `oh` under kernel row `kh` (only for `oh` in range).
-    #[inline(always)]
-    fn big_row(&self, oh: usize, kh: usize) -> usize {
-        oh * self.stride[0] + kh * self.dilation[0] - self.padding[0]
-    }
-
-    /// `big` column of `small` column `ow` under kernel column `kw` (only for `ow` in range).
-    #[inline(always)]
-    fn big_col(&self, ow: usize, kw: usize) -> usize {
-        ow * self.stride[1] + kw * self.dilation[1] - self.padding[1]
-    }
-}
+use super::depthwise;
+use super::planes::for_each_chunk;
 
 /// Whether `weight` (`[channels, 1, kh, kw]`) with `groups` is a canonical depthwise filter
 /// for an input of `channels_in` channels.
@@ -282,8 +221,9 @@ fn pointwise_conv_transpose2d(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
     )
 }
 
-/// Transposed depthwise convolution: `out[b, c, oh*s + kh*d - p, ...] += x[b, c, oh, ...] *
-/// w[c, 0, kh, kw]`. `x` is `[batch, channels, h, w]`, `weight` `[channels, 1, kh, kw]`.
+/// Transposed depthwise convolution (`depthwise::transpose`): `out[b, c, oh*s + kh*d - p, ...]
+/// += x[b, c, oh, ...] * w[c, 0, kh, kw]`. `x` is `[batch, channels, h, w]`, `weight`
+/// `[channels, 1, kh, kw]`.
 fn depthwise_conv_transpose2d(
     x: FlexTensor,
     weight: FlexTensor,
@@ -295,84 +235,47 @@ fn depthwise_conv_transpose2d(
     let x_shape = x.layout().shape();
     let (batch, channels, in_h, in_w) = (x_shape[0], x_shape[1], x_shape[2], x_shape[3]);
     let w_shape = weight.layout().shape();
-    let (kernel_h, kernel_w) = (w_shape[2], w_shape[3]);
+    let kernel = [w_shape[2], w_shape[3]];
     let out_size = |i: usize| {
         let input = [in_h, in_w][i];
-        let kernel = [kernel_h, kernel_w][i];
         ((input - 1) * options.stride[i]
-            + options.dilation[i] * (kernel - 1)
+            + options.dilation[i] * (kernel[i] - 1)
             + options.padding_out[i]
             + 1)
         .checked_sub(2 * options.padding[i])
         .expect("conv_transpose2d: padding larger than the output")
     };
-    let g = Geometry {
-        big_h: out_size(0),
-        big_w: out_size(1),
-        small_h: in_h,
-        small_w: in_w,
-        kernel_h,
-        kernel_w,
+    // The forward convolution this transposes: its input is our output.
+    let g = depthwise::Geometry {
+        in_h: out_size(0),
+        in_w: out_size(1),
+        out_h: in_h,
+        out_w: in_w,
+        kernel,
         stride: options.stride,
         padding: options.padding,
         dilation: options.dilation,
     };
-    let (rows, cols) = g.ranges();
-    let x_data: &[f32] = x.storage();
-    let w_data: &[f32] = weight.storage();
     let bias = bias.map(|b| b.to_contiguous());
     let bias_data: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
-    let small = g.small_h * g.small_w;
-    let big = g.big_h * g.big_w;
-    let taps = kernel_h * kernel_w;
-    let mut out = vec![0.0f32; batch * channels * big];
-    if big > 0 {
-        for_each_chunk(&mut out, big, |bc, plane| {
-            let c = bc % channels;
-            if let Some(b) = bias_data {
-                plane.fill(b[c]);
-            }
-            let src = &x_data[bc * small..(bc + 1) * small];
-            let w = &w_data[c * taps..(c + 1) * taps];
-            for oh in 0..g.small_h {
-                let src_row = &src[oh * g.small_w..(oh + 1) * g.small_w];
-                for (kh, &(h0, h1)) in rows.iter().enumerate() {
-                    if oh < h0 || oh >= h1 {
-                        continue;
-                    }
-                    let ih = g.big_row(oh, kh);
-                    let dst_row = &mut plane[ih * g.big_w..(ih + 1) * g.big_w];
-                    for (kw, &(w0, w1)) in cols.iter().enumerate() {
-                        if w0 >= w1 {
-                            continue;
-                        }
-                        let wv = w[kh * kernel_w + kw];
-                        let start = g.big_col(w0, kw);
-                        if g.stride[1] == 1 {
-                            let dst = &mut dst_row[start..start + (w1 - w0)];
-                            for (d, s) in dst.iter_mut().zip(&src_row[w0..w1]) {
-                                *d += s * wv;
-                            }
-                        } else {
-                            for (i, s) in src_row[w0..w1].iter().enumerate() {
-                                dst_row[start + i * g.stride[1]] += s * wv;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    }
+    let out = depthwise::transpose(
+        x.storage(),
+        weight.storage(),
+        bias_data,
+        batch,
+        channels,
+        &g,
+    );
     FlexTensor::new(
         Bytes::from_elems(out),
-        Layout::contiguous(Shape::from(vec![batch, channels, g.big_h, g.big_w])),
+        Layout::contiguous(Shape::from(vec![batch, channels, g.in_h, g.in_w])),
         DType::F32,
     )
 }
 
-/// Weight gradient of a depthwise convolution: `dw[c, 0, kh, kw] = Σ_b Σ_oh,ow
-/// grad[b, c, oh, ow] * x[b, c, oh*s + kh*d - p, ow*s + kw*d - p]`. `x` is the convolution's
-/// input (`[batch, channels, h, w]`), `output_grad` its output's gradient.
+/// Weight gradient of a depthwise convolution (`depthwise::weight_gradient`): `dw[c, 0, kh, kw]
+/// = Σ_b Σ_oh,ow grad[b, c, oh, ow] * x[b, c, oh*s + kh*d - p, ow*s + kw*d - p]`. `x` is the
+/// convolution's input (`[batch, channels, h, w]`), `output_grad` its output's gradient.
 fn depthwise_weight_backward(
     x: FlexTensor,
     weight_shape: Shape,
@@ -384,58 +287,17 @@ fn depthwise_weight_backward(
     let x_shape = x.layout().shape();
     let (batch, channels, in_h, in_w) = (x_shape[0], x_shape[1], x_shape[2], x_shape[3]);
     let g_shape = grad.layout().shape();
-    let (kernel_h, kernel_w) = (weight_shape[2], weight_shape[3]);
-    let g = Geometry {
-        big_h: in_h,
-        big_w: in_w,
-        small_h: g_shape[2],
-        small_w: g_shape[3],
-        kernel_h,
-        kernel_w,
+    let g = depthwise::Geometry {
+        in_h,
+        in_w,
+        out_h: g_shape[2],
+        out_w: g_shape[3],
+        kernel: [weight_shape[2], weight_shape[3]],
         stride: options.stride,
         padding: options.padding_begin(),
         dilation: options.dilation,
     };
-    let (rows, cols) = g.ranges();
-    let x_data: &[f32] = x.storage();
-    let g_data: &[f32] = grad.storage();
-    let big = in_h * in_w;
-    let small = g.small_h * g.small_w;
-    let taps = kernel_h * kernel_w;
-    let mut out = vec![0.0f32; channels * taps];
-    if taps > 0 {
-        for_each_chunk(&mut out, taps, |c, dw| {
-            for b in 0..batch {
-                let bc = b * channels + c;
-                let xp = &x_data[bc * big..(bc + 1) * big];
-                let gp = &g_data[bc * small..(bc + 1) * small];
-                for (kh, &(h0, h1)) in rows.iter().enumerate() {
-                    for (kw, &(w0, w1)) in cols.iter().enumerate() {
-                        if w0 >= w1 {
-                            continue;
-                        }
-                        let start = g.big_col(w0, kw);
-                        let mut sum = 0.0f32;
-                        for oh in h0..h1 {
-                            let ih = g.big_row(oh, kh);
-                            let g_row = &gp[oh * g.small_w + w0..oh * g.small_w + w1];
-                            let x_row = &xp[ih * in_w..(ih + 1) * in_w];
-                            if g.stride[1] == 1 {
-                                sum +=
-                                    lane_sum(g_row, &x_row[start..start + (w1 - w0)], |g, x| g * x)
-                                        as f32;
-                            } else {
-                                for (i, gv) in g_row.iter().enumerate() {
-                                    sum += gv * x_row[start + i * g.stride[1]];
-                                }
-                            }
-                        }
-                        dw[kh * kernel_w + kw] += sum;
-                    }
-                }
-            }
-        });
-    }
+    let out = depthwise::weight_gradient(x.storage(), grad.storage(), batch, channels, &g);
     FlexTensor::new(
         Bytes::from_elems(out),
         Layout::contiguous(weight_shape),

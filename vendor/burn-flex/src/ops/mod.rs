@@ -102,6 +102,7 @@ pub mod conv_transpose;
 pub mod cumulative;
 pub mod deform_conv;
 mod conv_backward;
+mod depthwise;
 pub mod expand;
 #[cfg(feature = "fft")]
 pub mod fft;

@@ -1,0 +1,384 @@
+//! The f32 depthwise convolution (lookalike): forward, input gradient (the transposed
+//! convolution) and weight gradient, each a filter whose every tap reads one contiguous run,
+//! accumulated in registers.
+//!
+//! Each `(batch, channel)` plane is first copied into zero-padded *phase planes*: with stride
+//! `s`, phase `(rh, rw)` holds the padded input's rows `s·i + rh` and columns `s·j + rw`. Tap
+//! `(kh, kw)` then reads phase `(kh·d mod s, kw·d mod s)` shifted by `(kh·d div s, kw·d div s)`
+//! rows and columns, so output `(oh, ow)`, written at `oh·wq + ow` in a buffer whose rows are
+//! `wq` wide (the phase planes' width), is `bias + Σ w_t · scratch[oh·wq + ow + offset_t]`: a
+//! one-dimensional multi-tap filter over the flat scratch, whatever the stride, dilation and
+//! padding. The `wq - out_w` columns past each output row are computed and dropped when the
+//! rows are copied out. Padding is materialised as zeros, so a non-finite weight on a padded
+//! tap gives NaN exactly as the reference's `0 · inf` does.
+//!
+//! The input gradient runs the same filter backwards: each phase plane of the padded input's
+//! gradient is `Σ w_t · grad[P - shift_t]` over the taps of that phase, read from the output
+//! gradient laid out `wq` wide with zeros around it, then gathered back into the input's grid.
+//! The weight gradient is one dot product a tap, `Σ grad[p] · scratch[p + offset_t]`, over the
+//! output gradient laid out the same way (its extra columns zero).
+//!
+//! What they replace: the forward went through `conv_plane_accumulate`, which adds one tap at a
+//! time into the output row (loading and storing it once a tap), reads stride-2 inputs one by
+//! one, zeroes the output first and adds the bias in a separate pass; the two gradients were
+//! loops of the same kind in `conv_backward.rs`.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// The shape of one depthwise convolution (symmetric padding: Burn pads asymmetric inputs
+/// explicitly before the kernel sees them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geometry {
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+/// Outputs accumulated at once: eight AVX-512 registers (sixteen AVX2 ones), enough
+/// independent sums to hide the latency of the fused multiply-adds.
+const CHUNK: usize = 128;
+
+/// One tap of the filter: which phase plane it reads, shifted by how much.
+#[derive(Clone, Copy)]
+struct Tap {
+    phase: usize,
+    /// `a·wq + b`: the tap's row and column shift inside its phase plane.
+    shift: usize,
+    /// Index into the channel's `kh·kw` filter.
+    index: usize,
+}
+
+/// Where the phase planes and the taps lie in the per-thread scratch.
+struct Layout {
+    /// Width of a phase plane, and of the rows of the flat output buffer.
+    wq: usize,
+    /// Rows of a phase plane.
+    hq: usize,
+    /// `hq·wq`.
+    plane: usize,
+    /// Phase planes: `stride_h·stride_w`.
+    phases: usize,
+    /// Elements the flat output buffer computes (a whole number of chunks).
+    flat_len: usize,
+    /// Length of the input scratch: every read of every chunk stays inside.
+    scratch_len: usize,
+    /// The largest shift of a tap.
+    reach: usize,
+    taps: Vec<Tap>,
+}
+
+impl Layout {
+    fn new(g: &Geometry) -> Self {
+        let [sh, sw] = g.stride;
+        let reach = |axis: usize| (g.kernel[axis] - 1) * g.dilation[axis] / g.stride[axis];
+        let (hq, wq) = (g.out_h + reach(0), g.out_w + reach(1));
+        let plane = hq * wq;
+        let mut taps = Vec::with_capacity(g.kernel[0] * g.kernel[1]);
+        for kh in 0..g.kernel[0] {
+            let (rh, a) = ((kh * g.dilation[0]) % sh, (kh * g.dilation[0]) / sh);
+            for kw in 0..g.kernel[1] {
+                let (rw, b) = ((kw * g.dilation[1]) % sw, (kw * g.dilation[1]) / sw);
+                taps.push(Tap {
+                    phase: rh * sw + rw,
+                    shift: a * wq + b,
+                    index: kh * g.kernel[1] + kw,
+                });
+            }
+        }
+        let flat_len = ((g.out_h - 1) * wq + g.out_w).div_ceil(CHUNK) * CHUNK;
+        let last_tap = taps
+            .iter()
+            .map(|t| t.phase * plane + t.shift)
+            .max()
+            .unwrap_or(0);
+        let phases = sh * sw;
+        Self {
+            wq,
+            hq,
+            plane,
+            phases,
+            flat_len,
+            scratch_len: (phases * plane).max(last_tap + flat_len),
+            reach: reach(0) * wq + reach(1),
+            taps,
+        }
+    }
+
+    /// `(offset into the input scratch, weight)` of every tap for one channel's filter.
+    fn forward_taps(&self, filter: &[f32]) -> Vec<(usize, f32)> {
+        self.taps
+            .iter()
+            .map(|t| (t.phase * self.plane + t.shift, filter[t.index]))
+            .collect()
+    }
+}
+
+/// A pointer to the output that the planes, each writing its own range, share between threads.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: every user writes a range no other writes (see the callers).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// # Safety
+    /// `offset..offset + len` must lie in the allocation and be written by this caller alone.
+    unsafe fn slice(self, offset: usize, len: usize) -> &'static mut [f32] {
+        unsafe { core::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
+}
+
+/// Runs `work(scratch, i)` for every `i < n`, in parallel where rayon is on, each thread with a
+/// scratch of its own made by `make`.
+fn for_each_with<S>(
+    n: usize,
+    make: impl Fn() -> S + Sync + Send,
+    work: impl Fn(&mut S, usize) + Sync + Send,
+) {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().for_each_init(make, work);
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let mut s = make();
+        for i in 0..n {
+            work(&mut s, i);
+        }
+    }
+}
+
+/// `out[b, c] = conv(x[b, c], w[c]) + bias[c]` over NCHW planes; `w` is `[channels, kh·kw]`.
+pub(crate) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    batch: usize,
+    channels: usize,
+    g: &Geometry,
+) -> Vec<f32> {
+    let in_plane = g.in_h * g.in_w;
+    let out_plane = g.out_h * g.out_w;
+    let k = g.kernel[0] * g.kernel[1];
+    let planes = batch * channels;
+    let total = planes * out_plane;
+    if total == 0 {
+        return Vec::new();
+    }
+    let layout = Layout::new(g);
+    let mut output: Vec<f32> = Vec::with_capacity(total);
+    let out_ptr = SendPtr(output.as_mut_ptr());
+    for_each_with(
+        planes,
+        || (vec![0.0; layout.scratch_len], vec![0.0; layout.flat_len]),
+        |(input, flat), bc| {
+            let c = bc % channels;
+            fill_phases(input, &x[bc * in_plane..(bc + 1) * in_plane], g, &layout);
+            let taps = layout.forward_taps(&w[c * k..(c + 1) * k]);
+            accumulate(flat, input, &taps, bias.map_or(0.0, |b| b[c]));
+            // SAFETY: plane `bc` alone writes `[bc·out_plane, (bc+1)·out_plane)`.
+            let out = unsafe { out_ptr.slice(bc * out_plane, out_plane) };
+            for (oh, row) in out.chunks_exact_mut(g.out_w).enumerate() {
+                row.copy_from_slice(&flat[oh * layout.wq..][..g.out_w]);
+            }
+        },
+    );
+    // SAFETY: every plane wrote all of its elements above.
+    unsafe { output.set_len(total) };
+    output
+}
+
+/// The input gradient: `dx[b, c] = conv_transpose(grad[b, c], w[c]) + bias[c]`, `grad` of the
+/// forward's output shape, `dx` of its input shape.
+pub(crate) fn transpose(
+    grad: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    batch: usize,
+    channels: usize,
+    g: &Geometry,
+) -> Vec<f32> {
+    let in_plane = g.in_h * g.in_w;
+    let out_plane = g.out_h * g.out_w;
+    let k = g.kernel[0] * g.kernel[1];
+    let planes = batch * channels;
+    let total = planes * in_plane;
+    if total == 0 {
+        return Vec::new();
+    }
+    let layout = Layout::new(g);
+    let (wq, hq) = (layout.wq, layout.hq);
+    let phase_len = layout.plane.div_ceil(CHUNK) * CHUNK;
+    // The output gradient, `wq` wide, starts `reach` zeros into its buffer so that every shift
+    // back stays inside; every read of a chunk stays inside the length.
+    let lead = layout.reach;
+    let grad_len = lead + phase_len;
+    let [sh, sw] = g.stride;
+    let [ph, pw] = g.padding;
+    let mut output: Vec<f32> = Vec::with_capacity(total);
+    let out_ptr = SendPtr(output.as_mut_ptr());
+    for_each_with(
+        planes,
+        || (vec![0.0; grad_len], vec![0.0; layout.phases * phase_len]),
+        |(spread, phases), bc| {
+            let c = bc % channels;
+            let src = &grad[bc * out_plane..(bc + 1) * out_plane];
+            for (oh, row) in src.chunks_exact(g.out_w).enumerate() {
+                spread[lead + oh * wq..][..g.out_w].copy_from_slice(row);
+            }
+            let filter = &w[c * k..(c + 1) * k];
+            let b = bias.map_or(0.0, |b| b[c]);
+            for (q, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+                let taps: Vec<(usize, f32)> = layout
+                    .taps
+                    .iter()
+                    .filter(|t| t.phase == q)
+                    .map(|t| (lead - t.shift, filter[t.index]))
+                    .collect();
+                accumulate(phase, spread, &taps, b);
+            }
+            // SAFETY: plane `bc` alone writes `[bc·in_plane, (bc+1)·in_plane)`.
+            let out = unsafe { out_ptr.slice(bc * in_plane, in_plane) };
+            for (ih, row) in out.chunks_exact_mut(g.in_w).enumerate() {
+                let (i, rh) = ((ih + ph) / sh, (ih + ph) % sh);
+                if i >= hq {
+                    row.fill(b);
+                    continue;
+                }
+                for (iw, d) in row.iter_mut().enumerate() {
+                    let (j, rw) = ((iw + pw) / sw, (iw + pw) % sw);
+                    *d = if j < wq {
+                        phases[(rh * sw + rw) * phase_len + i * wq + j]
+                    } else {
+                        b
+                    };
+                }
+            }
+        },
+    );
+    // SAFETY: every plane wrote all of its elements above.
+    unsafe { output.set_len(total) };
+    output
+}
+
+/// The weight gradient: `dw[c, t] = Σ_b Σ_p grad[b, c, p] · x[b, c, p ⊕ t]`, `[channels, kh·kw]`.
+pub(crate) fn weight_gradient(
+    x: &[f32],
+    grad: &[f32],
+    batch: usize,
+    channels: usize,
+    g: &Geometry,
+) -> Vec<f32> {
+    let in_plane = g.in_h * g.in_w;
+    let out_plane = g.out_h * g.out_w;
+    let k = g.kernel[0] * g.kernel[1];
+    let mut output = vec![0.0f32; channels * k];
+    if out_plane == 0 || k == 0 {
+        return output;
+    }
+    let layout = Layout::new(g);
+    let out_ptr = SendPtr(output.as_mut_ptr());
+    for_each_with(
+        channels,
+        || (vec![0.0; layout.scratch_len], vec![0.0; layout.flat_len]),
+        |(input, spread), c| {
+            // SAFETY: channel `c` alone writes `[c·k, (c+1)·k)`.
+            let dw = unsafe { out_ptr.slice(c * k, k) };
+            let mut sums = vec![0.0f64; k];
+            for b in 0..batch {
+                let bc = b * channels + c;
+                fill_phases(input, &x[bc * in_plane..(bc + 1) * in_plane], g, &layout);
+                let src = &grad[bc * out_plane..(bc + 1) * out_plane];
+                for (oh, row) in src.chunks_exact(g.out_w).enumerate() {
+                    spread[oh * layout.wq..][..g.out_w].copy_from_slice(row);
+                }
+                for t in &layout.taps {
+                    let offset = t.phase * layout.plane + t.shift;
+                    sums[t.index] += dot(spread, &input[offset..offset + layout.flat_len]);
+                }
+            }
+            for (d, s) in dw.iter_mut().zip(&sums) {
+                *d = *s as f32;
+            }
+        },
+    );
+    output
+}
+
+/// Copies one input plane into the phase planes. Only positions inside the input are written:
+/// the padding around them was zeroed when the scratch was made and no plane writes there.
+fn fill_phases(scratch: &mut [f32], x: &[f32], g: &Geometry, layout: &Layout) {
+    let [sh, sw] = g.stride;
+    let [ph, pw] = g.padding;
+    let (hq, wq) = (layout.hq, layout.wq);
+    for rh in 0..sh {
+        // Phase rows i whose input row s·i + rh - pad lies inside the input.
+        let (i0, i1) = inside(rh, sh, ph, g.in_h, hq);
+        for rw in 0..sw {
+            let (j0, j1) = inside(rw, sw, pw, g.in_w, wq);
+            if j0 >= j1 {
+                continue;
+            }
+            let base = (rh * sw + rw) * layout.plane;
+            for i in i0..i1 {
+                let src_row = &x[(sh * i + rh - ph) * g.in_w..][..g.in_w];
+                let dst = &mut scratch[base + i * wq + j0..base + i * wq + j1];
+                let first = sw * j0 + rw - pw;
+                if sw == 1 {
+                    dst.copy_from_slice(&src_row[first..first + dst.len()]);
+                } else {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = src_row[first + j * sw];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The phase indices `[i0, i1)` (below `len`) whose padded position `s·i + r` is an input
+/// position, i.e. `pad ≤ s·i + r < pad + size`.
+fn inside(r: usize, s: usize, pad: usize, size: usize, len: usize) -> (usize, usize) {
+    let i0 = pad.saturating_sub(r).div_ceil(s);
+    let i1 = (pad + size).saturating_sub(r).div_ceil(s).min(len);
+    (i0.min(i1), i1)
+}
+
+/// `out[p] = bias + Σ w · input[p + offset]` over the taps, a chunk of outputs at a time.
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn accumulate<#[cfg(feature = "simd")] S: macerator::Simd>(
+    out: &mut [f32],
+    input: &[f32],
+    taps: &[(usize, f32)],
+    bias: f32,
+) {
+    for (n, out) in out.chunks_exact_mut(CHUNK).enumerate() {
+        let p = n * CHUNK;
+        let mut acc = [bias; CHUNK];
+        for &(offset, weight) in taps {
+            let src = &input[p + offset..p + offset + CHUNK];
+            for l in 0..CHUNK {
+                acc[l] = num_traits::Float::mul_add(src[l], weight, acc[l]);
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+}
+
+/// `Σ a[i] · b[i]` over equal lengths that are a whole number of chunks.
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn dot<#[cfg(feature = "simd")] S: macerator::Simd>(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f32; CHUNK];
+    for (x, y) in a.chunks_exact(CHUNK).zip(b.chunks_exact(CHUNK)) {
+        for l in 0..CHUNK {
+            acc[l] = num_traits::Float::mul_add(x[l], y[l], acc[l]);
+        }
+    }
+    acc.iter().map(|&v| v as f64).sum()
+}
