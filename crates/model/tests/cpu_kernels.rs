@@ -1,7 +1,8 @@
 //! The kernels lookalike adds to the CPU backend (`vendor/burn-flex`, see vendor/README.md)
 //! against a direct f64 reference written out here, on seeded random shapes. Convolutions: odd
 //! sizes, strides 1 and 2, paddings 0 to 2 (symmetric and not), dilation 1 and 2, batch 1 and
-//! several, forward and both gradients; shapes the new kernels do not take (grouped, dense
+//! several, planes of several of the depthwise kernels' 128-output chunks, with and without bias,
+//! forward and both gradients; shapes the new kernels do not take (grouped, dense
 //! 3×3) run too, so the generic route they fall back to stays right. Batch normalisation with
 //! batch statistics: output, mean, variance and the three gradients.
 //!
