@@ -25,6 +25,9 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
+
+use super::planes::for_each_chunk_with;
 
 /// The shape of one depthwise convolution (symmetric padding: Burn pads asymmetric inputs
 /// explicitly before the kernel sees them).
@@ -119,41 +122,6 @@ impl Layout {
     }
 }
 
-/// A pointer to the output that the planes, each writing its own range, share between threads.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: every user writes a range no other writes (see the callers).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    /// # Safety
-    /// `offset..offset + len` must lie in the allocation and be written by this caller alone.
-    unsafe fn slice(self, offset: usize, len: usize) -> &'static mut [f32] {
-        unsafe { core::slice::from_raw_parts_mut(self.0.add(offset), len) }
-    }
-}
-
-/// Runs `work(scratch, i)` for every `i < n`, in parallel where rayon is on, each thread with a
-/// scratch of its own made by `make`.
-fn for_each_with<S>(
-    n: usize,
-    make: impl Fn() -> S + Sync + Send,
-    work: impl Fn(&mut S, usize) + Sync + Send,
-) {
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        (0..n).into_par_iter().for_each_init(make, work);
-    }
-    #[cfg(not(feature = "rayon"))]
-    {
-        let mut s = make();
-        for i in 0..n {
-            work(&mut s, i);
-        }
-    }
-}
-
 /// `out[b, c] = conv(x[b, c], w[c]) + bias[c]` over NCHW planes; `w` is `[channels, kh·kw]`.
 pub(crate) fn forward(
     x: &[f32],
@@ -173,23 +141,21 @@ pub(crate) fn forward(
     }
     let layout = Layout::new(g);
     let mut output: Vec<f32> = Vec::with_capacity(total);
-    let out_ptr = SendPtr(output.as_mut_ptr());
-    for_each_with(
-        planes,
+    for_each_chunk_with(
+        &mut output.spare_capacity_mut()[..total],
+        out_plane,
         || (vec![0.0; layout.scratch_len], vec![0.0; layout.flat_len]),
-        |(input, flat), bc| {
+        |(input, flat), bc, out| {
             let c = bc % channels;
             fill_phases(input, &x[bc * in_plane..(bc + 1) * in_plane], g, &layout);
             let taps = layout.forward_taps(&w[c * k..(c + 1) * k]);
             accumulate(flat, input, &taps, bias.map_or(0.0, |b| b[c]));
-            // SAFETY: plane `bc` alone writes `[bc·out_plane, (bc+1)·out_plane)`.
-            let out = unsafe { out_ptr.slice(bc * out_plane, out_plane) };
             for (oh, row) in out.chunks_exact_mut(g.out_w).enumerate() {
-                row.copy_from_slice(&flat[oh * layout.wq..][..g.out_w]);
+                write_all(row, &flat[oh * layout.wq..][..g.out_w]);
             }
         },
     );
-    // SAFETY: every plane wrote all of its elements above.
+    // SAFETY: every plane wrote all of its `out_plane` elements above.
     unsafe { output.set_len(total) };
     output
 }
@@ -222,11 +188,11 @@ pub(crate) fn transpose(
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
     let mut output: Vec<f32> = Vec::with_capacity(total);
-    let out_ptr = SendPtr(output.as_mut_ptr());
-    for_each_with(
-        planes,
+    for_each_chunk_with(
+        &mut output.spare_capacity_mut()[..total],
+        in_plane,
         || (vec![0.0; grad_len], vec![0.0; layout.phases * phase_len]),
-        |(spread, phases), bc| {
+        |(spread, phases), bc, out| {
             let c = bc % channels;
             let src = &grad[bc * out_plane..(bc + 1) * out_plane];
             for (oh, row) in src.chunks_exact(g.out_w).enumerate() {
@@ -243,26 +209,20 @@ pub(crate) fn transpose(
                     .collect();
                 accumulate(phase, spread, &taps, b);
             }
-            // SAFETY: plane `bc` alone writes `[bc·in_plane, (bc+1)·in_plane)`.
-            let out = unsafe { out_ptr.slice(bc * in_plane, in_plane) };
             for (ih, row) in out.chunks_exact_mut(g.in_w).enumerate() {
                 let (i, rh) = ((ih + ph) / sh, (ih + ph) % sh);
-                if i >= hq {
-                    row.fill(b);
-                    continue;
-                }
                 for (iw, d) in row.iter_mut().enumerate() {
                     let (j, rw) = ((iw + pw) / sw, (iw + pw) % sw);
-                    *d = if j < wq {
+                    d.write(if i < hq && j < wq {
                         phases[(rh * sw + rw) * phase_len + i * wq + j]
                     } else {
                         b
-                    };
+                    });
                 }
             }
         },
     );
-    // SAFETY: every plane wrote all of its elements above.
+    // SAFETY: every plane wrote all of its `in_plane` elements above.
     unsafe { output.set_len(total) };
     output
 }
@@ -283,13 +243,11 @@ pub(crate) fn weight_gradient(
         return output;
     }
     let layout = Layout::new(g);
-    let out_ptr = SendPtr(output.as_mut_ptr());
-    for_each_with(
-        channels,
+    for_each_chunk_with(
+        &mut output,
+        k,
         || (vec![0.0; layout.scratch_len], vec![0.0; layout.flat_len]),
-        |(input, spread), c| {
-            // SAFETY: channel `c` alone writes `[c·k, (c+1)·k)`.
-            let dw = unsafe { out_ptr.slice(c * k, k) };
+        |(input, spread), c, dw| {
             let mut sums = vec![0.0f64; k];
             for b in 0..batch {
                 let bc = b * channels + c;
@@ -309,6 +267,13 @@ pub(crate) fn weight_gradient(
         },
     );
     output
+}
+
+/// Writes `src` into the not yet initialised `dst` of the same length.
+fn write_all(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.write(*s);
+    }
 }
 
 /// Copies one input plane into the phase planes. Only positions inside the input are written:

@@ -1,5 +1,5 @@
-//! Helpers for the kernels lookalike added (`conv_backward`, `batch_norm`), which work one
-//! NCHW plane, or one channel's planes, at a time.
+//! Helpers for the kernels lookalike added (`conv_backward`, `batch_norm`, `depthwise`), which
+//! work one NCHW plane, or one channel's planes, at a time.
 
 use alloc::vec::Vec;
 
@@ -9,17 +9,29 @@ pub(super) fn for_each_chunk(
     len: usize,
     work: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) {
+    for_each_chunk_with(data, len, || (), |_, i, chunk| work(i, chunk));
+}
+
+/// [`for_each_chunk`] with a scratch of each thread's own, made by `make` and handed to every
+/// `work(scratch, index, chunk)` that thread runs.
+pub(super) fn for_each_chunk_with<T: Send, S>(
+    data: &mut [T],
+    len: usize,
+    make: impl Fn() -> S + Sync + Send,
+    work: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
+) {
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
         data.par_chunks_mut(len)
             .enumerate()
-            .for_each(|(i, chunk)| work(i, chunk));
+            .for_each_init(make, |s, (i, chunk)| work(s, i, chunk));
     }
     #[cfg(not(feature = "rayon"))]
     {
+        let mut s = make();
         for (i, chunk) in data.chunks_mut(len).enumerate() {
-            work(i, chunk);
+            work(&mut s, i, chunk);
         }
     }
 }
