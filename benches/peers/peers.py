@@ -426,9 +426,12 @@ def main():
         # The HNSW comparison runs lookalike's `ann` binary itself.
         ours = run_ours(args) if only - {"hnsw"} else {}
 
-    import torch
+    if not only & {"forward", "train", "folder"}:
+        models = []  # FAISS and numpy alone: no PyTorch needed
+    if models:
+        import torch
 
-    torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
     workdir = pathlib.Path(args.out).parent
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []  # (measurement, our key, peer, peer figure)

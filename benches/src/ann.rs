@@ -41,6 +41,10 @@ struct Cli {
     /// lookalike's figures (`ours.json`) under DIR/synthetic-N, for `peers.py --only hnsw`.
     #[arg(long)]
     dump: Option<PathBuf>,
+    /// Keep each synthetic index under DIR and reuse it on the next run (the build column then
+    /// says `loaded`): the same graph for measurements that compare settings of the search.
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 /// One measured ef: recall@10, median single-query latency, build seconds.
@@ -69,6 +73,7 @@ fn measure(
     queries: &[f32],
     efs: &[usize],
     vectors: Stored,
+    keep: Option<&std::path::Path>,
     table: &mut Table,
 ) -> Result<Vec<Figure>> {
     let dim = g.dim;
@@ -83,8 +88,22 @@ fn measure(
         Stored::F32 => String::new(),
         other => format!("-{}", format!("{other:?}").to_lowercase()),
     };
-    let ann = AnnIndex::build(g, params)?;
+    let (ann, loaded) = match keep {
+        Some(dir) => {
+            let dir = dir.join(format!("{name}-{}x{dim}{form}", g.len()).replace(' ', "-"));
+            std::fs::create_dir_all(&dir)?;
+            let existed = dir.join(retrieval::ann::ANN_FILE).exists();
+            let (ann, rebuilt) = AnnIndex::open(&dir, g, params)?;
+            (ann, existed && rebuilt.is_none())
+        }
+        None => (AnnIndex::build(g, params)?, false),
+    };
     let build = began.elapsed().as_secs_f64();
+    let build_column = if loaded {
+        "loaded".to_string()
+    } else {
+        format!("{build:.1}")
+    };
     let mut exact_ms = Vec::new();
     let truth: Vec<Vec<u64>> = queries
         .chunks_exact(dim)
@@ -125,7 +144,7 @@ fn measure(
         table.add_row([
             format!("{name} ({vectors:?})"),
             g.len().to_string(),
-            format!("{build:.1}"),
+            build_column.clone(),
             format!("{:.0}", ann.memory_bytes() as f64 / (1 << 20) as f64),
             ef.to_string(),
             format!("{recall:.4}"),
@@ -162,6 +181,7 @@ fn main() -> Result<()> {
                 &q,
                 &cli.ef,
                 v,
+                cli.keep.as_deref(),
                 &mut table,
             )?);
         }
@@ -201,7 +221,7 @@ fn main() -> Result<()> {
             .unwrap_or_default();
         let g = gallery(&gallery_rows, dim);
         for &v in &cli.vectors {
-            measure(&name, &g, &query_rows, &cli.ef, v, &mut table)?;
+            measure(&name, &g, &query_rows, &cli.ef, v, None, &mut table)?;
         }
     }
     println!("{table}");

@@ -93,5 +93,6 @@ fn build_usearch() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=include/usearch/index.hpp");
     println!("cargo:rerun-if-changed=include/usearch/index_plugins.hpp");
     println!("cargo:rerun-if-changed=include/usearch/index_dense.hpp");
+    println!("cargo:rerun-if-changed=include/usearch/lookalike_l2sq.hpp");
     Ok(())
 }

@@ -1870,6 +1870,14 @@ struct dummy_key_to_key_mapping_t {
 };
 
 /**
+ *  @brief  lookalike: whether a metric measures four vectors at once (`distances_x4`), which
+ *          it says with a `measures_four_k` member.
+ */
+template <typename metric_at, typename = void> struct measures_four_gt : std::false_type {};
+template <typename metric_at>
+struct measures_four_gt<metric_at, decltype(void(std::decay<metric_at>::type::measures_four_k))> : std::true_type {};
+
+/**
  *  @brief  Checks if the provided object has a dummy type, emulating an interface,
  *          but performing no real computation.
  */
@@ -4769,11 +4777,7 @@ class index_gt {
             if (!visits.reserve(visits.size() + candidate_neighbors.size()))
                 return false;
 
-            for (compressed_slot_t successor_slot : candidate_neighbors) {
-                if (visits.set(successor_slot))
-                    continue;
-
-                distance_t successor_dist = context.measure(query, citerator_at(successor_slot), metric);
+            auto consider = [&](compressed_slot_t successor_slot, distance_t successor_dist) {
                 if (top.size() < top_limit || successor_dist < radius) {
                     // This can substantially grow our priority queue:
                     next.insert({-successor_dist, successor_slot});
@@ -4783,10 +4787,47 @@ class index_gt {
                         radius = top.top().distance;
                     }
                 }
+            };
+            // lookalike: the unvisited neighbours are measured four at a time where the metric
+            // can, and then considered in the order they come, as one at a time would.
+            compressed_slot_t pending[4];
+            std::size_t pending_count = 0;
+            for (compressed_slot_t successor_slot : candidate_neighbors) {
+                if (visits.set(successor_slot))
+                    continue;
+                pending[pending_count++] = successor_slot;
+                if (pending_count != 4)
+                    continue;
+                distance_t distances[4];
+                measure_four_(query, pending, metric, context, distances, measures_four_gt<metric_at>{});
+                for (std::size_t i = 0; i != 4; ++i)
+                    consider(pending[i], distances[i]);
+                pending_count = 0;
             }
+            for (std::size_t i = 0; i != pending_count; ++i)
+                consider(pending[i], context.measure(query, citerator_at(pending[i]), metric));
         }
 
         return true;
+    }
+
+    /// lookalike: the distances from `query` to the vectors of four slots, in one call of the
+    /// metric where it measures four at once ...
+    template <typename value_at, typename metric_at>
+    void measure_four_(value_at&& query, compressed_slot_t const* slots, metric_at&& metric, context_t& context,
+                       distance_t* distances, std::true_type) const noexcept {
+        member_citerator_t members[4] = {citerator_at(slots[0]), citerator_at(slots[1]), citerator_at(slots[2]),
+                                         citerator_at(slots[3])};
+        metric.measure_four(query, members, distances);
+        context.computed_distances += 4;
+    }
+
+    /// ... and one at a time where it does not.
+    template <typename value_at, typename metric_at>
+    void measure_four_(value_at&& query, compressed_slot_t const* slots, metric_at&& metric, context_t& context,
+                       distance_t* distances, std::false_type) const noexcept {
+        for (std::size_t i = 0; i != 4; ++i)
+            distances[i] = context.measure(query, citerator_at(slots[i]), metric);
     }
 
     /**

@@ -454,6 +454,19 @@ class index_dense_gt {
         inline byte_t const* v(member_cref_t m) const noexcept { return index_->vectors_lookup_[get_slot(m)]; }
         inline byte_t const* v(member_citerator_t m) const noexcept { return index_->vectors_lookup_[get_slot(m)]; }
         inline distance_t f(byte_t const* a, byte_t const* b) const noexcept { return index_->metric_(a, b); }
+
+        /// lookalike: measures four at once (`index_gt` looks for this member).
+        static constexpr bool measures_four_k = true;
+
+        /// lookalike: the distances from `query` to four members, by the metric's kernel for
+        /// four vectors where there is one, else one at a time.
+        inline void measure_four(byte_t const* query, member_citerator_t const* members,
+                                 distance_t* out) const noexcept {
+            byte_t const* vectors[4] = {v(members[0]), v(members[1]), v(members[2]), v(members[3])};
+            if (!index_->metric_.distances_x4(query, vectors, out))
+                for (std::size_t i = 0; i != 4; ++i)
+                    out[i] = f(query, vectors[i]);
+        }
     };
 
     /**

@@ -10,6 +10,7 @@
 #include <type_traits> // `std::is_floating_point`
 
 #include <usearch/index.hpp> // `expected_gt` and macros
+#include <usearch/lookalike_l2sq.hpp> // lookalike: f32 and f16 `l2sq` kernels
 
 #if defined(USEARCH_DEFINED_LINUX)
 #include <sys/auxv.h> // `getauxval()`
@@ -1629,8 +1630,27 @@ class page_allocator_t {
         return (byte_t*)(::VirtualAlloc(NULL, count_bytes, MEM_COMMIT | MEM_RESERVE, PAGE_READWRITE));
 #else
         auto* result = mmap(NULL, count_bytes, PROT_WRITE | PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        return (result == MAP_FAILED) ? nullptr : (byte_t*)result;
+        if (result == MAP_FAILED)
+            return nullptr;
+#if defined(MADV_HUGEPAGE)
+        // lookalike: a search reads vectors and nodes at random across the arenas, and with 4 KiB
+        // pages nearly every one is also a TLB miss. Where transparent huge pages are left to
+        // `madvise` (a common default), ask for them for arenas of 2 MiB and more.
+        if (count_bytes >= huge_page_size() && huge_pages_enabled())
+            madvise(result, count_bytes, MADV_HUGEPAGE);
 #endif
+        return (byte_t*)result;
+#endif
+    }
+
+    /// lookalike: the size of a transparent huge page on x86-64 and most other Linux targets.
+    static constexpr std::size_t huge_page_size() { return 2u << 20; }
+
+    /// lookalike: `USEARCH_NO_HUGEPAGES` set in the environment turns the `madvise` off, for
+    /// measuring what it buys.
+    static bool huge_pages_enabled() noexcept {
+        static bool const on = std::getenv("USEARCH_NO_HUGEPAGES") == nullptr;
+        return on;
     }
 
     void deallocate(byte_t* page_pointer, std::size_t count_bytes) const noexcept {
@@ -2919,6 +2939,10 @@ class metric_punned_t {
 #if USEARCH_USE_NUMKONG
     nk_capability_t isa_kind_ = nk_cap_serial_k;
 #endif
+    /// lookalike: the instruction set of its own kernel, when one computes the distances.
+    char const* lookalike_isa_ = nullptr;
+    /// lookalike: the distances to four vectors at once, where the CPU has a kernel for it.
+    lookalike::l2sq_x4_kernel_t lookalike_x4_ = nullptr;
 
   public:
     /**
@@ -2928,6 +2952,17 @@ class metric_punned_t {
      */
     inline result_t operator()(byte_t const* a, byte_t const* b) const noexcept {
         return (this->*metric_routed_)(reinterpret_cast<uptr_t>(a), reinterpret_cast<uptr_t>(b));
+    }
+
+    /**
+     *  @brief  lookalike: the distances from @p query to four vectors into @p out, if a kernel
+     *          for four at once was chosen; `false` (nothing written) otherwise.
+     */
+    inline bool distances_x4(byte_t const* query, byte_t const* const* vectors, result_t* out) const noexcept {
+        if (!lookalike_x4_)
+            return false;
+        lookalike_x4_(query, reinterpret_cast<void const* const*>(vectors), dimensions_, out);
+        return true;
     }
 
     inline metric_punned_t() noexcept = default;
@@ -2961,6 +2996,19 @@ class metric_punned_t {
         metric.dimensions_ = dimensions;
         metric.metric_kind_ = metric_kind;
         metric.scalar_kind_ = scalar_kind;
+
+        // lookalike: squared Euclidean distance on f32 and f16 through kernels that keep four
+        // accumulators (`lookalike_l2sq.hpp`), NumKong's for everything else.
+        if (metric_kind == metric_kind_t::l2sq_k &&
+            (scalar_kind == scalar_kind_t::f32_k || scalar_kind == scalar_kind_t::f16_k)) {
+            char const* isa = nullptr;
+            if (lookalike::l2sq_kernel_t kernel = lookalike::l2sq_kernel(scalar_kind == scalar_kind_t::f16_k, &isa)) {
+                metric.metric_ptr_ = reinterpret_cast<uptr_t>(kernel);
+                metric.lookalike_isa_ = isa;
+                metric.lookalike_x4_ = lookalike::l2sq_x4_kernel(scalar_kind == scalar_kind_t::f16_k);
+                return metric;
+            }
+        }
 
         if (!metric.configure_with_numkong())
             metric.configure_with_autovec();
@@ -3039,6 +3087,8 @@ class metric_punned_t {
     inline char const* isa_name() const noexcept {
         if (!*this)
             return "uninitialized";
+        if (lookalike_isa_)
+            return lookalike_isa_;
 #if USEARCH_USE_NUMKONG
         return capability_name(isa_kind_);
 #else
