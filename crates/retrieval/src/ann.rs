@@ -448,6 +448,9 @@ mod tests {
                 {
                     let isa = ann.index.hardware_acceleration();
                     assert!(isa.starts_with("lookalike-"), "{vectors:?}: {isa}");
+                    if let Ok(want) = std::env::var("LOOKALIKE_EXPECT_ISA") {
+                        assert_eq!(isa, want);
+                    }
                 }
                 // Half precision rounds each component to 11 significant bits.
                 let tolerance = match vectors {
@@ -476,5 +479,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AVX2 kernels, on a machine that would choose AVX-512: the test above again, in a
+    /// child process with `USEARCH_NO_AVX512` set (usearch reads it once a process).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_kernels_agree_too() {
+        if !std::arch::is_x86_feature_detected!("avx512f")
+            || !std::arch::is_x86_feature_detected!("avx2")
+        {
+            return; // the test above already ran whichever kernels this CPU has
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "ann::tests::distances_agree_with_exact_ones_for_any_dimension",
+            ])
+            .env("USEARCH_NO_AVX512", "1")
+            .env("LOOKALIKE_EXPECT_ISA", "lookalike-avx2")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -236,6 +236,13 @@ inline bool l2sq_enabled() noexcept {
     return on;
 }
 
+/// Whether AVX-512 may be used where the CPU has it (`USEARCH_NO_AVX512` set: the AVX2
+/// kernels, so that they are tested on machines with both).
+inline bool avx512_allowed() noexcept {
+    static bool const on = std::getenv("USEARCH_NO_AVX512") == nullptr;
+    return on;
+}
+
 /// `query`, four vectors, the dimensions; writes the four squared Euclidean distances.
 using l2sq_x4_kernel_t = void (*)(void const* query, void const* const* vectors, std::size_t n, float* out);
 
@@ -247,7 +254,7 @@ inline l2sq_x4_kernel_t l2sq_x4_kernel(bool half) noexcept {
         return nullptr;
 #if LOOKALIKE_L2SQ_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
+    if (avx512_allowed() && __builtin_cpu_supports("avx512f"))
         return half ? &l2sq_x4_avx512<f16x16_avx512_t> : &l2sq_x4_avx512<f32x16_avx512_t>;
 #endif
     (void)half;
@@ -261,7 +268,7 @@ inline l2sq_kernel_t l2sq_kernel(bool half, char const** isa) noexcept {
         return nullptr;
 #if LOOKALIKE_L2SQ_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) {
+    if (avx512_allowed() && __builtin_cpu_supports("avx512f")) {
         *isa = "lookalike-avx512";
         return half ? &l2sq_f16_avx512 : &l2sq_f32_avx512;
     }
