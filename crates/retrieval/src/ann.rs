@@ -465,7 +465,7 @@ mod tests {
                     found.len()
                 );
                 for (id, distance) in found {
-                    let row = g.row(g.entries.iter().position(|e| e.id == id).unwrap());
+                    let row = g.row(g.position(id).unwrap());
                     let exact = query
                         .iter()
                         .zip(row)

@@ -3001,11 +3001,11 @@ class metric_punned_t {
         // accumulators (`lookalike_l2sq.hpp`), NumKong's for everything else.
         if (metric_kind == metric_kind_t::l2sq_k &&
             (scalar_kind == scalar_kind_t::f32_k || scalar_kind == scalar_kind_t::f16_k)) {
-            char const* isa = nullptr;
-            if (lookalike::l2sq_kernel_t kernel = lookalike::l2sq_kernel(scalar_kind == scalar_kind_t::f16_k, &isa)) {
-                metric.metric_ptr_ = reinterpret_cast<uptr_t>(kernel);
-                metric.lookalike_isa_ = isa;
-                metric.lookalike_x4_ = lookalike::l2sq_x4_kernel(scalar_kind == scalar_kind_t::f16_k);
+            lookalike::l2sq_kernels_t kernels = lookalike::l2sq_kernels(scalar_kind == scalar_kind_t::f16_k);
+            if (kernels.one) {
+                metric.metric_ptr_ = reinterpret_cast<uptr_t>(kernels.one);
+                metric.lookalike_isa_ = kernels.isa;
+                metric.lookalike_x4_ = kernels.four;
                 return metric;
             }
         }
