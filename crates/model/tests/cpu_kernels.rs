@@ -2,8 +2,9 @@
 //! against a direct f64 reference written out here, on seeded random shapes. Convolutions: odd
 //! sizes, strides 1 and 2, paddings 0 to 2 (symmetric and not), dilation 1 and 2, batch 1 and
 //! several, planes of several of the depthwise kernels' 128-output chunks, with and without bias,
-//! forward and both gradients; shapes the new kernels do not take (grouped, dense
-//! 3×3) run too, so the generic route they fall back to stays right. Batch normalisation with
+//! forward and both gradients, for the depthwise, pointwise and dense (one group, any kernel)
+//! kernels; shapes the new kernels do not take (grouped) run too, so the generic route they
+//! fall back to stays right. Batch normalisation with
 //! batch statistics: output, mean, variance and the three gradients.
 //!
 //! Tolerance: every element within 1e-4 × (1 + the largest reference magnitude) of the
@@ -243,17 +244,68 @@ fn pointwise_forward_and_gradients_match_the_reference() {
     }
 }
 
+/// Dense convolutions (one group): kernels 1 to 7, strides 1 to 3, paddings symmetric and not,
+/// dilation 1 and 2, batch 1 (the GEMM gets the threads) and several (images in parallel).
+#[test]
+fn dense_forward_and_gradients_match_the_reference() {
+    let mut rng = Lcg(23);
+    for i in 0..28 {
+        let kernel = [1, 3, 3, 5, 7][rng.below(5)];
+        let dilation = if i % 7 == 6 { 2 } else { 1 };
+        let reach = dilation * (kernel - 1) + 1;
+        let case = Case {
+            batch: [1, 3, 4][i % 3],
+            channels_in: 1 + rng.below(9),
+            channels_out: 1 + rng.below(9),
+            groups: 1,
+            h: reach + rng.below(12),
+            w: reach + rng.below(12),
+            kernel,
+            stride: if kernel == 1 { 2 } else { 1 + rng.below(3) },
+            padding: random_padding(&mut rng, i % 3 != 0),
+            dilation,
+        };
+        check_with_bias(&case, &mut rng, i % 2 == 0);
+    }
+}
+
+/// Dense convolutions on planes large enough that the column buffer (4 MiB) is filled in
+/// several tiles of output rows, as ResNet's first layers are.
+#[test]
+fn dense_on_planes_of_several_tiles_matches_the_reference() {
+    let mut rng = Lcg(24);
+    // (batch, channels in, channels out, h, w, kernel, stride, padding)
+    let cases = [
+        (1, 12, 3, 130, 101, 3, 1, [(1, 1), (1, 1)]),
+        (2, 3, 4, 250, 233, 7, 2, [(3, 3), (3, 3)]),
+        (3, 8, 2, 140, 117, 3, 1, [(0, 1), (1, 0)]),
+    ];
+    for (i, (batch, channels_in, channels_out, h, w, kernel, stride, padding)) in
+        cases.into_iter().enumerate()
+    {
+        let case = Case {
+            batch,
+            channels_in,
+            channels_out,
+            groups: 1,
+            h,
+            w,
+            kernel,
+            stride,
+            padding,
+            dilation: 1,
+        };
+        check_with_bias(&case, &mut rng, i % 2 == 0);
+    }
+}
+
 #[test]
 fn other_convolutions_keep_the_generic_route_right() {
     let mut rng = Lcg(19);
     let cases = [
-        // Dense 3×3 (the stems), strided, asymmetric padding.
-        (1, 3, 8, 1, 3, 2, [(0, 1), (0, 1)]),
-        (2, 4, 6, 1, 3, 1, [(1, 1), (1, 1)]),
         // Grouped, not depthwise.
         (2, 4, 6, 2, 3, 1, [(1, 1), (1, 1)]),
-        // 1×1 strided (a ResNet shortcut), and 1×1 with padding.
-        (2, 5, 7, 1, 1, 2, [(0, 0), (0, 0)]),
+        // 1×1 with asymmetric padding (its weight gradient keeps Burn's route).
         (1, 5, 7, 1, 1, 1, [(1, 0), (0, 1)]),
         // Depthwise with a channel multiplier (two filters a channel).
         (1, 3, 6, 3, 3, 1, [(1, 1), (1, 1)]),
@@ -288,6 +340,10 @@ fn depthwise_and_pointwise_transposed_convolutions_match_the_reference() {
         (3, 6, 1, 6, 3, 2, 0, 0, true),
         (2, 7, 9, 1, 1, 1, 0, 0, false),
         (1, 7, 9, 1, 1, 1, 0, 0, true),
+        // Dense: 3×3 strided with output padding, 5×5, a 1×1 strided.
+        (2, 4, 3, 1, 3, 2, 1, 1, true),
+        (1, 3, 5, 1, 5, 1, 2, 0, false),
+        (3, 5, 2, 1, 1, 2, 0, 1, true),
     ];
     for (batch, channels, cog, groups, k, stride, pad, pad_out, with_bias) in cases {
         let (h, w) = (6, 5);
@@ -506,5 +562,78 @@ fn element_wise_passes_over_large_tensors_are_exact() {
                 .map(|(x, y)| if *x > 2.0 { 0.0 } else { *y })
                 .collect(),
         );
+    }
+}
+
+/// Max pooling without indices (the inference path) against a direct reference: kernels 1 to
+/// 3, strides 1 and 2, padding 0 and 1, floor and ceil output sizes, one NaN that must win its
+/// windows.
+#[test]
+fn max_pool_matches_the_reference() {
+    use burn::tensor::module::max_pool2d;
+    use burn::tensor::ops::MaxPoolOptions;
+    let mut rng = Lcg(25);
+    let device = Device::flex();
+    for i in 0..16 {
+        let kernel = 1 + rng.below(3);
+        let stride = 1 + rng.below(2);
+        let padding = rng.below(2).min(kernel / 2);
+        let ceil = i % 2 == 1;
+        let (batch, channels) = (1 + rng.below(2), 1 + rng.below(3));
+        let (h, w) = (kernel + rng.below(9), kernel + rng.below(9));
+        let mut x = rng.values(batch * channels * h * w);
+        if i % 4 == 0 {
+            let at = rng.below(x.len());
+            x[at] = f64::NAN;
+        }
+        let out_size = |size: usize| {
+            let span = size + 2 * padding - kernel;
+            let mut out = if ceil {
+                span.div_ceil(stride)
+            } else {
+                span / stride
+            } + 1;
+            if ceil && (out - 1) * stride >= size + padding {
+                out -= 1;
+            }
+            out
+        };
+        let (oh, ow) = (out_size(h), out_size(w));
+        let mut expected = vec![f64::NEG_INFINITY; batch * channels * oh * ow];
+        for p in 0..batch * channels {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let e = &mut expected[(p * oh + y) * ow + xo];
+                    for ky in 0..kernel {
+                        for kx in 0..kernel {
+                            let iy = (y * stride + ky) as isize - padding as isize;
+                            let ix = (xo * stride + kx) as isize - padding as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let v = x[(p * h + iy as usize) * w + ix as usize];
+                            if v > *e || v.is_nan() || e.is_nan() {
+                                *e = if e.is_nan() { *e } else { v };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut options = MaxPoolOptions::new([kernel; 2]);
+        options.stride = [stride; 2];
+        options.padding = [(padding, padding); 2];
+        options.ceil_mode = ceil;
+        let got = max_pool2d(tensor(&x, [batch, channels, h, w], &device), options)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(got.len(), expected.len(), "case {i}");
+        for (j, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!(
+                (e.is_nan() && g.is_nan()) || (*g as f64 - e).abs() < 1e-6,
+                "case {i}, output {j}: {g} against {e}"
+            );
+        }
     }
 }

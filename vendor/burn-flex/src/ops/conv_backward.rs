@@ -30,6 +30,7 @@ use burn_std::{Bytes, Shape, Slice};
 
 use crate::{Flex, FlexTensor, Layout};
 
+use super::dense;
 use super::depthwise;
 use super::planes::for_each_chunk;
 
@@ -80,6 +81,16 @@ pub(crate) fn conv_transpose2d(
     {
         return Ok(pointwise_conv_transpose2d(x, weight));
     }
+    if dense::applies(
+        &x,
+        &weight,
+        bias.as_ref(),
+        options.groups,
+        options.stride,
+        options.padding,
+    ) {
+        return Ok(dense::conv_transpose2d(x, weight, bias, options));
+    }
     Err((x, weight))
 }
 
@@ -105,6 +116,18 @@ pub(crate) fn conv2d_weight_backward(
             )
         {
             return pointwise_weight_backward(x, weight.shape(), output_grad);
+        }
+        if !options.is_asymmetric()
+            && dense::applies(
+                &x,
+                &weight,
+                None,
+                options.groups,
+                options.stride,
+                options.padding_begin(),
+            )
+        {
+            return dense::conv2d_weight_backward(x, weight.shape(), output_grad, &options);
         }
     }
     generic_conv2d_weight_backward(x, weight, output_grad, options)

@@ -98,10 +98,11 @@ pub mod comparison;
 #[macro_use]
 mod conv_common;
 pub mod conv;
+mod conv_backward;
 pub mod conv_transpose;
 pub mod cumulative;
 pub mod deform_conv;
-mod conv_backward;
+mod dense;
 mod depthwise;
 pub mod expand;
 #[cfg(feature = "fft")]
@@ -112,10 +113,11 @@ pub mod gather_scatter;
 pub mod grid_sample;
 mod int;
 pub mod interpolate;
-pub(crate) mod planes;
 pub mod mask;
 pub mod matmul;
+mod max_pool;
 mod module;
+pub(crate) mod planes;
 pub mod pool;
 mod qtensor;
 pub mod reduce;

@@ -2,7 +2,10 @@
 //!
 //! These operations power neural network modules like convolutions and pooling.
 
-use crate::ops::{batch_norm, conv, conv_backward, conv_transpose, deform_conv, interpolate, pool};
+use crate::ops::{
+    batch_norm, conv, conv_backward, conv_transpose, deform_conv, dense, interpolate, max_pool,
+    pool,
+};
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
     DType, Element, TensorMetadata,
@@ -67,6 +70,16 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
+        if dense::applies(
+            &x,
+            &weight,
+            bias.as_ref(),
+            options.groups,
+            options.stride,
+            options.padding_begin(),
+        ) {
+            return dense::conv2d(x, weight, bias, &options);
+        }
         match x.dtype() {
             DType::F32 => conv::conv2d_f32(x, weight, bias, &options),
             DType::F64 => conv::conv2d_f64(x, weight, bias, &options),
@@ -513,6 +526,9 @@ impl ModuleOps<Flex> for Flex {
         ceil_mode: bool,
     ) -> FloatTensor<Flex> {
         match x.dtype() {
+            DType::F32 if dilation == [1, 1] && x.layout().shape().num_dims() == 4 => {
+                max_pool::max_pool2d(x, kernel_size, stride, padding, ceil_mode)
+            }
             DType::F32 => {
                 pool::max_pool2d_f32(x, kernel_size, stride, padding, dilation, ceil_mode)
             }

@@ -133,7 +133,7 @@ macro_rules! adaptive_avg_pool3d_backward_typed {
 // ============================================================================
 
 /// Calculate pooling output size for a single dimension.
-fn pool_output_size(
+pub(crate) fn pool_output_size(
     input: usize,
     kernel: usize,
     padding: usize,

@@ -1,0 +1,708 @@
+//! Dense convolutions (one group, any kernel, stride, padding and dilation) in f32, added by
+//! lookalike: the forward pass, the input gradient (the transposed convolution) and the weight
+//! gradient, each as GEMMs over a column buffer built straight from the NCHW planes.
+//!
+//! Burn's flex route copied the whole input to NHWC on one thread, built im2col tiles one
+//! output position at a time, ran a GEMM a tile into a fresh buffer and scattered it into the
+//! output, then added the bias in a pass of its own; its weight gradient was a convolution of
+//! the batch-swapped input with the batch-swapped output gradient as its kernel (GEMMs nine
+//! columns wide for a 3×3 filter), and its transposed convolution a GEMM a position.
+//!
+//! Here the column buffer of an image is `[cin·kh·kw, rows·out_w]`, row-major: row `(c, i, j)`
+//! holds, for every output position of a tile of output rows, the input at filter tap `(i, j)`
+//! of channel `c`, so each row is built from contiguous runs of the input plane (strided reads
+//! for strided convolutions) and zeros where the tap falls in the padding. Then, with the weight
+//! `[cout, cin·kh·kw]` as it lies:
+//!
+//! - forward: `out_b[:, tile] = w · col` (+ the bias, written first and accumulated onto);
+//! - input gradient: `col = wᵀ · grad_b[:, tile]`, scattered back onto the input plane (col2im);
+//! - weight gradient: `dw += grad_b[:, tile] · colᵀ`, summed over tiles and images.
+//!
+//! Images run in parallel (each thread with its own column buffer, and its own weight
+//! gradient, summed at the end); a single image hands the threads to the GEMM instead. Where an
+//! output plane is small (ResNet's last stages: 7×7 and 14×14), several images share one
+//! column buffer side by side, so that the weight is packed once for all of them and the GEMM
+//! gets enough columns; the output gradient is gathered the same way.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use burn_backend::ops::{ConvOptions, ConvTransposeOptions};
+use burn_backend::{DType, TensorMetadata};
+use burn_std::{Bytes, Shape};
+
+use crate::{FlexTensor, Layout};
+
+use core::ops::Range;
+
+use super::depthwise::Geometry;
+
+/// Whether a convolution of `x` with `weight` (`[cout, cin/groups, kh, kw]`) and `bias` is one
+/// this module takes: one group, f32 throughout, four-dimensional, and not a plain 1×1 channel
+/// mix (which `conv_backward` and the flex 1×1 path do without columns).
+pub(crate) fn applies(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    groups: usize,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> bool {
+    let w_shape = weight.layout().shape();
+    let four = |t: &FlexTensor| t.dtype() == DType::F32 && t.layout().shape().num_dims() == 4;
+    let pointwise = w_shape.num_dims() == 4
+        && w_shape[2] == 1
+        && w_shape[3] == 1
+        && stride == [1, 1]
+        && padding == [0, 0];
+    groups == 1
+        && four(x)
+        && four(weight)
+        && bias.is_none_or(|b| b.dtype() == DType::F32)
+        && !pointwise
+}
+
+fn tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(Shape::from(shape.to_vec())),
+        DType::F32,
+    )
+}
+
+/// [`forward`] on tensors: `options` symmetric (Burn pads asymmetric inputs first).
+pub(crate) fn conv2d(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let bias = bias.map(|b| b.to_contiguous());
+    let [batch, channels_in, in_h, in_w]: [usize; 4] = x.shape().dims();
+    let [channels_out, _, kh, kw]: [usize; 4] = weight.shape().dims();
+    let padding = options.padding_begin();
+    let out = |i: usize, input: usize, k: usize| {
+        burn_backend::ops::conv::calculate_conv_output_size(
+            k,
+            options.stride[i],
+            padding[i],
+            options.dilation[i],
+            input,
+        )
+    };
+    let g = Geometry {
+        in_h,
+        in_w,
+        out_h: out(0, in_h, kh),
+        out_w: out(1, in_w, kw),
+        kernel: [kh, kw],
+        stride: options.stride,
+        padding,
+        dilation: options.dilation,
+    };
+    let bias_data: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
+    let y = forward(
+        x.storage(),
+        weight.storage(),
+        bias_data,
+        batch,
+        channels_in,
+        channels_out,
+        &g,
+    );
+    tensor(y, [batch, channels_out, g.out_h, g.out_w])
+}
+
+/// [`transpose`] on tensors: `x` `[batch, cout, h, w]` (the transposed convolution's input),
+/// `weight` `[cout, cin, kh, kw]`.
+pub(crate) fn conv_transpose2d(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvTransposeOptions<2>,
+) -> FlexTensor {
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let bias = bias.map(|b| b.to_contiguous());
+    let [batch, channels_out, out_h, out_w]: [usize; 4] = x.shape().dims();
+    let [_, channels_in, kh, kw]: [usize; 4] = weight.shape().dims();
+    let kernel = [kh, kw];
+    let size = |i: usize, input: usize| {
+        ((input - 1) * options.stride[i]
+            + options.dilation[i] * (kernel[i] - 1)
+            + options.padding_out[i]
+            + 1)
+        .checked_sub(2 * options.padding[i])
+        .expect("conv_transpose2d: padding larger than the output")
+    };
+    // The forward convolution this transposes: its input is our output.
+    let g = Geometry {
+        in_h: size(0, out_h),
+        in_w: size(1, out_w),
+        out_h,
+        out_w,
+        kernel,
+        stride: options.stride,
+        padding: options.padding,
+        dilation: options.dilation,
+    };
+    let bias_data: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
+    let dx = transpose(
+        x.storage(),
+        weight.storage(),
+        bias_data,
+        batch,
+        channels_in,
+        channels_out,
+        &g,
+    );
+    tensor(dx, [batch, channels_in, g.in_h, g.in_w])
+}
+
+/// [`weight_gradient`] on tensors: `x` the convolution's input, `output_grad` its output's
+/// gradient, `options` symmetric.
+pub(crate) fn conv2d_weight_backward(
+    x: FlexTensor,
+    weight_shape: Shape,
+    output_grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let (x, grad) = (x.to_contiguous(), output_grad.to_contiguous());
+    let [batch, channels_in, in_h, in_w]: [usize; 4] = x.shape().dims();
+    let [_, channels_out, out_h, out_w]: [usize; 4] = grad.shape().dims();
+    let [_, _, kh, kw]: [usize; 4] = weight_shape.dims();
+    let g = Geometry {
+        in_h,
+        in_w,
+        out_h,
+        out_w,
+        kernel: [kh, kw],
+        stride: options.stride,
+        padding: options.padding_begin(),
+        dilation: options.dilation,
+    };
+    let dw = weight_gradient(
+        x.storage(),
+        grad.storage(),
+        batch,
+        channels_in,
+        channels_out,
+        &g,
+    );
+    tensor(dw, [channels_out, channels_in, kh, kw])
+}
+
+/// Most floats a column buffer holds (8 MiB): output rows are taken in tiles that fit.
+const COLUMN_FLOATS: usize = 1 << 21;
+
+/// Fewest output positions a GEMM should get: below it, several images share one column
+/// buffer (the weight is packed once for all of them instead of once an image).
+const MIN_COLUMNS: usize = 512;
+
+/// How the batch is cut into tasks: `images` whole images a task where output planes are
+/// small (one GEMM over all of them), else one image a task in tiles of `rows` output rows.
+struct Plan {
+    images: usize,
+    rows: usize,
+    par: gemm::Parallelism,
+}
+
+impl Plan {
+    fn new(g: &Geometry, k: usize, batch: usize) -> Self {
+        #[cfg(feature = "rayon")]
+        let threads = rayon::current_num_threads();
+        #[cfg(not(feature = "rayon"))]
+        let threads = 1;
+        let spatial = g.out_h * g.out_w;
+        let (images, rows) = if spatial >= MIN_COLUMNS || batch == 1 {
+            let rows = (COLUMN_FLOATS / (k * g.out_w).max(1)).clamp(1, g.out_h.max(1));
+            (1, rows)
+        } else {
+            let images = MIN_COLUMNS
+                .div_ceil(spatial.max(1))
+                .min(batch.div_ceil(threads))
+                .min(COLUMN_FLOATS / (k * spatial).max(1))
+                .max(1);
+            (images, g.out_h)
+        };
+        // The threads go to the GEMM only when tasks do not keep them busy.
+        let par = if batch.div_ceil(images) < threads {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        Self { images, rows, par }
+    }
+
+    /// The tiles of output rows of a task of `images` images.
+    fn tiles(&self, g: &Geometry) -> impl Iterator<Item = Range<usize>> + '_ {
+        let out_h = g.out_h;
+        (0..out_h)
+            .step_by(self.rows.max(1))
+            .map(move |r0| r0..(r0 + self.rows).min(out_h))
+    }
+}
+
+/// The output columns `[lo, hi)` whose input column `o·stride + offset` lies in `[0, input)`.
+fn valid_range(out: usize, input: usize, stride: usize, offset: isize) -> (usize, usize) {
+    let lo = if offset < 0 {
+        (offset.unsigned_abs()).div_ceil(stride)
+    } else {
+        0
+    };
+    let last = input as isize - 1 - offset;
+    if last < 0 {
+        return (0, 0);
+    }
+    let hi = (last as usize / stride + 1).min(out);
+    (lo.min(hi), hi)
+}
+
+/// Where filter tap `(i, j)` meets the input plane on the output rows `rows`:
+/// `visit(t, input_row, lo, hi, start)` for the `t`-th row, `input_row` `None` where the tap
+/// falls in the padding, output columns `[lo, hi)` inside the plane, reading from input
+/// column `start` on.
+#[inline(always)]
+fn for_each_tap_row(
+    g: &Geometry,
+    i: usize,
+    j: usize,
+    rows: Range<usize>,
+    mut visit: impl FnMut(usize, Option<usize>, usize, usize, usize),
+) {
+    let row_offset = (i * g.dilation[0]) as isize - g.padding[0] as isize;
+    let col_offset = (j * g.dilation[1]) as isize - g.padding[1] as isize;
+    let (lo, hi) = valid_range(g.out_w, g.in_w, g.stride[1], col_offset);
+    let start = ((lo * g.stride[1]) as isize + col_offset).max(0) as usize;
+    for (t, oy) in rows.enumerate() {
+        let iy = (oy * g.stride[0]) as isize + row_offset;
+        let row = (iy >= 0 && (iy as usize) < g.in_h && lo < hi).then_some(iy as usize);
+        visit(t, row, lo, hi, start);
+    }
+}
+
+/// Fills columns `[offset, offset + rows·out_w)` of `col` (rows of `ld` floats, one for each
+/// `(c, i, j)`) from the planes `x` (`[channels, in_h, in_w]`).
+fn im2col(
+    x: &[f32],
+    channels: usize,
+    g: &Geometry,
+    rows: Range<usize>,
+    col: &mut [f32],
+    ld: usize,
+    offset: usize,
+) {
+    let [kh, kw] = g.kernel;
+    let (out_w, in_w, stride) = (g.out_w, g.in_w, g.stride[1]);
+    let n = rows.len() * out_w;
+    let plane_len = g.in_h * in_w;
+    for c in 0..channels {
+        let plane = &x[c * plane_len..(c + 1) * plane_len];
+        for i in 0..kh {
+            for j in 0..kw {
+                let r = (c * kh + i) * kw + j;
+                let dst = &mut col[r * ld + offset..r * ld + offset + n];
+                for_each_tap_row(g, i, j, rows.clone(), |t, row, lo, hi, start| {
+                    let d = &mut dst[t * out_w..(t + 1) * out_w];
+                    let Some(iy) = row else {
+                        d.fill(0.0);
+                        return;
+                    };
+                    let src = &plane[iy * in_w..(iy + 1) * in_w];
+                    d[..lo].fill(0.0);
+                    d[hi..].fill(0.0);
+                    if stride == 1 {
+                        d[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+                    } else {
+                        for (k, o) in d[lo..hi].iter_mut().enumerate() {
+                            *o = src[start + k * stride];
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Adds columns `[offset, offset + rows·out_w)` of `col` back onto the planes `dx`
+/// (`[channels, in_h, in_w]`): the transpose of [`im2col`].
+fn col2im(
+    col: &[f32],
+    ld: usize,
+    offset: usize,
+    channels: usize,
+    g: &Geometry,
+    rows: Range<usize>,
+    dx: &mut [f32],
+) {
+    let [kh, kw] = g.kernel;
+    let (out_w, in_w, stride) = (g.out_w, g.in_w, g.stride[1]);
+    let plane_len = g.in_h * in_w;
+    for c in 0..channels {
+        let plane = &mut dx[c * plane_len..(c + 1) * plane_len];
+        for i in 0..kh {
+            for j in 0..kw {
+                let src = &col[((c * kh + i) * kw + j) * ld + offset..];
+                for_each_tap_row(g, i, j, rows.clone(), |t, row, lo, hi, start| {
+                    let Some(iy) = row else { return };
+                    let s = &src[t * out_w + lo..t * out_w + hi];
+                    let d = &mut plane[iy * in_w..(iy + 1) * in_w];
+                    if stride == 1 {
+                        for (o, v) in d[start..start + hi - lo].iter_mut().zip(s) {
+                            *o += *v;
+                        }
+                    } else {
+                        for (k, v) in s.iter().enumerate() {
+                            d[start + k * stride] += *v;
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Copies the planes of `images` images of `grad` (`[batch, channels, spatial]`) from image
+/// `first` side by side into `dst` (`[channels, images·spatial]`).
+fn gather(
+    grad: &[f32],
+    first: usize,
+    images: usize,
+    channels: usize,
+    spatial: usize,
+    dst: &mut Vec<f32>,
+) {
+    let n = images * spatial;
+    dst.resize(channels * n, 0.0);
+    for i in 0..images {
+        let image = &grad[(first + i) * channels * spatial..(first + i + 1) * channels * spatial];
+        for (c, plane) in image.chunks_exact(spatial).enumerate() {
+            dst[c * n + i * spatial..c * n + (i + 1) * spatial].copy_from_slice(plane);
+        }
+    }
+}
+
+/// `dst = alpha·dst + a·b` for row-major `a` (`[m, k]`, rows `lda` apart) and `b`, read through
+/// `(b_cs, b_rs)` strides, into row-major `dst` (`[m, n]`, rows `ldd` apart).
+///
+/// # Safety
+/// Every pointer with its strides must stay inside its buffer for the sizes given.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    ldd: usize,
+    accumulate: bool,
+    a: (*const f32, isize, isize),
+    b: (*const f32, isize, isize),
+    par: gemm::Parallelism,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            ldd as isize,
+            accumulate,
+            a.0,
+            a.1,
+            a.2,
+            b.0,
+            b.1,
+            b.2,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `work(scratch, task, chunk)` over `data` cut into chunks of `len`, in parallel where rayon is
+/// on, in as many runs as there are threads, so that each thread makes its scratch (a column
+/// buffer of megabytes) once.
+fn for_each_task<S>(
+    data: &mut [f32],
+    len: usize,
+    make: impl Fn() -> S + Sync + Send,
+    work: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        let per_thread = data
+            .len()
+            .div_ceil(len)
+            .div_ceil(rayon::current_num_threads());
+        data.par_chunks_mut(len)
+            .enumerate()
+            .with_min_len(per_thread.max(1))
+            .for_each_init(make, |s, (i, chunk)| work(s, i, chunk));
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let mut s = make();
+        for (i, chunk) in data.chunks_mut(len).enumerate() {
+            work(&mut s, i, chunk);
+        }
+    }
+}
+
+/// The forward convolution: `x` `[batch, cin, in_h, in_w]`, `w` `[cout, cin, kh, kw]`, an
+/// optional bias of `cout`; returns `[batch, cout, out_h, out_w]`.
+pub(crate) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    batch: usize,
+    channels_in: usize,
+    channels_out: usize,
+    g: &Geometry,
+) -> Vec<f32> {
+    let k = channels_in * g.kernel[0] * g.kernel[1];
+    let spatial = g.out_h * g.out_w;
+    let in_len = channels_in * g.in_h * g.in_w;
+    let out_len = channels_out * spatial;
+    let mut out = vec![0.0f32; batch * out_len];
+    let plan = Plan::new(g, k, batch);
+    if out_len == 0 {
+        return out;
+    }
+    let scratch = || (Vec::new(), Vec::new());
+    for_each_task(
+        &mut out,
+        plan.images * out_len,
+        scratch,
+        |(col, tmp), task, dst| {
+            let (first, images) = (task * plan.images, dst.len() / out_len);
+            for rows in plan.tiles(g) {
+                let per_image = rows.len() * g.out_w;
+                let n = images * per_image;
+                col.resize(k * n, 0.0);
+                for i in 0..images {
+                    let x_b = &x[(first + i) * in_len..(first + i + 1) * in_len];
+                    im2col(x_b, channels_in, g, rows.clone(), col, n, i * per_image);
+                }
+                let offset = rows.start * g.out_w;
+                let w_mat = (w.as_ptr(), 1, k as isize);
+                let columns = (col.as_ptr(), 1, n as isize);
+                if images == 1 {
+                    // Straight into the image's output: columns [offset, offset + n) of each row,
+                    // the bias written there first and accumulated onto.
+                    if let Some(bias) = bias {
+                        for (co, &v) in bias.iter().enumerate() {
+                            dst[co * spatial + offset..co * spatial + offset + n].fill(v);
+                        }
+                    }
+                    // SAFETY: dst is [cout, spatial] row-major, written in columns
+                    // [offset, offset + n); w is [cout, k] and col [k, n], row-major.
+                    unsafe {
+                        let d = dst.as_mut_ptr().add(offset);
+                        gemm(
+                            (channels_out, n, k),
+                            d,
+                            spatial,
+                            bias.is_some(),
+                            w_mat,
+                            columns,
+                            plan.par,
+                        );
+                    }
+                } else {
+                    tmp.resize(channels_out * n, 0.0);
+                    // SAFETY: tmp is [cout, n] row-major; w is [cout, k] and col [k, n].
+                    unsafe {
+                        gemm(
+                            (channels_out, n, k),
+                            tmp.as_mut_ptr(),
+                            n,
+                            false,
+                            w_mat,
+                            columns,
+                            plan.par,
+                        );
+                    }
+                    for i in 0..images {
+                        for co in 0..channels_out {
+                            let b = bias.map_or(0.0, |b| b[co]);
+                            let src = &tmp[co * n + i * spatial..co * n + (i + 1) * spatial];
+                            let d = &mut dst
+                                [i * out_len + co * spatial..i * out_len + (co + 1) * spatial];
+                            for (o, v) in d.iter_mut().zip(src) {
+                                *o = *v + b;
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    );
+    out
+}
+
+/// The input gradient (a transposed convolution): `grad` `[batch, cout, out_h, out_w]`, `w`
+/// `[cout, cin, kh, kw]`, an optional bias of `cin` (a transposed convolution called as such);
+/// returns `[batch, cin, in_h, in_w]`.
+pub(crate) fn transpose(
+    grad: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    batch: usize,
+    channels_in: usize,
+    channels_out: usize,
+    g: &Geometry,
+) -> Vec<f32> {
+    let k = channels_in * g.kernel[0] * g.kernel[1];
+    let spatial = g.out_h * g.out_w;
+    let plane = g.in_h * g.in_w;
+    let dx_len = channels_in * plane;
+    let mut dx = vec![0.0f32; batch * dx_len];
+    let plan = Plan::new(g, k, batch);
+    if dx_len == 0 {
+        return dx;
+    }
+    let scratch = || (Vec::new(), Vec::new());
+    for_each_task(
+        &mut dx,
+        plan.images * dx_len,
+        scratch,
+        |(col, gathered), task, dst| {
+            let (first, images) = (task * plan.images, dst.len() / dx_len);
+            if let Some(bias) = bias {
+                for (i, v) in dst.iter_mut().enumerate() {
+                    *v = bias[i / plane % channels_in];
+                }
+            }
+            // The gradient's columns side by side: straight from the image when it is one,
+            // else gathered.
+            let (grad_ptr, ld) = if images == 1 {
+                (grad[first * channels_out * spatial..].as_ptr(), spatial)
+            } else {
+                gather(grad, first, images, channels_out, spatial, gathered);
+                (gathered.as_ptr(), images * spatial)
+            };
+            for rows in plan.tiles(g) {
+                let per_image = rows.len() * g.out_w;
+                let n = images * per_image;
+                col.resize(k * n, 0.0);
+                // SAFETY: col is [k, n] row-major; wᵀ is read from w ([cout, k] row-major) with
+                // its strides swapped; the gradient is [cout, ld], read in columns
+                // [rows.start·out_w, rows.start·out_w + n).
+                unsafe {
+                    let g_ptr = grad_ptr.add(rows.start * g.out_w);
+                    let w_t = (w.as_ptr(), k as isize, 1);
+                    gemm(
+                        (k, n, channels_out),
+                        col.as_mut_ptr(),
+                        n,
+                        false,
+                        w_t,
+                        (g_ptr, 1, ld as isize),
+                        plan.par,
+                    );
+                }
+                for i in 0..images {
+                    let dx_b = &mut dst[i * dx_len..(i + 1) * dx_len];
+                    col2im(col, n, i * per_image, channels_in, g, rows.clone(), dx_b);
+                }
+            }
+        },
+    );
+    dx
+}
+
+/// The weight gradient: `x` `[batch, cin, in_h, in_w]` (the convolution's input), `grad`
+/// `[batch, cout, out_h, out_w]`; returns `[cout, cin, kh, kw]`.
+pub(crate) fn weight_gradient(
+    x: &[f32],
+    grad: &[f32],
+    batch: usize,
+    channels_in: usize,
+    channels_out: usize,
+    g: &Geometry,
+) -> Vec<f32> {
+    let k = channels_in * g.kernel[0] * g.kernel[1];
+    let spatial = g.out_h * g.out_w;
+    let in_len = channels_in * g.in_h * g.in_w;
+    let plan = Plan::new(g, k, batch);
+    let tasks = batch.div_ceil(plan.images);
+    // One task's share added onto `dw` (`[cout, k]`, made on a thread's first task).
+    let task = |dw: &mut Vec<f32>, col: &mut Vec<f32>, gathered: &mut Vec<f32>, task: usize| {
+        dw.resize(channels_out * k, 0.0);
+        let first = task * plan.images;
+        let images = plan.images.min(batch - first);
+        let (grad_ptr, ld) = if images == 1 {
+            (grad[first * channels_out * spatial..].as_ptr(), spatial)
+        } else {
+            gather(grad, first, images, channels_out, spatial, gathered);
+            (gathered.as_ptr(), images * spatial)
+        };
+        for rows in plan.tiles(g) {
+            let per_image = rows.len() * g.out_w;
+            let n = images * per_image;
+            col.resize(k * n, 0.0);
+            for i in 0..images {
+                let x_b = &x[(first + i) * in_len..(first + i + 1) * in_len];
+                im2col(x_b, channels_in, g, rows.clone(), col, n, i * per_image);
+            }
+            // SAFETY: dw is [cout, k] row-major; the gradient is [cout, ld], read in columns
+            // [rows.start·out_w, rows.start·out_w + n); colᵀ is read from col ([k, n]
+            // row-major) with its strides swapped.
+            unsafe {
+                let g_ptr = grad_ptr.add(rows.start * g.out_w);
+                let col_t = (col.as_ptr(), n as isize, 1);
+                gemm(
+                    (channels_out, k, n),
+                    dw.as_mut_ptr(),
+                    k,
+                    true,
+                    (g_ptr, 1, ld as isize),
+                    col_t,
+                    plan.par,
+                );
+            }
+        }
+    };
+    #[cfg(feature = "rayon")]
+    let dw = {
+        use rayon::prelude::*;
+        (0..tasks)
+            .into_par_iter()
+            .with_min_len(tasks.div_ceil(rayon::current_num_threads()).max(1))
+            .fold(
+                || (Vec::new(), Vec::new(), Vec::new()),
+                |(mut dw, mut col, mut gathered), t| {
+                    task(&mut dw, &mut col, &mut gathered, t);
+                    (dw, col, gathered)
+                },
+            )
+            .map(|(dw, _, _)| dw)
+            .reduce(Vec::new, |a, b| {
+                if a.is_empty() {
+                    return b;
+                }
+                let mut a = a;
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += *y;
+                }
+                a
+            })
+    };
+    #[cfg(not(feature = "rayon"))]
+    let dw = {
+        let (mut dw, mut col, mut gathered) = (Vec::new(), Vec::new(), Vec::new());
+        for t in 0..tasks {
+            task(&mut dw, &mut col, &mut gathered, t);
+        }
+        dw
+    };
+    if dw.is_empty() {
+        return vec![0.0; channels_out * k];
+    }
+    dw
+}
