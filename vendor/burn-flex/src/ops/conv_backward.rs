@@ -41,7 +41,7 @@ fn is_depthwise(channels_in: usize, weight_shape: &[usize], groups: usize) -> bo
 }
 
 /// Whether a convolution (or its transpose) is a plain 1×1 channel mix on the same grid.
-fn is_pointwise(
+pub(super) fn is_pointwise(
     weight_shape: &[usize],
     groups: usize,
     stride: [usize; 2],
@@ -54,7 +54,7 @@ fn is_pointwise(
         && padding == [0, 0]
 }
 
-fn all_f32_4d(tensors: &[&FlexTensor]) -> bool {
+pub(super) fn all_f32_4d(tensors: &[&FlexTensor]) -> bool {
     tensors
         .iter()
         .all(|t| t.dtype() == DType::F32 && t.layout().shape().num_dims() == 4)
@@ -258,27 +258,7 @@ fn depthwise_conv_transpose2d(
     let x_shape = x.layout().shape();
     let (batch, channels, in_h, in_w) = (x_shape[0], x_shape[1], x_shape[2], x_shape[3]);
     let w_shape = weight.layout().shape();
-    let kernel = [w_shape[2], w_shape[3]];
-    let out_size = |i: usize| {
-        let input = [in_h, in_w][i];
-        ((input - 1) * options.stride[i]
-            + options.dilation[i] * (kernel[i] - 1)
-            + options.padding_out[i]
-            + 1)
-        .checked_sub(2 * options.padding[i])
-        .expect("conv_transpose2d: padding larger than the output")
-    };
-    // The forward convolution this transposes: its input is our output.
-    let g = depthwise::Geometry {
-        in_h: out_size(0),
-        in_w: out_size(1),
-        out_h: in_h,
-        out_w: in_w,
-        kernel,
-        stride: options.stride,
-        padding: options.padding,
-        dilation: options.dilation,
-    };
+    let g = depthwise::Geometry::transposed([in_h, in_w], [w_shape[2], w_shape[3]], options);
     let bias = bias.map(|b| b.to_contiguous());
     let bias_data: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
     let out = depthwise::transpose(

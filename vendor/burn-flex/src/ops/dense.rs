@@ -35,7 +35,9 @@ use crate::{FlexTensor, Layout};
 
 use core::ops::Range;
 
+use super::conv_backward::{all_f32_4d, is_pointwise};
 use super::depthwise::Geometry;
+use super::planes::valid_range;
 
 /// Whether a convolution of `x` with `weight` (`[cout, cin/groups, kh, kw]`) and `bias` is one
 /// this module takes: one group, f32 throughout, four-dimensional, and not a plain 1×1 channel
@@ -48,18 +50,10 @@ pub(crate) fn applies(
     stride: [usize; 2],
     padding: [usize; 2],
 ) -> bool {
-    let w_shape = weight.layout().shape();
-    let four = |t: &FlexTensor| t.dtype() == DType::F32 && t.layout().shape().num_dims() == 4;
-    let pointwise = w_shape.num_dims() == 4
-        && w_shape[2] == 1
-        && w_shape[3] == 1
-        && stride == [1, 1]
-        && padding == [0, 0];
     groups == 1
-        && four(x)
-        && four(weight)
+        && all_f32_4d(&[x, weight])
         && bias.is_none_or(|b| b.dtype() == DType::F32)
-        && !pointwise
+        && !is_pointwise(weight.layout().shape(), groups, stride, padding)
 }
 
 fn tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
@@ -126,26 +120,8 @@ pub(crate) fn conv_transpose2d(
     let bias = bias.map(|b| b.to_contiguous());
     let [batch, channels_out, out_h, out_w]: [usize; 4] = x.shape().dims();
     let [_, channels_in, kh, kw]: [usize; 4] = weight.shape().dims();
-    let kernel = [kh, kw];
-    let size = |i: usize, input: usize| {
-        ((input - 1) * options.stride[i]
-            + options.dilation[i] * (kernel[i] - 1)
-            + options.padding_out[i]
-            + 1)
-        .checked_sub(2 * options.padding[i])
-        .expect("conv_transpose2d: padding larger than the output")
-    };
     // The forward convolution this transposes: its input is our output.
-    let g = Geometry {
-        in_h: size(0, out_h),
-        in_w: size(1, out_w),
-        out_h,
-        out_w,
-        kernel,
-        stride: options.stride,
-        padding: options.padding,
-        dilation: options.dilation,
-    };
+    let g = Geometry::transposed([out_h, out_w], [kh, kw], options);
     let bias_data: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
     let dx = transpose(
         x.storage(),
@@ -243,21 +219,6 @@ impl Plan {
     }
 }
 
-/// The output columns `[lo, hi)` whose input column `o·stride + offset` lies in `[0, input)`.
-fn valid_range(out: usize, input: usize, stride: usize, offset: isize) -> (usize, usize) {
-    let lo = if offset < 0 {
-        (offset.unsigned_abs()).div_ceil(stride)
-    } else {
-        0
-    };
-    let last = input as isize - 1 - offset;
-    if last < 0 {
-        return (0, 0);
-    }
-    let hi = (last as usize / stride + 1).min(out);
-    (lo.min(hi), hi)
-}
-
 /// Where filter tap `(i, j)` meets the input plane on the output rows `rows`:
 /// `visit(t, input_row, lo, hi, start)` for the `t`-th row, `input_row` `None` where the tap
 /// falls in the padding, output columns `[lo, hi)` inside the plane, reading from input
@@ -324,6 +285,29 @@ fn im2col(
     }
 }
 
+/// The column buffer of `images` images of `x` (`[batch, channels, in_h, in_w]`) from image
+/// `first`, on the output rows `rows`, side by side in `col`; returns its width
+/// (`images·rows·out_w`).
+fn images_to_columns(
+    x: &[f32],
+    first: usize,
+    images: usize,
+    channels: usize,
+    g: &Geometry,
+    rows: Range<usize>,
+    col: &mut Vec<f32>,
+) -> usize {
+    let in_len = channels * g.in_h * g.in_w;
+    let per_image = rows.len() * g.out_w;
+    let n = images * per_image;
+    col.resize(channels * g.kernel[0] * g.kernel[1] * n, 0.0);
+    for i in 0..images {
+        let x_b = &x[(first + i) * in_len..(first + i + 1) * in_len];
+        im2col(x_b, channels, g, rows.clone(), col, n, i * per_image);
+    }
+    n
+}
+
 /// Adds columns `[offset, offset + rows·out_w)` of `col` back onto the planes `dx`
 /// (`[channels, in_h, in_w]`): the transpose of [`im2col`].
 fn col2im(
@@ -362,6 +346,23 @@ fn col2im(
     }
 }
 
+/// The gradient of `images` images from image `first` as one `[channels, ld]` matrix: a
+/// pointer to it and `ld`, straight into `grad` for one image, else [`gather`]ed into `buffer`.
+fn gradient_columns(
+    grad: &[f32],
+    first: usize,
+    images: usize,
+    channels: usize,
+    spatial: usize,
+    buffer: &mut Vec<f32>,
+) -> (*const f32, usize) {
+    if images == 1 {
+        return (grad[first * channels * spatial..].as_ptr(), spatial);
+    }
+    gather(grad, first, images, channels, spatial, buffer);
+    (buffer.as_ptr(), images * spatial)
+}
+
 /// Copies the planes of `images` images of `grad` (`[batch, channels, spatial]`) from image
 /// `first` side by side into `dst` (`[channels, images·spatial]`).
 fn gather(
@@ -382,8 +383,8 @@ fn gather(
     }
 }
 
-/// `dst = alpha·dst + a·b` for row-major `a` (`[m, k]`, rows `lda` apart) and `b`, read through
-/// `(b_cs, b_rs)` strides, into row-major `dst` (`[m, n]`, rows `ldd` apart).
+/// `dst = a·b`, or `dst += a·b` where `accumulate`: `a` (`[m, k]`) and `b` (`[k, n]`) given as
+/// `(pointer, column stride, row stride)`, `dst` row-major (`[m, n]`, rows `ldd` apart).
 ///
 /// # Safety
 /// Every pointer with its strides must stay inside its buffer for the sizes given.
@@ -466,7 +467,6 @@ pub(crate) fn forward(
 ) -> Vec<f32> {
     let k = channels_in * g.kernel[0] * g.kernel[1];
     let spatial = g.out_h * g.out_w;
-    let in_len = channels_in * g.in_h * g.in_w;
     let out_len = channels_out * spatial;
     let mut out = vec![0.0f32; batch * out_len];
     let plan = Plan::new(g, k, batch);
@@ -481,13 +481,7 @@ pub(crate) fn forward(
         |(col, tmp), task, dst| {
             let (first, images) = (task * plan.images, dst.len() / out_len);
             for rows in plan.tiles(g) {
-                let per_image = rows.len() * g.out_w;
-                let n = images * per_image;
-                col.resize(k * n, 0.0);
-                for i in 0..images {
-                    let x_b = &x[(first + i) * in_len..(first + i + 1) * in_len];
-                    im2col(x_b, channels_in, g, rows.clone(), col, n, i * per_image);
-                }
+                let n = images_to_columns(x, first, images, channels_in, g, rows.clone(), col);
                 let offset = rows.start * g.out_w;
                 let w_mat = (w.as_ptr(), 1, k as isize);
                 let columns = (col.as_ptr(), 1, n as isize);
@@ -578,14 +572,8 @@ pub(crate) fn transpose(
                     *v = bias[i / plane % channels_in];
                 }
             }
-            // The gradient's columns side by side: straight from the image when it is one,
-            // else gathered.
-            let (grad_ptr, ld) = if images == 1 {
-                (grad[first * channels_out * spatial..].as_ptr(), spatial)
-            } else {
-                gather(grad, first, images, channels_out, spatial, gathered);
-                (gathered.as_ptr(), images * spatial)
-            };
+            let (grad_ptr, ld) =
+                gradient_columns(grad, first, images, channels_out, spatial, gathered);
             for rows in plan.tiles(g) {
                 let per_image = rows.len() * g.out_w;
                 let n = images * per_image;
@@ -628,7 +616,6 @@ pub(crate) fn weight_gradient(
 ) -> Vec<f32> {
     let k = channels_in * g.kernel[0] * g.kernel[1];
     let spatial = g.out_h * g.out_w;
-    let in_len = channels_in * g.in_h * g.in_w;
     let plan = Plan::new(g, k, batch);
     let tasks = batch.div_ceil(plan.images);
     // One task's share added onto `dw` (`[cout, k]`, made on a thread's first task).
@@ -636,20 +623,9 @@ pub(crate) fn weight_gradient(
         dw.resize(channels_out * k, 0.0);
         let first = task * plan.images;
         let images = plan.images.min(batch - first);
-        let (grad_ptr, ld) = if images == 1 {
-            (grad[first * channels_out * spatial..].as_ptr(), spatial)
-        } else {
-            gather(grad, first, images, channels_out, spatial, gathered);
-            (gathered.as_ptr(), images * spatial)
-        };
+        let (grad_ptr, ld) = gradient_columns(grad, first, images, channels_out, spatial, gathered);
         for rows in plan.tiles(g) {
-            let per_image = rows.len() * g.out_w;
-            let n = images * per_image;
-            col.resize(k * n, 0.0);
-            for i in 0..images {
-                let x_b = &x[(first + i) * in_len..(first + i + 1) * in_len];
-                im2col(x_b, channels_in, g, rows.clone(), col, n, i * per_image);
-            }
+            let n = images_to_columns(x, first, images, channels_in, g, rows.clone(), col);
             // SAFETY: dw is [cout, k] row-major; the gradient is [cout, ld], read in columns
             // [rows.start·out_w, rows.start·out_w + n); colᵀ is read from col ([k, n]
             // row-major) with its strides swapped.

@@ -43,6 +43,35 @@ pub(crate) struct Geometry {
     pub dilation: [usize; 2],
 }
 
+impl Geometry {
+    /// The forward convolution a transposed convolution of an `[h, w]` input with `kernel` and
+    /// `options` transposes: its output is that input, its input the transposed output.
+    pub(crate) fn transposed(
+        [h, w]: [usize; 2],
+        kernel: [usize; 2],
+        options: &burn_backend::ops::ConvTransposeOptions<2>,
+    ) -> Self {
+        let size = |i: usize, input: usize| {
+            ((input - 1) * options.stride[i]
+                + options.dilation[i] * (kernel[i] - 1)
+                + options.padding_out[i]
+                + 1)
+            .checked_sub(2 * options.padding[i])
+            .expect("conv_transpose2d: padding larger than the output")
+        };
+        Self {
+            in_h: size(0, h),
+            in_w: size(1, w),
+            out_h: h,
+            out_w: w,
+            kernel,
+            stride: options.stride,
+            padding: options.padding,
+            dilation: options.dilation,
+        }
+    }
+}
+
 /// Outputs accumulated at once: eight AVX-512 registers (sixteen AVX2 ones), enough
 /// independent sums to hide the latency of the fused multiply-adds.
 const CHUNK: usize = 128;

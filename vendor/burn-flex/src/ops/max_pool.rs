@@ -10,7 +10,7 @@ use burn_std::{Bytes, Shape};
 
 use crate::{FlexTensor, Layout};
 
-use super::planes::for_each_chunk;
+use super::planes::{for_each_chunk, valid_range};
 use super::pool::pool_output_size;
 
 /// `max_pool2d` for an f32 `[batch, channels, h, w]` tensor, dilation 1.
@@ -41,22 +41,11 @@ pub(crate) fn max_pool2d(
                     let input = &src[iy as usize * in_w..(iy as usize + 1) * in_w];
                     for j in 0..kernel[1] {
                         let offset = j as isize - padding[1] as isize;
-                        // Output columns whose input column ox·s + offset lies in the row.
-                        let lo = if offset < 0 {
-                            offset.unsigned_abs().div_ceil(stride[1])
-                        } else {
-                            0
-                        };
-                        let last = in_w as isize - 1 - offset;
-                        if last < 0 {
-                            continue;
-                        }
-                        let hi = (last as usize / stride[1] + 1).min(out_w);
+                        let (lo, hi) = valid_range(out_w, in_w, stride[1], offset);
                         if lo >= hi {
                             continue;
                         }
-                        let start = (lo * stride[1]) as isize + offset;
-                        let start = start as usize;
+                        let start = ((lo * stride[1]) as isize + offset) as usize;
                         let outs = &mut row[lo..hi];
                         if stride[1] == 1 {
                             for (o, &v) in outs.iter_mut().zip(&input[start..start + hi - lo]) {

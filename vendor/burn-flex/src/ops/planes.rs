@@ -125,3 +125,23 @@ pub(crate) fn par_map<A: Copy + Sync, B: bytemuck::Zeroable + Copy + Send>(
     });
     out
 }
+
+/// The output columns `[lo, hi)` whose input column `o·stride + offset` lies in `[0, input)`.
+pub(super) fn valid_range(
+    out: usize,
+    input: usize,
+    stride: usize,
+    offset: isize,
+) -> (usize, usize) {
+    let lo = if offset < 0 {
+        (offset.unsigned_abs()).div_ceil(stride)
+    } else {
+        0
+    };
+    let last = input as isize - 1 - offset;
+    if last < 0 {
+        return (0, 0);
+    }
+    let hi = (last as usize / stride + 1).min(out);
+    (lo.min(hi), hi)
+}
