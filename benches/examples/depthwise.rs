@@ -1,20 +1,24 @@
 //! The depthwise convolutions of MobileNetV2 and EfficientNet-Lite1 on the flex backend, alone:
-//! milliseconds a call at batch 16 for each distinct shape (3×3 and 5×5, stride 1 and 2), with
-//! bias. Run it on two builds to compare kernels.
+//! milliseconds a call at batch 16 for each distinct shape (3×3 and 5×5, stride 1 and 2, with
+//! bias), for the forward pass and for forward plus both gradients (input and weight). The
+//! shapes are those of MobileNetV2 at 224 px, Lite1 at 240 (embedding) and Lite1 at 160 (the
+//! main job's training views). Run it on two builds to compare kernels.
 //!
 //! `cargo run --release -p benches --example depthwise`
 
 use std::time::Instant;
 
 use burn::prelude::*;
+use burn::tensor::Distribution;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
 fn main() {
     model::allocator::keep_freed_memory();
-    let device = Device::flex();
-    // (channels, input side, kernel, stride): MobileNetV2 at 224, Lite1 at 240.
+    let device = Device::flex().autodiff();
+    // (channels, input side, kernel, stride)
     let shapes = [
+        // MobileNetV2 at 224
         (32, 112, 3, 1),
         (96, 112, 3, 2),
         (144, 56, 3, 1),
@@ -23,39 +27,74 @@ fn main() {
         (384, 14, 3, 1),
         (576, 14, 3, 2),
         (960, 7, 3, 1),
+        // Lite1 at 240
         (144, 60, 5, 2),
         (240, 30, 5, 1),
         (480, 15, 5, 1),
         (1152, 8, 5, 1),
+        // Lite1 at 160
+        (32, 80, 3, 1),
+        (96, 80, 3, 2),
+        (144, 40, 5, 2),
+        (240, 20, 3, 2),
+        (480, 10, 5, 1),
+        (672, 10, 5, 2),
+        (1152, 5, 5, 1),
+        (1152, 5, 3, 1),
     ];
     let batch = 16;
-    let mut total = 0.0;
-    println!("| channels × side, kernel, stride | ms a call (batch {batch}) |");
-    println!("|---|---|");
+    let (mut total_forward, mut total_train) = (0.0, 0.0);
+    println!("| channels × side, kernel, stride | forward ms | forward + gradients ms |");
+    println!("|---|---|---|");
     for (c, side, k, s) in shapes {
         let x: Tensor<4> = Tensor::random(
             [batch, c, side, side],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
+            Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let w: Tensor<4> = Tensor::random(
-            [c, 1, k, k],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let b: Tensor<1> =
-            Tensor::random([c], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let w: Tensor<4> = Tensor::random([c, 1, k, k], Distribution::Normal(0.0, 1.0), &device);
+        let b: Tensor<1> = Tensor::random([c], Distribution::Normal(0.0, 1.0), &device);
         let options = ConvOptions::new([s, s], [k / 2, k / 2], [1, 1], c);
-        let call = || conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
-        let _ = call().into_data();
-        let steps = 20;
-        let start = Instant::now();
-        for _ in 0..steps {
-            let _ = call();
-        }
-        let ms = start.elapsed().as_secs_f64() * 1000.0 / steps as f64;
-        total += ms;
-        println!("| {c} × {side}, {k}×{k}, {s} | {ms:.2} |");
+        let forward = || {
+            conv2d(
+                x.clone().inner(),
+                w.clone().inner(),
+                Some(b.clone().inner()),
+                options.clone(),
+            )
+        };
+        let train = || {
+            let x = x.clone().require_grad();
+            let w = w.clone().require_grad();
+            let grads = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone())
+                .sum()
+                .backward();
+            (x.grad(&grads).unwrap(), w.grad(&grads).unwrap())
+        };
+        let _ = forward().into_data();
+        let _ = train();
+        let time = |f: &dyn Fn(), steps: usize| {
+            let start = Instant::now();
+            for _ in 0..steps {
+                f();
+            }
+            start.elapsed().as_secs_f64() * 1000.0 / steps as f64
+        };
+        let f = time(
+            &|| {
+                let _ = forward();
+            },
+            20,
+        );
+        let t = time(
+            &|| {
+                let _ = train();
+            },
+            10,
+        );
+        total_forward += f;
+        total_train += t;
+        println!("| {c} × {side}, {k}×{k}, {s} | {f:.2} | {t:.2} |");
     }
-    println!("| all | {total:.1} |");
+    println!("| all | {total_forward:.1} | {total_train:.1} |");
 }

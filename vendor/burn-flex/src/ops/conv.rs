@@ -683,89 +683,63 @@ fn conv3d_1x1_impl<
     #[cfg(not(feature = "rayon"))]
     let parallelism = gemm::Parallelism::None;
 
-    let mut output = vec![zero; total_output];
-
-    {
-        #[cfg(feature = "rayon")]
-        {
-            use rayon::prelude::*;
-            let dst_ptr = crate::ops::SendMutPtr::new(output.as_mut_ptr());
-
-            (0..batch_size).into_par_iter().for_each(|b| {
-                for g in 0..groups {
-                    let x_offset = b * channels_in * spatial + g * k * spatial;
-                    let w_offset = g * out_channels_per_group * k;
-                    let out_offset =
-                        b * channels_out * spatial + g * out_channels_per_group * spatial;
-
-                    unsafe {
-                        gemm::gemm(
-                            m,
-                            n,
-                            k,
-                            dst_ptr.ptr_add(out_offset),
-                            1,          // dst_cs
-                            n as isize, // dst_rs
-                            false,      // read_dst
-                            w_data.as_ptr().add(w_offset),
-                            1,          // lhs_cs: W row-major
-                            k as isize, // lhs_rs
-                            x_data.as_ptr().add(x_offset),
-                            1,          // rhs_cs: X row-major
-                            n as isize, // rhs_rs
-                            zero,
-                            one,
-                            false,
-                            false,
-                            false,
-                            parallelism,
-                        );
-                    }
-                }
-            });
-        }
-        #[cfg(not(feature = "rayon"))]
-        {
-            for b in 0..batch_size {
-                for g in 0..groups {
-                    let x_offset = b * channels_in * spatial + g * k * spatial;
-                    let w_offset = g * out_channels_per_group * k;
-                    let out_offset =
-                        b * channels_out * spatial + g * out_channels_per_group * spatial;
-
-                    unsafe {
-                        gemm::gemm(
-                            m,
-                            n,
-                            k,
-                            output.as_mut_ptr().add(out_offset),
-                            1,
-                            n as isize,
-                            false,
-                            w_data.as_ptr().add(w_offset),
-                            1,
-                            k as isize,
-                            x_data.as_ptr().add(x_offset),
-                            1,
-                            n as isize,
-                            zero,
-                            one,
-                            false,
-                            false,
-                            false,
-                            parallelism,
-                        );
-                    }
-                }
+    // The output is never zeroed: with a bias, each plane starts as its channel's bias and the
+    // GEMM accumulates onto it (`read_dst`); without one, the GEMM writes every element.
+    let bias = bias.map(|b| b.to_contiguous());
+    let bias_data: Option<&[T]> = bias.as_ref().map(|b| b.storage());
+    let mut output: Vec<T> = Vec::with_capacity(total_output);
+    let read_dst = bias_data.is_some() || k == 0;
+    if read_dst {
+        let spare = &mut output.spare_capacity_mut()[..total_output];
+        for (i, plane) in spare.chunks_exact_mut(spatial.max(1)).enumerate() {
+            let v = bias_data.map_or(zero, |b| b[i % channels_out]);
+            for d in plane {
+                d.write(v);
             }
         }
     }
-
-    if let Some(bias) = bias {
-        let bias = bias.to_contiguous();
-        let bias_data: &[T] = bias.storage();
-        add_bias(&mut output, bias_data, batch_size, channels_out, spatial);
+    let dst_ptr = crate::ops::SendMutPtr::new(output.as_mut_ptr());
+    let image = |b: usize| {
+        for g in 0..groups {
+            let x_offset = b * channels_in * spatial + g * k * spatial;
+            let w_offset = g * out_channels_per_group * k;
+            let out_offset = b * channels_out * spatial + g * out_channels_per_group * spatial;
+            // SAFETY: each image writes only its own `channels_out · spatial` outputs, inside
+            // the capacity reserved above.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst_ptr.ptr_add(out_offset),
+                    1,          // dst_cs
+                    n as isize, // dst_rs
+                    read_dst,
+                    w_data.as_ptr().add(w_offset),
+                    1,          // lhs_cs: W row-major
+                    k as isize, // lhs_rs
+                    x_data.as_ptr().add(x_offset),
+                    1,          // rhs_cs: X row-major
+                    n as isize, // rhs_rs
+                    one,
+                    one,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+    };
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        (0..batch_size).into_par_iter().for_each(image);
     }
+    #[cfg(not(feature = "rayon"))]
+    (0..batch_size).for_each(image);
+    // SAFETY: every element was written, by the bias fill or by a GEMM.
+    unsafe { output.set_len(total_output) };
 
     let out_shape = Shape::from(vec![
         batch_size,

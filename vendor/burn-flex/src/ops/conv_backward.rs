@@ -23,7 +23,7 @@
 //! (weight gradient).
 
 use alloc::vec;
-use burn_backend::ops::conv::pad_asymmetric_conv_input;
+use burn_backend::ops::conv::{calculate_padding_out, pad_asymmetric_conv_input};
 use burn_backend::ops::{ConvOptions, ConvTransposeOptions, FloatTensorOps, ModuleOps};
 use burn_backend::{DType, TensorMetadata};
 use burn_std::{Bytes, Shape, Slice};
@@ -276,6 +276,111 @@ fn depthwise_conv_transpose2d(
     )
 }
 
+/// Whether a convolution is an f32 depthwise one with padding that differs before and after
+/// (TensorFlow's "same" padding of a stride-2 layer): `depthwise_conv2d` and
+/// `depthwise_x_backward` take it as it is, where Burn's default first copies the input into a
+/// padded tensor (and, for the input gradient, crops the result again).
+pub(crate) fn is_asymmetric_depthwise(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    options: &ConvOptions<2>,
+) -> bool {
+    options.is_asymmetric()
+        && all_f32_4d(&[x, weight])
+        && bias.is_none_or(|b| b.dtype() == DType::F32)
+        && is_depthwise(
+            x.layout().shape()[1],
+            weight.layout().shape(),
+            options.groups,
+        )
+}
+
+/// The geometry of a depthwise convolution of an `[h, w]` input, padding before and after each
+/// axis as the options say.
+fn asymmetric_geometry(
+    [h, w]: [usize; 2],
+    kernel: [usize; 2],
+    options: &ConvOptions<2>,
+) -> depthwise::Geometry {
+    let size = |i: usize, input: usize| {
+        let (begin, end) = options.padding[i];
+        let reach = options.dilation[i] * (kernel[i] - 1) + 1;
+        (input + begin + end)
+            .checked_sub(reach)
+            .expect("conv2d: kernel larger than the padded input")
+            / options.stride[i]
+            + 1
+    };
+    depthwise::Geometry {
+        in_h: h,
+        in_w: w,
+        out_h: size(0, h),
+        out_w: size(1, w),
+        kernel,
+        stride: options.stride,
+        padding: options.padding_begin(),
+        dilation: options.dilation,
+    }
+}
+
+/// A depthwise convolution (`is_asymmetric_depthwise`) without a padded copy of its input.
+pub(crate) fn depthwise_conv2d(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let x = x.to_contiguous();
+    let weight = weight.to_contiguous();
+    let x_shape = x.layout().shape();
+    let (batch, channels) = (x_shape[0], x_shape[1]);
+    let w_shape = weight.layout().shape();
+    let g = asymmetric_geometry([x_shape[2], x_shape[3]], [w_shape[2], w_shape[3]], options);
+    let bias = bias.map(|b| b.to_contiguous());
+    let bias_data: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
+    let out = depthwise::forward(
+        x.storage(),
+        weight.storage(),
+        bias_data,
+        batch,
+        channels,
+        &g,
+    );
+    FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(Shape::from(vec![batch, channels, g.out_h, g.out_w])),
+        DType::F32,
+    )
+}
+
+/// The input gradient of a depthwise convolution (`is_asymmetric_depthwise`): the transposed
+/// convolution straight onto the input's shape, with no padded tensor to crop.
+fn depthwise_x_backward(
+    x_shape: &[usize],
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let weight = weight.to_contiguous();
+    let grad = output_grad.to_contiguous();
+    let (batch, channels) = (x_shape[0], x_shape[1]);
+    let w_shape = weight.layout().shape();
+    let g = asymmetric_geometry([x_shape[2], x_shape[3]], [w_shape[2], w_shape[3]], options);
+    let g_shape = grad.layout().shape();
+    assert_eq!(
+        [g_shape[2], g_shape[3]],
+        [g.out_h, g.out_w],
+        "conv2d backward: output gradient of the wrong size"
+    );
+    let out = depthwise::transpose(grad.storage(), weight.storage(), None, batch, channels, &g);
+    FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(Shape::from(x_shape.to_vec())),
+        DType::F32,
+    )
+}
+
 /// Weight gradient of a depthwise convolution (`depthwise::weight_gradient`): `dw[c, 0, kh, kw]
 /// = Σ_b Σ_oh,ow grad[b, c, oh, ow] * x[b, c, oh*s + kh*d - p, ow*s + kw*d - p]`. `x` is the
 /// convolution's input (`[batch, channels, h, w]`), `output_grad` its output's gradient.
@@ -306,6 +411,57 @@ fn depthwise_weight_backward(
         Layout::contiguous(weight_shape),
         DType::F32,
     )
+}
+
+/// The input gradient of a 2D convolution: the asymmetric depthwise kernel where it applies,
+/// Burn's default otherwise (`burn_backend::ops::conv::conv2d_x_backward`, crate-private there,
+/// copied): a transposed convolution, onto a padded input's shape and cropped where the
+/// padding differs before and after.
+pub(crate) fn conv2d_x_backward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: ConvOptions<2>,
+) -> FlexTensor {
+    let x_shape: [usize; 4] = x.shape().dims();
+    if is_asymmetric_depthwise(&x, &weight, None, &options) {
+        return depthwise_x_backward(&x_shape, weight, output_grad, &options);
+    }
+    let padding = options.padding;
+    let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
+    let [_, _, h, w] = x.shape().dims();
+    let [_, _, out_h, out_w] = output_grad.shape().dims();
+    let [_, _, kh, kw] = weight.shape().dims();
+    let padding_out = |i: usize, kernel: usize, size_in: usize, size_out: usize| {
+        calculate_padding_out(
+            kernel,
+            options.stride[i],
+            options.padding_begin()[i],
+            options.dilation[i],
+            size_in,
+            size_out,
+        )
+    };
+    let grad = Flex::conv_transpose2d(
+        output_grad,
+        weight,
+        None,
+        ConvTransposeOptions::new(
+            options.stride,
+            options.padding_begin(),
+            [padding_out(0, kh, h, out_h), padding_out(1, kw, w, out_w)],
+            options.dilation,
+            options.groups,
+        ),
+    );
+    if padding.iter().all(|(begin, end)| begin == end) {
+        return grad;
+    }
+    let mut ranges = x_shape.map(|d| Slice::from(0..d));
+    for (axis, (begin, _)) in padding.iter().enumerate() {
+        ranges[axis + 2] = Slice::from(*begin..*begin + x_shape[axis + 2]);
+    }
+    Flex::float_slice(grad, &ranges)
 }
 
 /// Burn's default weight gradient (`burn_backend::ops::conv::conv2d_weight_backward`, which is

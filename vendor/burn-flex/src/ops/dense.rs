@@ -202,11 +202,14 @@ impl Plan {
             (images, g.out_h)
         };
         // The threads go to the GEMM only when tasks do not keep them busy.
+        #[cfg(feature = "rayon")]
         let par = if batch.div_ceil(images) < threads {
             gemm::Parallelism::Rayon(0)
         } else {
             gemm::Parallelism::None
         };
+        #[cfg(not(feature = "rayon"))]
+        let par = gemm::Parallelism::None;
         Self { images, rows, par }
     }
 

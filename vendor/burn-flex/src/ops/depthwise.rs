@@ -240,13 +240,19 @@ pub(crate) fn transpose(
             }
             for (ih, row) in out.chunks_exact_mut(g.in_w).enumerate() {
                 let (i, rh) = ((ih + ph) / sh, (ih + ph) % sh);
-                for (iw, d) in row.iter_mut().enumerate() {
-                    let (j, rw) = ((iw + pw) / sw, (iw + pw) % sw);
+                // Input column iw is column j of phase rw, with (j, rw) = divmod(iw + pw, sw),
+                // counted up rather than divided out for every element.
+                let (mut j, mut rw) = (pw / sw, pw % sw);
+                for d in row.iter_mut() {
                     d.write(if i < hq && j < wq {
                         phases[(rh * sw + rw) * phase_len + i * wq + j]
                     } else {
                         b
                     });
+                    rw += 1;
+                    if rw == sw {
+                        (j, rw) = (j + 1, 0);
+                    }
                 }
             }
         },
@@ -277,7 +283,10 @@ pub(crate) fn weight_gradient(
         k,
         || (vec![0.0; layout.scratch_len], vec![0.0; layout.flat_len]),
         |(input, spread), c, dw| {
-            let mut sums = vec![0.0f64; k];
+            // One vector of lane sums a tap, carried across the batch and reduced once: the
+            // planes of the last stages are a chunk or two long, where reducing each image's
+            // lanes cost more than the products.
+            let mut lanes = vec![0.0f32; k * CHUNK];
             for b in 0..batch {
                 let bc = b * channels + c;
                 fill_phases(input, &x[bc * in_plane..(bc + 1) * in_plane], g, &layout);
@@ -287,11 +296,15 @@ pub(crate) fn weight_gradient(
                 }
                 for t in &layout.taps {
                     let offset = t.phase * layout.plane + t.shift;
-                    sums[t.index] += dot(spread, &input[offset..offset + layout.flat_len]);
+                    dot_lanes(
+                        &mut lanes[t.index * CHUNK..(t.index + 1) * CHUNK],
+                        spread,
+                        &input[offset..offset + layout.flat_len],
+                    );
                 }
             }
-            for (d, s) in dw.iter_mut().zip(&sums) {
-                *d = *s as f32;
+            for (d, tap) in dw.iter_mut().zip(lanes.chunks_exact(CHUNK)) {
+                *d = tap.iter().map(|&v| v as f64).sum::<f64>() as f32;
             }
         },
     );
@@ -326,9 +339,22 @@ fn fill_phases(scratch: &mut [f32], x: &[f32], g: &Geometry, layout: &Layout) {
                 let first = sw * j0 + rw - pw;
                 if sw == 1 {
                     dst.copy_from_slice(&src_row[first..first + dst.len()]);
+                } else if sw == 2 {
+                    // Pairs, so that the compiler can deinterleave whole vectors; the last
+                    // element may have no partner.
+                    let src = &src_row[first..];
+                    let pairs = src.chunks_exact(2);
+                    let last = pairs.remainder().first().copied();
+                    let n = pairs.len();
+                    for (d, p) in dst.iter_mut().zip(pairs) {
+                        *d = p[0];
+                    }
+                    if let (Some(v), Some(d)) = (last, dst.get_mut(n)) {
+                        *d = v;
+                    }
                 } else {
-                    for (j, d) in dst.iter_mut().enumerate() {
-                        *d = src_row[first + j * sw];
+                    for (d, v) in dst.iter_mut().zip(src_row[first..].iter().step_by(sw)) {
+                        *d = *v;
                     }
                 }
             }
@@ -365,14 +391,15 @@ fn accumulate<#[cfg(feature = "simd")] S: macerator::Simd>(
     }
 }
 
-/// `Σ a[i] · b[i]` over equal lengths that are a whole number of chunks.
+/// `lanes[l] += Σ_n a[n·CHUNK + l] · b[n·CHUNK + l]`: a dot product of equal lengths (a whole
+/// number of chunks) left in its `CHUNK` lane sums, for the caller to reduce once.
 #[cfg_attr(feature = "simd", macerator::with_simd)]
-fn dot<#[cfg(feature = "simd")] S: macerator::Simd>(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0.0f32; CHUNK];
+fn dot_lanes<#[cfg(feature = "simd")] S: macerator::Simd>(lanes: &mut [f32], a: &[f32], b: &[f32]) {
+    let mut acc: [f32; CHUNK] = lanes.try_into().expect("one chunk of lanes");
     for (x, y) in a.chunks_exact(CHUNK).zip(b.chunks_exact(CHUNK)) {
         for l in 0..CHUNK {
             acc[l] = num_traits::Float::mul_add(x[l], y[l], acc[l]);
         }
     }
-    acc.iter().map(|&v| v as f64).sum()
+    lanes.copy_from_slice(&acc);
 }

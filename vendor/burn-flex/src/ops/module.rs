@@ -69,6 +69,9 @@ impl ModuleOps<Flex> for Flex {
         bias: Option<FloatTensor<Flex>>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
+        if conv_backward::is_asymmetric_depthwise(&x, &weight, bias.as_ref(), &options) {
+            return conv_backward::depthwise_conv2d(x, weight, bias, &options);
+        }
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
         if dense::applies(
             &x,
@@ -128,6 +131,15 @@ impl ModuleOps<Flex> for Flex {
         let grad = Flex::float_swap_dims(output_grad, 0, 1);
         let grad = Flex::float_reshape(grad, Shape::new([channels, batch * height * width]));
         Flex::float_reshape(Flex::float_sum_dim(grad, 1), bias.shape())
+    }
+
+    fn conv2d_x_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Flex> {
+        conv_backward::conv2d_x_backward(x, weight, output_grad, options)
     }
 
     fn conv2d_weight_backward(

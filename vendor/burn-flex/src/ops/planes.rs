@@ -74,6 +74,7 @@ pub(super) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64
 }
 
 /// Elements a thread takes at a time in the element-wise passes below (256 KiB of f32).
+#[cfg(feature = "rayon")]
 const ELEMENTWISE_CHUNK: usize = 64 * 1024;
 
 /// `f(dst_part, src_part)` over matching parts of `dst` and `src` (the same length), on every
@@ -114,7 +115,11 @@ pub(crate) fn par_map<A: Copy + Sync, B: bytemuck::Zeroable + Copy + Send>(
     src: &[A],
     f: impl Fn(A) -> B + Sync + Send,
 ) -> Vec<B> {
-    if src.len() < super::PARALLEL_THRESHOLD {
+    #[cfg(feature = "rayon")]
+    let small = src.len() < super::PARALLEL_THRESHOLD;
+    #[cfg(not(feature = "rayon"))]
+    let small = true;
+    if small {
         return src.iter().map(|&x| f(x)).collect();
     }
     let mut out = vec![B::zeroed(); src.len()];
