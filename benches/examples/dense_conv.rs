@@ -4,12 +4,13 @@
 //!
 //! `cargo run --release -p benches --example dense_conv`
 
-use std::time::Instant;
+mod common;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use common::Table;
 
 fn main() {
     model::allocator::keep_freed_memory();
@@ -29,9 +30,7 @@ fn main() {
         (3, 32, 240, 3, 2),
     ];
     let batch = 16;
-    let (mut total_forward, mut total_train) = (0.0, 0.0);
-    println!("| in → out channels, side, kernel, stride | forward ms | forward + gradients ms |");
-    println!("|---|---|---|");
+    let mut table = Table::new("in → out channels, side, kernel, stride", 1);
     for (ci, co, side, k, s) in shapes {
         let x: Tensor<4> = Tensor::random(
             [batch, ci, side, side],
@@ -49,25 +48,8 @@ fn main() {
                 .backward();
             (x.grad(&grads).unwrap(), w.grad(&grads).unwrap())
         };
-        let _ = forward().into_data();
-        let _ = train();
-        let time = |f: &dyn Fn()| {
-            let steps = 10;
-            let start = Instant::now();
-            for _ in 0..steps {
-                f();
-            }
-            start.elapsed().as_secs_f64() * 1000.0 / steps as f64
-        };
-        let f = time(&|| {
-            let _ = forward();
-        });
-        let t = time(&|| {
-            let _ = train();
-        });
-        total_forward += f;
-        total_train += t;
-        println!("| {ci} → {co}, {side}, {k}×{k}, {s} | {f:.1} | {t:.1} |");
+        let label = format!("{ci} → {co}, {side}, {k}×{k}, {s}");
+        table.row(&label, (10, 10), forward, train);
     }
-    println!("| all | {total_forward:.0} | {total_train:.0} |");
+    table.finish();
 }

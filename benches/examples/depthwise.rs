@@ -6,12 +6,13 @@
 //!
 //! `cargo run --release -p benches --example depthwise`
 
-use std::time::Instant;
+mod common;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use common::Table;
 
 fn main() {
     model::allocator::keep_freed_memory();
@@ -43,9 +44,7 @@ fn main() {
         (1152, 5, 3, 1),
     ];
     let batch = 16;
-    let (mut total_forward, mut total_train) = (0.0, 0.0);
-    println!("| channels × side, kernel, stride | forward ms | forward + gradients ms |");
-    println!("|---|---|---|");
+    let mut table = Table::new("channels × side, kernel, stride", 2);
     for (c, side, k, s) in shapes {
         let x: Tensor<4> = Tensor::random(
             [batch, c, side, side],
@@ -71,30 +70,12 @@ fn main() {
                 .backward();
             (x.grad(&grads).unwrap(), w.grad(&grads).unwrap())
         };
-        let _ = forward().into_data();
-        let _ = train();
-        let time = |f: &dyn Fn(), steps: usize| {
-            let start = Instant::now();
-            for _ in 0..steps {
-                f();
-            }
-            start.elapsed().as_secs_f64() * 1000.0 / steps as f64
-        };
-        let f = time(
-            &|| {
-                let _ = forward();
-            },
-            20,
+        table.row(
+            &format!("{c} × {side}, {k}×{k}, {s}"),
+            (20, 10),
+            forward,
+            train,
         );
-        let t = time(
-            &|| {
-                let _ = train();
-            },
-            10,
-        );
-        total_forward += f;
-        total_train += t;
-        println!("| {c} × {side}, {k}×{k}, {s} | {f:.2} | {t:.2} |");
     }
-    println!("| all | {total_forward:.1} | {total_train:.1} |");
+    table.finish();
 }

@@ -227,14 +227,24 @@ fn depthwise_on_planes_larger_than_a_chunk_matches_the_reference() {
 #[test]
 fn pointwise_forward_and_gradients_match_the_reference() {
     let mut rng = Lcg(18);
-    for i in 0..16 {
+    for i in 0..20 {
+        // Small planes: one image's planes are its columns (batch 1), or several images share
+        // a buffer (batch 4); every fifth case has planes past 512 positions, one image a task.
+        let large = i % 5 == 4;
+        let side = |rng: &mut Lcg| {
+            if large {
+                23 + rng.below(18)
+            } else {
+                1 + rng.below(13)
+            }
+        };
         let case = Case {
-            batch: [1, 4][i % 2],
+            batch: if large { 3 } else { [1, 4][i % 2] },
             channels_in: 1 + rng.below(40),
             channels_out: 1 + rng.below(40),
             groups: 1,
-            h: 1 + rng.below(13),
-            w: 1 + rng.below(13),
+            h: side(&mut rng),
+            w: side(&mut rng),
             kernel: 1,
             stride: 1,
             padding: [(0, 0); 2],
@@ -341,6 +351,7 @@ fn depthwise_and_pointwise_transposed_convolutions_match_the_reference() {
         (3, 6, 1, 6, 3, 2, 0, 0, true),
         (2, 7, 9, 1, 1, 1, 0, 0, false),
         (1, 7, 9, 1, 1, 1, 0, 0, true),
+        (4, 7, 9, 1, 1, 1, 0, 0, true),
         // Dense: 3×3 strided with output padding, 5×5, a 1×1 strided.
         (2, 4, 3, 1, 3, 2, 1, 1, true),
         (1, 3, 5, 1, 5, 1, 2, 0, false),

@@ -32,26 +32,11 @@ use crate::{Flex, FlexTensor, Layout};
 
 use super::dense;
 use super::depthwise;
-use super::planes::for_each_chunk;
 
 /// Whether `weight` (`[channels, 1, kh, kw]`) with `groups` is a canonical depthwise filter
 /// for an input of `channels_in` channels.
 fn is_depthwise(channels_in: usize, weight_shape: &[usize], groups: usize) -> bool {
     groups > 1 && groups == channels_in && weight_shape[0] == channels_in && weight_shape[1] == 1
-}
-
-/// Whether a convolution (or its transpose) is a plain 1×1 channel mix on the same grid.
-pub(super) fn is_pointwise(
-    weight_shape: &[usize],
-    groups: usize,
-    stride: [usize; 2],
-    padding: [usize; 2],
-) -> bool {
-    groups == 1
-        && weight_shape[2] == 1
-        && weight_shape[3] == 1
-        && stride == [1, 1]
-        && padding == [0, 0]
 }
 
 pub(super) fn all_f32_4d(tensors: &[&FlexTensor]) -> bool {
@@ -60,8 +45,8 @@ pub(super) fn all_f32_4d(tensors: &[&FlexTensor]) -> bool {
         .all(|t| t.dtype() == DType::F32 && t.layout().shape().num_dims() == 4)
 }
 
-/// The transposed convolution through a direct kernel where one applies (depthwise or
-/// pointwise, f32), or the inputs back for the generic path.
+/// The transposed convolution through a direct kernel where one applies (depthwise, or dense
+/// with one group; f32), or the inputs back for the generic path.
 pub(crate) fn conv_transpose2d(
     x: FlexTensor,
     weight: FlexTensor,
@@ -75,27 +60,14 @@ pub(crate) fn conv_transpose2d(
     if is_depthwise(x.layout().shape()[1], w_shape, options.groups) {
         return Ok(depthwise_conv_transpose2d(x, weight, bias, options));
     }
-    if is_pointwise(w_shape, options.groups, options.stride, options.padding)
-        && options.padding_out == [0, 0]
-        && bias.is_none()
-    {
-        return Ok(pointwise_conv_transpose2d(x, weight));
-    }
-    if dense::applies(
-        &x,
-        &weight,
-        bias.as_ref(),
-        options.groups,
-        options.stride,
-        options.padding,
-    ) {
+    if dense::applies(&x, &weight, bias.as_ref(), options.groups) {
         return Ok(dense::conv_transpose2d(x, weight, bias, options));
     }
     Err((x, weight))
 }
 
-/// The weight gradient of a 2D convolution: direct kernels for depthwise and pointwise
-/// convolutions (f32), Burn's generic route otherwise.
+/// The weight gradient of a 2D convolution: direct kernels for depthwise and dense (one group)
+/// convolutions in f32, Burn's generic route otherwise.
 pub(crate) fn conv2d_weight_backward(
     x: FlexTensor,
     weight: FlexTensor,
@@ -107,141 +79,11 @@ pub(crate) fn conv2d_weight_backward(
         if is_depthwise(x.layout().shape()[1], w_shape, options.groups) {
             return depthwise_weight_backward(x, weight.shape(), output_grad, &options);
         }
-        if !options.is_asymmetric()
-            && is_pointwise(
-                w_shape,
-                options.groups,
-                options.stride,
-                options.padding_begin(),
-            )
-        {
-            return pointwise_weight_backward(x, weight.shape(), output_grad);
-        }
-        if !options.is_asymmetric()
-            && dense::applies(
-                &x,
-                &weight,
-                None,
-                options.groups,
-                options.stride,
-                options.padding_begin(),
-            )
-        {
+        if !options.is_asymmetric() && dense::applies(&x, &weight, None, options.groups) {
             return dense::conv2d_weight_backward(x, weight.shape(), output_grad, &options);
         }
     }
     generic_conv2d_weight_backward(x, weight, output_grad, options)
-}
-
-/// `gemm` parallelism for a product of this size: threads only where it pays.
-fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
-    #[cfg(feature = "rayon")]
-    if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
-        return gemm::Parallelism::Rayon(0);
-    }
-    let _ = (m, n, k);
-    gemm::Parallelism::None
-}
-
-/// `dw[co, ci] = Σ_b Σ_p grad[b, co, p] · x[b, ci, p]` for a 1×1 convolution.
-fn pointwise_weight_backward(
-    x: FlexTensor,
-    weight_shape: Shape,
-    output_grad: FlexTensor,
-) -> FlexTensor {
-    let x = x.to_contiguous();
-    let grad = output_grad.to_contiguous();
-    let x_shape = x.layout().shape();
-    let (batch, channels_in) = (x_shape[0], x_shape[1]);
-    let spatial = x_shape[2] * x_shape[3];
-    let channels_out = grad.layout().shape()[1];
-    let x_data: &[f32] = x.storage();
-    let g_data: &[f32] = grad.storage();
-    let mut out = vec![0.0f32; channels_out * channels_in];
-    let par = parallelism(channels_out, channels_in, spatial);
-    for b in 0..batch {
-        // SAFETY: every pointer and stride below stays inside its buffer: grad_b is
-        // [channels_out, spatial] and x_b [channels_in, spatial], both row-major, and out is
-        // [channels_out, channels_in].
-        unsafe {
-            gemm::gemm(
-                channels_out,
-                channels_in,
-                spatial,
-                out.as_mut_ptr(),
-                1,
-                channels_in as isize,
-                b > 0,
-                g_data.as_ptr().add(b * channels_out * spatial),
-                1,
-                spatial as isize,
-                x_data.as_ptr().add(b * channels_in * spatial),
-                spatial as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
-    }
-    FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous(weight_shape),
-        DType::F32,
-    )
-}
-
-/// `out[b, co, p] = Σ_ci w[ci, co] · x[b, ci, p]`: a 1×1 transposed convolution (the input
-/// gradient of a 1×1 convolution), weight `[channels_in, channels_out, 1, 1]`.
-fn pointwise_conv_transpose2d(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
-    let x = x.to_contiguous();
-    let weight = weight.to_contiguous();
-    let x_shape = x.layout().shape();
-    let (batch, channels_in, h, w) = (x_shape[0], x_shape[1], x_shape[2], x_shape[3]);
-    let spatial = h * w;
-    let channels_out = weight.layout().shape()[1];
-    let x_data: &[f32] = x.storage();
-    let w_data: &[f32] = weight.storage();
-    let mut out = vec![0.0f32; batch * channels_out * spatial];
-    let plane = channels_out * spatial;
-    if plane > 0 {
-        let par = parallelism(channels_out, spatial, channels_in);
-        for_each_chunk(&mut out, plane, |b, dst| {
-            // SAFETY: dst is out[b] ([channels_out, spatial]); the weight read transposed is
-            // [channels_in, channels_out]; x[b] is [channels_in, spatial].
-            unsafe {
-                gemm::gemm(
-                    channels_out,
-                    spatial,
-                    channels_in,
-                    dst.as_mut_ptr(),
-                    1,
-                    spatial as isize,
-                    false,
-                    w_data.as_ptr(),
-                    channels_out as isize,
-                    1,
-                    x_data.as_ptr().add(b * channels_in * spatial),
-                    1,
-                    spatial as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
-            }
-        });
-    }
-    FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous(Shape::from(vec![batch, channels_out, h, w])),
-        DType::F32,
-    )
 }
 
 /// Transposed depthwise convolution (`depthwise::transpose`): `out[b, c, oh*s + kh*d - p, ...]

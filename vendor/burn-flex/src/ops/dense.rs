@@ -1,4 +1,4 @@
-//! Dense convolutions (one group, any kernel, stride, padding and dilation) in f32, added by
+//! Dense convolutions (one group, any kernel including 1×1, stride, padding and dilation) in f32, added by
 //! lookalike: the forward pass, the input gradient (the transposed convolution) and the weight
 //! gradient, each as GEMMs over a column buffer built straight from the NCHW planes.
 //!
@@ -22,7 +22,10 @@
 //! gradient, summed at the end); a single image hands the threads to the GEMM instead. Where an
 //! output plane is small (ResNet's last stages: 7×7 and 14×14), several images share one
 //! column buffer side by side, so that the weight is packed once for all of them and the GEMM
-//! gets enough columns; the output gradient is gathered the same way.
+//! gets enough columns; the output gradient is gathered the same way. A 1×1 convolution
+//! (stride 1, no padding) needs no column buffer for a single image: its planes are its
+//! columns, read where they lie, and the GEMM writes its input gradient in place; on small
+//! planes (EfficientNet's 5×5 and 10×10 stages) its images share a buffer like any other's.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -33,27 +36,22 @@ use burn_std::{Bytes, Shape};
 
 use crate::{FlexTensor, Layout};
 
+use core::mem::MaybeUninit;
 use core::ops::Range;
 
-use super::conv_backward::{all_f32_4d, is_pointwise};
+use super::conv_backward::all_f32_4d;
 use super::depthwise::Geometry;
 use super::planes::valid_range;
 
 /// Whether a convolution of `x` with `weight` (`[cout, cin/groups, kh, kw]`) and `bias` is one
-/// this module takes: one group, f32 throughout, four-dimensional, and not a plain 1×1 channel
-/// mix (which `conv_backward` and the flex 1×1 path do without columns).
+/// this module takes: one group, f32 throughout, four-dimensional.
 pub(crate) fn applies(
     x: &FlexTensor,
     weight: &FlexTensor,
     bias: Option<&FlexTensor>,
     groups: usize,
-    stride: [usize; 2],
-    padding: [usize; 2],
 ) -> bool {
-    groups == 1
-        && all_f32_4d(&[x, weight])
-        && bias.is_none_or(|b| b.dtype() == DType::F32)
-        && !is_pointwise(weight.layout().shape(), groups, stride, padding)
+    groups == 1 && all_f32_4d(&[x, weight]) && bias.is_none_or(|b| b.dtype() == DType::F32)
 }
 
 fn tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
@@ -191,7 +189,12 @@ impl Plan {
         let threads = 1;
         let spatial = g.out_h * g.out_w;
         let (images, rows) = if spatial >= MIN_COLUMNS || batch == 1 {
-            let rows = (COLUMN_FLOATS / (k * g.out_w).max(1)).clamp(1, g.out_h.max(1));
+            // A 1×1 filter's columns are the image's planes themselves: no buffer to bound.
+            let rows = if planes_are_columns(g) {
+                g.out_h.max(1)
+            } else {
+                (COLUMN_FLOATS / (k * g.out_w).max(1)).clamp(1, g.out_h.max(1))
+            };
             (1, rows)
         } else {
             let images = MIN_COLUMNS
@@ -288,10 +291,20 @@ fn im2col(
     }
 }
 
-/// The column buffer of `images` images of `x` (`[batch, channels, in_h, in_w]`) from image
-/// `first`, on the output rows `rows`, side by side in `col`; returns its width
-/// (`images·rows·out_w`).
-fn images_to_columns(
+/// Whether an image's column matrix is its input planes as they lie (`[cin, in_h·in_w]`): a 1×1
+/// filter, stride 1, no padding, the output on the input's grid.
+fn planes_are_columns(g: &Geometry) -> bool {
+    g.kernel == [1, 1]
+        && g.stride == [1, 1]
+        && g.padding == [0, 0]
+        && (g.in_h, g.in_w) == (g.out_h, g.out_w)
+}
+
+/// The column matrix of `images` images of `x` (`[batch, channels, in_h, in_w]`) from image
+/// `first`, on the output rows `rows`: `(pointer, row stride, width)`, the width
+/// `images·rows·out_w`. Built side by side in `col`, except for one image whose planes already
+/// are its columns ([`planes_are_columns`]), read where they lie.
+fn columns(
     x: &[f32],
     first: usize,
     images: usize,
@@ -299,16 +312,20 @@ fn images_to_columns(
     g: &Geometry,
     rows: Range<usize>,
     col: &mut Vec<f32>,
-) -> usize {
+) -> (*const f32, usize, usize) {
     let in_len = channels * g.in_h * g.in_w;
     let per_image = rows.len() * g.out_w;
     let n = images * per_image;
+    if images == 1 && planes_are_columns(g) {
+        let start = first * in_len + rows.start * g.out_w;
+        return (x[start..].as_ptr(), g.in_h * g.in_w, n);
+    }
     col.resize(channels * g.kernel[0] * g.kernel[1] * n, 0.0);
     for i in 0..images {
         let x_b = &x[(first + i) * in_len..(first + i + 1) * in_len];
         im2col(x_b, channels, g, rows.clone(), col, n, i * per_image);
     }
-    n
+    (col.as_ptr(), n, n)
 }
 
 /// Adds columns `[offset, offset + rows·out_w)` of `col` back onto the planes `dx`
@@ -430,11 +447,11 @@ unsafe fn gemm(
 /// `work(scratch, task, chunk)` over `data` cut into chunks of `len`, in parallel where rayon is
 /// on, in as many runs as there are threads, so that each thread makes its scratch (a column
 /// buffer of megabytes) once.
-fn for_each_task<S>(
-    data: &mut [f32],
+fn for_each_task<T: Send, S>(
+    data: &mut [T],
     len: usize,
     make: impl Fn() -> S + Sync + Send,
-    work: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+    work: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
 ) {
     #[cfg(feature = "rayon")]
     {
@@ -459,6 +476,9 @@ fn for_each_task<S>(
 
 /// The forward convolution: `x` `[batch, cin, in_h, in_w]`, `w` `[cout, cin, kh, kw]`, an
 /// optional bias of `cout`; returns `[batch, cout, out_h, out_w]`.
+///
+/// The output is never zeroed: each task writes every element of its images once, the bias
+/// first where the GEMM accumulates onto it, the GEMM or the copy out of its buffer otherwise.
 pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
@@ -471,35 +491,37 @@ pub(crate) fn forward(
     let k = channels_in * g.kernel[0] * g.kernel[1];
     let spatial = g.out_h * g.out_w;
     let out_len = channels_out * spatial;
-    let mut out = vec![0.0f32; batch * out_len];
+    let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
     let plan = Plan::new(g, k, batch);
     if out_len == 0 {
         return out;
     }
     let scratch = || (Vec::new(), Vec::new());
     for_each_task(
-        &mut out,
+        &mut out.spare_capacity_mut()[..batch * out_len],
         plan.images * out_len,
         scratch,
         |(col, tmp), task, dst| {
             let (first, images) = (task * plan.images, dst.len() / out_len);
             for rows in plan.tiles(g) {
-                let n = images_to_columns(x, first, images, channels_in, g, rows.clone(), col);
+                let (col_ptr, ld, n) = columns(x, first, images, channels_in, g, rows.clone(), col);
                 let offset = rows.start * g.out_w;
                 let w_mat = (w.as_ptr(), 1, k as isize);
-                let columns = (col.as_ptr(), 1, n as isize);
+                let columns = (col_ptr, 1, ld as isize);
                 if images == 1 {
                     // Straight into the image's output: columns [offset, offset + n) of each row,
                     // the bias written there first and accumulated onto.
                     if let Some(bias) = bias {
                         for (co, &v) in bias.iter().enumerate() {
-                            dst[co * spatial + offset..co * spatial + offset + n].fill(v);
+                            dst[co * spatial + offset..co * spatial + offset + n]
+                                .fill(MaybeUninit::new(v));
                         }
                     }
                     // SAFETY: dst is [cout, spatial] row-major, written in columns
-                    // [offset, offset + n); w is [cout, k] and col [k, n], row-major.
+                    // [offset, offset + n) (read only where the bias was written first); w is
+                    // [cout, k] and col [k, n], row-major.
                     unsafe {
-                        let d = dst.as_mut_ptr().add(offset);
+                        let d = dst.as_mut_ptr().add(offset).cast::<f32>();
                         gemm(
                             (channels_out, n, k),
                             d,
@@ -531,7 +553,7 @@ pub(crate) fn forward(
                             let d = &mut dst
                                 [i * out_len + co * spatial..i * out_len + (co + 1) * spatial];
                             for (o, v) in d.iter_mut().zip(src) {
-                                *o = *v + b;
+                                o.write(*v + b);
                             }
                         }
                     }
@@ -539,6 +561,8 @@ pub(crate) fn forward(
             }
         },
     );
+    // SAFETY: every element was written (see above).
+    unsafe { out.set_len(batch * out_len) };
     out
 }
 
@@ -577,25 +601,37 @@ pub(crate) fn transpose(
             }
             let (grad_ptr, ld) =
                 gradient_columns(grad, first, images, channels_out, spatial, gathered);
+            // One image whose planes are its columns: the GEMM writes its input gradient
+            // itself, accumulating onto the bias where there is one.
+            let direct = images == 1 && planes_are_columns(g);
             for rows in plan.tiles(g) {
                 let per_image = rows.len() * g.out_w;
                 let n = images * per_image;
-                col.resize(k * n, 0.0);
-                // SAFETY: col is [k, n] row-major; wᵀ is read from w ([cout, k] row-major) with
-                // its strides swapped; the gradient is [cout, ld], read in columns
-                // [rows.start·out_w, rows.start·out_w + n).
+                let (out, ldo) = if direct {
+                    (dst[rows.start * g.out_w..].as_mut_ptr(), plane)
+                } else {
+                    col.resize(k * n, 0.0);
+                    (col.as_mut_ptr(), n)
+                };
+                // SAFETY: the output is [k, n], rows ldo apart: col, or for `direct` dst
+                // ([cin, plane], written in columns [rows.start·out_w, rows.start·out_w + n));
+                // wᵀ is read from w ([cout, k] row-major) with its strides swapped; the gradient
+                // is [cout, ld], read in the same columns.
                 unsafe {
                     let g_ptr = grad_ptr.add(rows.start * g.out_w);
                     let w_t = (w.as_ptr(), k as isize, 1);
                     gemm(
                         (k, n, channels_out),
-                        col.as_mut_ptr(),
-                        n,
-                        false,
+                        out,
+                        ldo,
+                        direct && bias.is_some(),
                         w_t,
                         (g_ptr, 1, ld as isize),
                         plan.par,
                     );
+                }
+                if direct {
+                    continue;
                 }
                 for i in 0..images {
                     let dx_b = &mut dst[i * dx_len..(i + 1) * dx_len];
@@ -628,13 +664,13 @@ pub(crate) fn weight_gradient(
         let images = plan.images.min(batch - first);
         let (grad_ptr, ld) = gradient_columns(grad, first, images, channels_out, spatial, gathered);
         for rows in plan.tiles(g) {
-            let n = images_to_columns(x, first, images, channels_in, g, rows.clone(), col);
+            let (col_ptr, col_ld, n) = columns(x, first, images, channels_in, g, rows.clone(), col);
             // SAFETY: dw is [cout, k] row-major; the gradient is [cout, ld], read in columns
-            // [rows.start·out_w, rows.start·out_w + n); colᵀ is read from col ([k, n]
-            // row-major) with its strides swapped.
+            // [rows.start·out_w, rows.start·out_w + n); colᵀ is read from the columns ([k, n],
+            // rows col_ld apart) with its strides swapped.
             unsafe {
                 let g_ptr = grad_ptr.add(rows.start * g.out_w);
-                let col_t = (col.as_ptr(), n as isize, 1);
+                let col_t = (col_ptr, col_ld as isize, 1);
                 gemm(
                     (channels_out, k, n),
                     dw.as_mut_ptr(),

@@ -73,14 +73,7 @@ impl ModuleOps<Flex> for Flex {
             return conv_backward::depthwise_conv2d(x, weight, bias, &options);
         }
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
-        if dense::applies(
-            &x,
-            &weight,
-            bias.as_ref(),
-            options.groups,
-            options.stride,
-            options.padding_begin(),
-        ) {
+        if dense::applies(&x, &weight, bias.as_ref(), options.groups) {
             return dense::conv2d(x, weight, bias, &options);
         }
         match x.dtype() {
