@@ -1134,63 +1134,28 @@ macro_rules! conv3d_depthwise_typed {
 }
 
 /// f32 depthwise convolutions go through lookalike's kernel (`depthwise.rs`): all taps and the
-/// bias accumulated in registers, one pass over the output.
+/// bias accumulated in registers, one pass over the output. `conv2d` calls it directly
+/// (`conv_backward::depthwise_conv2d`); conv1d comes here with a depth of one.
 fn conv3d_depthwise_f32(
     x: FlexTensor,
     weight: FlexTensor,
     bias: Option<FlexTensor>,
     options: &ConvOptions<3>,
 ) -> FlexTensor {
-    let x = x.to_contiguous();
-    let weight = weight.to_contiguous();
-    let x_shape = x.layout().shape();
-    let w_shape = weight.layout().shape();
-    let (batch_size, channels, in_h, in_w) = (x_shape[0], x_shape[1], x_shape[3], x_shape[4]);
-    let kernel = [w_shape[3], w_shape[4]];
-    let [_, stride_h, stride_w] = options.stride;
-    let [_, pad_h, pad_w] = options.padding_begin();
-    let [_, dilation_h, dilation_w] = options.dilation;
-    let geometry = super::depthwise::Geometry {
-        in_h,
-        in_w,
-        out_h: calculate_conv_output_size(kernel[0], stride_h, pad_h, dilation_h, in_h),
-        out_w: calculate_conv_output_size(kernel[1], stride_w, pad_w, dilation_w, in_w),
-        kernel,
-        stride: [stride_h, stride_w],
-        padding: [pad_h, pad_w],
-        dilation: [dilation_h, dilation_w],
+    let planes = |t: &FlexTensor| {
+        let s = t.layout().shape();
+        debug_assert_eq!(s[2], 1, "conv depthwise: a depth of one");
+        t.reshape(Shape::from(vec![s[0], s[1], s[3], s[4]]))
     };
-    let bias = bias.map(|b| b.to_contiguous());
-    let bias_data: Option<&[f32]> = bias.as_ref().map(|b| {
-        let data: &[f32] = b.storage();
-        assert_eq!(
-            data.len(),
-            channels,
-            "conv depthwise: bias length ({}) must equal channels ({channels})",
-            data.len()
-        );
-        data
-    });
-    let output = super::depthwise::forward(
-        x.storage(),
-        weight.storage(),
-        bias_data,
-        batch_size,
-        channels,
-        &geometry,
+    let options_2d = ConvOptions::new_with_padding(
+        [options.stride[1], options.stride[2]],
+        [options.padding[1], options.padding[2]],
+        [options.dilation[1], options.dilation[2]],
+        options.groups,
     );
-    let out_shape = Shape::from(vec![
-        batch_size,
-        channels,
-        1,
-        geometry.out_h,
-        geometry.out_w,
-    ]);
-    FlexTensor::new(
-        Bytes::from_elems(output),
-        Layout::contiguous(out_shape),
-        DType::F32,
-    )
+    let y = super::conv_backward::depthwise_conv2d(planes(&x), planes(&weight), bias, &options_2d);
+    let s = y.layout().shape();
+    y.reshape(Shape::from(vec![s[0], s[1], 1, s[2], s[3]]))
 }
 conv3d_depthwise_typed!(conv3d_depthwise_f64, f64, DType::F64);
 conv3d_depthwise_typed!(conv3d_depthwise_f16, f16, DType::F16);

@@ -1,11 +1,14 @@
 //! Convolution backward passes for the layers of mobile networks (f32), added by lookalike.
 //!
-//! Pointwise (1×1, stride 1, no padding) convolutions: the weight gradient went through Burn's
+//! Dense convolutions with one group (1×1 included): the weight gradient went through Burn's
 //! generic route, a convolution of the batch-swapped input with the batch-swapped output
 //! gradient as its kernel, so both were copied transposed (`copy_2d_tiled`) and unfolded into
-//! one column per weight; it is `Σ_b grad_b · x_bᵀ`, one GEMM per image on the NCHW data as it
-//! lies. The input gradient (a 1×1 transposed convolution) is `wᵀ · grad_b`, also one GEMM per
-//! image, without the column buffer and col2im copy of the generic transposed convolution.
+//! one column per weight. It and the input gradient are now the GEMMs of `dense.rs`.
+//!
+//! Padding that differs before and after (TensorFlow's "same" at stride 2: EfficientNet-Lite's
+//! stem and stride-2 depthwise layers) made Burn copy the input into a padded tensor for the
+//! forward pass and both gradients, and crop the input gradient; the f32 kernels here take the
+//! padding as it is (`Geometry::of_conv`).
 //!
 //! A canonical depthwise convolution has one filter a channel (`groups == channels_in ==
 //! channels_out`). Its forward pass had a direct path in `conv.rs`; its two backward passes
@@ -22,16 +25,16 @@
 //! planes, every tap a contiguous run, in parallel over planes (input gradient) or channels
 //! (weight gradient).
 
-use alloc::vec;
 use burn_backend::ops::conv::{calculate_padding_out, pad_asymmetric_conv_input};
 use burn_backend::ops::{ConvOptions, ConvTransposeOptions, FloatTensorOps, ModuleOps};
 use burn_backend::{DType, TensorMetadata};
-use burn_std::{Bytes, Shape, Slice};
+use burn_std::{Shape, Slice};
 
-use crate::{Flex, FlexTensor, Layout};
+use crate::{Flex, FlexTensor};
 
 use super::dense;
 use super::depthwise;
+use super::planes::f32_tensor;
 
 /// Whether `weight` (`[channels, 1, kh, kw]`) with `groups` is a canonical depthwise filter
 /// for an input of `channels_in` channels.
@@ -79,7 +82,7 @@ pub(crate) fn conv2d_weight_backward(
         if is_depthwise(x.layout().shape()[1], w_shape, options.groups) {
             return depthwise_weight_backward(x, weight.shape(), output_grad, &options);
         }
-        if !options.is_asymmetric() && dense::applies(&x, &weight, None, options.groups) {
+        if dense::applies(&x, &weight, None, options.groups) {
             return dense::conv2d_weight_backward(x, weight.shape(), output_grad, &options);
         }
     }
@@ -111,25 +114,20 @@ fn depthwise_conv_transpose2d(
         channels,
         &g,
     );
-    FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous(Shape::from(vec![batch, channels, g.in_h, g.in_w])),
-        DType::F32,
-    )
+    f32_tensor(out, &[batch, channels, g.in_h, g.in_w])
 }
 
-/// Whether a convolution is an f32 depthwise one with padding that differs before and after
-/// (TensorFlow's "same" padding of a stride-2 layer): `depthwise_conv2d` and
-/// `depthwise_x_backward` take it as it is, where Burn's default first copies the input into a
-/// padded tensor (and, for the input gradient, crops the result again).
-pub(crate) fn is_asymmetric_depthwise(
+/// Whether a convolution is an f32 depthwise one, which `depthwise_conv2d` and
+/// `depthwise_x_backward` take with any padding (TensorFlow's "same" padding of a stride-2
+/// layer included, where Burn's default first copies the input into a padded tensor and, for
+/// the input gradient, crops the result again).
+pub(crate) fn is_depthwise_f32(
     x: &FlexTensor,
     weight: &FlexTensor,
     bias: Option<&FlexTensor>,
     options: &ConvOptions<2>,
 ) -> bool {
-    options.is_asymmetric()
-        && all_f32_4d(&[x, weight])
+    all_f32_4d(&[x, weight])
         && bias.is_none_or(|b| b.dtype() == DType::F32)
         && is_depthwise(
             x.layout().shape()[1],
@@ -138,49 +136,48 @@ pub(crate) fn is_asymmetric_depthwise(
         )
 }
 
-/// The geometry of a depthwise convolution of an `[h, w]` input, padding before and after each
-/// axis as the options say.
-fn asymmetric_geometry(
-    [h, w]: [usize; 2],
-    kernel: [usize; 2],
+/// The geometry of a convolution of `x_shape` (`[batch, channels, h, w]`) with a weight of
+/// `w_shape`, checked against the output gradient's shape where one is given.
+pub(super) fn geometry(
+    x_shape: &[usize],
+    w_shape: &[usize],
     options: &ConvOptions<2>,
+    grad_shape: Option<&[usize]>,
 ) -> depthwise::Geometry {
-    let size = |i: usize, input: usize| {
-        let (begin, end) = options.padding[i];
-        let reach = options.dilation[i] * (kernel[i] - 1) + 1;
-        (input + begin + end)
-            .checked_sub(reach)
-            .expect("conv2d: kernel larger than the padded input")
-            / options.stride[i]
-            + 1
-    };
-    depthwise::Geometry {
-        in_h: h,
-        in_w: w,
-        out_h: size(0, h),
-        out_w: size(1, w),
-        kernel,
-        stride: options.stride,
-        padding: options.padding_begin(),
-        dilation: options.dilation,
+    let g =
+        depthwise::Geometry::of_conv([x_shape[2], x_shape[3]], [w_shape[2], w_shape[3]], options);
+    if let Some(grad) = grad_shape {
+        assert_eq!(
+            [grad[2], grad[3]],
+            [g.out_h, g.out_w],
+            "conv2d backward: output gradient of the wrong size"
+        );
     }
+    g
 }
 
-/// A depthwise convolution (`is_asymmetric_depthwise`) without a padded copy of its input.
+/// A depthwise convolution (`is_depthwise_f32`), with no padded copy of its input.
 pub(crate) fn depthwise_conv2d(
     x: FlexTensor,
     weight: FlexTensor,
     bias: Option<FlexTensor>,
     options: &ConvOptions<2>,
 ) -> FlexTensor {
-    let x = x.to_contiguous();
-    let weight = weight.to_contiguous();
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let x_shape = x.layout().shape();
     let (batch, channels) = (x_shape[0], x_shape[1]);
-    let w_shape = weight.layout().shape();
-    let g = asymmetric_geometry([x_shape[2], x_shape[3]], [w_shape[2], w_shape[3]], options);
+    let g = geometry(x_shape, weight.layout().shape(), options, None);
     let bias = bias.map(|b| b.to_contiguous());
-    let bias_data: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
+    let bias_data: Option<&[f32]> = bias.as_ref().map(|b| {
+        let data: &[f32] = b.storage();
+        assert_eq!(
+            data.len(),
+            channels,
+            "conv depthwise: bias length ({}) must equal channels ({channels})",
+            data.len()
+        );
+        data
+    });
     let out = depthwise::forward(
         x.storage(),
         weight.storage(),
@@ -189,14 +186,10 @@ pub(crate) fn depthwise_conv2d(
         channels,
         &g,
     );
-    FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous(Shape::from(vec![batch, channels, g.out_h, g.out_w])),
-        DType::F32,
-    )
+    f32_tensor(out, &[batch, channels, g.out_h, g.out_w])
 }
 
-/// The input gradient of a depthwise convolution (`is_asymmetric_depthwise`): the transposed
+/// The input gradient of a depthwise convolution (`is_depthwise_f32`): the transposed
 /// convolution straight onto the input's shape, with no padded tensor to crop.
 fn depthwise_x_backward(
     x_shape: &[usize],
@@ -204,23 +197,16 @@ fn depthwise_x_backward(
     output_grad: FlexTensor,
     options: &ConvOptions<2>,
 ) -> FlexTensor {
-    let weight = weight.to_contiguous();
-    let grad = output_grad.to_contiguous();
-    let (batch, channels) = (x_shape[0], x_shape[1]);
-    let w_shape = weight.layout().shape();
-    let g = asymmetric_geometry([x_shape[2], x_shape[3]], [w_shape[2], w_shape[3]], options);
-    let g_shape = grad.layout().shape();
-    assert_eq!(
-        [g_shape[2], g_shape[3]],
-        [g.out_h, g.out_w],
-        "conv2d backward: output gradient of the wrong size"
+    let (weight, grad) = (weight.to_contiguous(), output_grad.to_contiguous());
+    let g = geometry(
+        x_shape,
+        weight.layout().shape(),
+        options,
+        Some(grad.layout().shape()),
     );
+    let (batch, channels) = (x_shape[0], x_shape[1]);
     let out = depthwise::transpose(grad.storage(), weight.storage(), None, batch, channels, &g);
-    FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous(Shape::from(x_shape.to_vec())),
-        DType::F32,
-    )
+    f32_tensor(out, x_shape)
 }
 
 /// Weight gradient of a depthwise convolution (`depthwise::weight_gradient`): `dw[c, 0, kh, kw]
@@ -232,33 +218,19 @@ fn depthwise_weight_backward(
     output_grad: FlexTensor,
     options: &ConvOptions<2>,
 ) -> FlexTensor {
-    let x = x.to_contiguous();
-    let grad = output_grad.to_contiguous();
+    let (x, grad) = (x.to_contiguous(), output_grad.to_contiguous());
     let x_shape = x.layout().shape();
-    let (batch, channels, in_h, in_w) = (x_shape[0], x_shape[1], x_shape[2], x_shape[3]);
-    let g_shape = grad.layout().shape();
-    let g = depthwise::Geometry {
-        in_h,
-        in_w,
-        out_h: g_shape[2],
-        out_w: g_shape[3],
-        kernel: [weight_shape[2], weight_shape[3]],
-        stride: options.stride,
-        padding: options.padding_begin(),
-        dilation: options.dilation,
-    };
+    let g = geometry(x_shape, &weight_shape, options, Some(grad.layout().shape()));
+    let (batch, channels) = (x_shape[0], x_shape[1]);
     let out = depthwise::weight_gradient(x.storage(), grad.storage(), batch, channels, &g);
-    FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous(weight_shape),
-        DType::F32,
-    )
+    f32_tensor(out, &weight_shape)
 }
 
-/// The input gradient of a 2D convolution: the asymmetric depthwise kernel where it applies,
-/// Burn's default otherwise (`burn_backend::ops::conv::conv2d_x_backward`, crate-private there,
-/// copied): a transposed convolution, onto a padded input's shape and cropped where the
-/// padding differs before and after.
+/// The input gradient of a 2D convolution: the depthwise or dense kernels (f32) straight onto
+/// the input's shape, whatever the padding; Burn's default otherwise
+/// (`burn_backend::ops::conv::conv2d_x_backward`, crate-private there, copied): a transposed
+/// convolution, onto a padded input's shape and cropped where the padding differs before and
+/// after.
 pub(crate) fn conv2d_x_backward(
     x: FlexTensor,
     weight: FlexTensor,
@@ -266,8 +238,13 @@ pub(crate) fn conv2d_x_backward(
     options: ConvOptions<2>,
 ) -> FlexTensor {
     let x_shape: [usize; 4] = x.shape().dims();
-    if is_asymmetric_depthwise(&x, &weight, None, &options) {
-        return depthwise_x_backward(&x_shape, weight, output_grad, &options);
+    if all_f32_4d(&[&output_grad]) {
+        if is_depthwise_f32(&x, &weight, None, &options) {
+            return depthwise_x_backward(&x_shape, weight, output_grad, &options);
+        }
+        if dense::applies(&x, &weight, None, options.groups) {
+            return dense::conv2d_x_backward(&x_shape, weight, output_grad, &options);
+        }
     }
     let padding = options.padding;
     let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);

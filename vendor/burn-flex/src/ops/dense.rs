@@ -32,16 +32,16 @@ use alloc::vec::Vec;
 
 use burn_backend::ops::{ConvOptions, ConvTransposeOptions};
 use burn_backend::{DType, TensorMetadata};
-use burn_std::{Bytes, Shape};
+use burn_std::Shape;
 
-use crate::{FlexTensor, Layout};
+use crate::FlexTensor;
 
 use core::mem::MaybeUninit;
 use core::ops::Range;
 
-use super::conv_backward::all_f32_4d;
+use super::conv_backward::{all_f32_4d, geometry};
 use super::depthwise::Geometry;
-use super::planes::valid_range;
+use super::planes::{f32_tensor, valid_range};
 
 /// Whether a convolution of `x` with `weight` (`[cout, cin/groups, kh, kw]`) and `bias` is one
 /// this module takes: one group, f32 throughout, four-dimensional.
@@ -54,15 +54,7 @@ pub(crate) fn applies(
     groups == 1 && all_f32_4d(&[x, weight]) && bias.is_none_or(|b| b.dtype() == DType::F32)
 }
 
-fn tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(data),
-        Layout::contiguous(Shape::from(shape.to_vec())),
-        DType::F32,
-    )
-}
-
-/// [`forward`] on tensors: `options` symmetric (Burn pads asymmetric inputs first).
+/// [`forward`] on tensors, with any padding (the padding after each axis ends the output).
 pub(crate) fn conv2d(
     x: FlexTensor,
     weight: FlexTensor,
@@ -71,28 +63,9 @@ pub(crate) fn conv2d(
 ) -> FlexTensor {
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let bias = bias.map(|b| b.to_contiguous());
-    let [batch, channels_in, in_h, in_w]: [usize; 4] = x.shape().dims();
-    let [channels_out, _, kh, kw]: [usize; 4] = weight.shape().dims();
-    let padding = options.padding_begin();
-    let out = |i: usize, input: usize, k: usize| {
-        burn_backend::ops::conv::calculate_conv_output_size(
-            k,
-            options.stride[i],
-            padding[i],
-            options.dilation[i],
-            input,
-        )
-    };
-    let g = Geometry {
-        in_h,
-        in_w,
-        out_h: out(0, in_h, kh),
-        out_w: out(1, in_w, kw),
-        kernel: [kh, kw],
-        stride: options.stride,
-        padding,
-        dilation: options.dilation,
-    };
+    let (x_shape, w_shape) = (x.layout().shape(), weight.layout().shape());
+    let (batch, channels_in, channels_out) = (x_shape[0], x_shape[1], w_shape[0]);
+    let g = geometry(x_shape, w_shape, options, None);
     let bias_data: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
     let y = forward(
         x.storage(),
@@ -103,7 +76,7 @@ pub(crate) fn conv2d(
         channels_out,
         &g,
     );
-    tensor(y, [batch, channels_out, g.out_h, g.out_w])
+    f32_tensor(y, &[batch, channels_out, g.out_h, g.out_w])
 }
 
 /// [`transpose`] on tensors: `x` `[batch, cout, h, w]` (the transposed convolution's input),
@@ -130,11 +103,35 @@ pub(crate) fn conv_transpose2d(
         channels_out,
         &g,
     );
-    tensor(dx, [batch, channels_in, g.in_h, g.in_w])
+    f32_tensor(dx, &[batch, channels_in, g.in_h, g.in_w])
+}
+
+/// [`transpose`] as a convolution's input gradient: onto `x_shape` (the convolution's input),
+/// from `output_grad`, any padding.
+pub(crate) fn conv2d_x_backward(
+    x_shape: &[usize],
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let (weight, grad) = (weight.to_contiguous(), output_grad.to_contiguous());
+    let w_shape = weight.layout().shape();
+    let g = geometry(x_shape, w_shape, options, Some(grad.layout().shape()));
+    let (batch, channels_in, channels_out) = (x_shape[0], x_shape[1], w_shape[0]);
+    let dx = transpose(
+        grad.storage(),
+        weight.storage(),
+        None,
+        batch,
+        channels_in,
+        channels_out,
+        &g,
+    );
+    f32_tensor(dx, x_shape)
 }
 
 /// [`weight_gradient`] on tensors: `x` the convolution's input, `output_grad` its output's
-/// gradient, `options` symmetric.
+/// gradient, any padding.
 pub(crate) fn conv2d_weight_backward(
     x: FlexTensor,
     weight_shape: Shape,
@@ -142,19 +139,10 @@ pub(crate) fn conv2d_weight_backward(
     options: &ConvOptions<2>,
 ) -> FlexTensor {
     let (x, grad) = (x.to_contiguous(), output_grad.to_contiguous());
-    let [batch, channels_in, in_h, in_w]: [usize; 4] = x.shape().dims();
-    let [_, channels_out, out_h, out_w]: [usize; 4] = grad.shape().dims();
-    let [_, _, kh, kw]: [usize; 4] = weight_shape.dims();
-    let g = Geometry {
-        in_h,
-        in_w,
-        out_h,
-        out_w,
-        kernel: [kh, kw],
-        stride: options.stride,
-        padding: options.padding_begin(),
-        dilation: options.dilation,
-    };
+    let (x_shape, g_shape) = (x.layout().shape(), grad.layout().shape());
+    let (batch, channels_in, channels_out) = (x_shape[0], x_shape[1], g_shape[1]);
+    let g = geometry(x_shape, &weight_shape, options, Some(g_shape));
+    let [kh, kw] = g.kernel;
     let dw = weight_gradient(
         x.storage(),
         grad.storage(),
@@ -163,7 +151,7 @@ pub(crate) fn conv2d_weight_backward(
         channels_out,
         &g,
     );
-    tensor(dw, [channels_out, channels_in, kh, kw])
+    f32_tensor(dw, &[channels_out, channels_in, kh, kw])
 }
 
 /// Most floats a column buffer holds (8 MiB): output rows are taken in tiles that fit.

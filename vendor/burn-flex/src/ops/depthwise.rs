@@ -29,8 +29,9 @@ use core::mem::MaybeUninit;
 
 use super::planes::for_each_chunk_with;
 
-/// The shape of one depthwise convolution (symmetric padding: Burn pads asymmetric inputs
-/// explicitly before the kernel sees them).
+/// The shape of one convolution (depthwise here, dense in `dense.rs`): `padding` is the padding
+/// before each axis; the padding after, which may differ (TensorFlow's "same"), is where the
+/// output size ends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Geometry {
     pub in_h: usize,
@@ -44,6 +45,34 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
+    /// A convolution of an `[h, w]` input with `kernel`, the padding before and after each
+    /// axis, stride and dilation as `options` say.
+    pub(crate) fn of_conv(
+        [h, w]: [usize; 2],
+        kernel: [usize; 2],
+        options: &burn_backend::ops::ConvOptions<2>,
+    ) -> Self {
+        let size = |i: usize, input: usize| {
+            let (begin, end) = options.padding[i];
+            let reach = options.dilation[i] * (kernel[i] - 1) + 1;
+            (input + begin + end)
+                .checked_sub(reach)
+                .expect("conv2d: kernel larger than the padded input")
+                / options.stride[i]
+                + 1
+        };
+        Self {
+            in_h: h,
+            in_w: w,
+            out_h: size(0, h),
+            out_w: size(1, w),
+            kernel,
+            stride: options.stride,
+            padding: options.padding_begin(),
+            dilation: options.dilation,
+        }
+    }
+
     /// The forward convolution a transposed convolution of an `[h, w]` input with `kernel` and
     /// `options` transposes: its output is that input, its input the transposed output.
     pub(crate) fn transposed(

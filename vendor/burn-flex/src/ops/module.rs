@@ -69,13 +69,14 @@ impl ModuleOps<Flex> for Flex {
         bias: Option<FloatTensor<Flex>>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
-        if conv_backward::is_asymmetric_depthwise(&x, &weight, bias.as_ref(), &options) {
+        // lookalike's f32 kernels take any padding as it is; Burn's pads asymmetric inputs.
+        if conv_backward::is_depthwise_f32(&x, &weight, bias.as_ref(), &options) {
             return conv_backward::depthwise_conv2d(x, weight, bias, &options);
         }
-        let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
         if dense::applies(&x, &weight, bias.as_ref(), options.groups) {
             return dense::conv2d(x, weight, bias, &options);
         }
+        let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
         match x.dtype() {
             DType::F32 => conv::conv2d_f32(x, weight, bias, &options),
             DType::F64 => conv::conv2d_f64(x, weight, bias, &options),

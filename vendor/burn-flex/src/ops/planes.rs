@@ -3,6 +3,20 @@
 
 use alloc::vec::Vec;
 
+use burn_backend::DType;
+use burn_std::{Bytes, Shape};
+
+use crate::{FlexTensor, Layout};
+
+/// A contiguous f32 tensor of `shape` holding `data`.
+pub(super) fn f32_tensor(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(Shape::from(shape.to_vec())),
+        DType::F32,
+    )
+}
+
 /// Runs `work(index, chunk)` over `data` cut into chunks of `len`, in parallel where rayon is on.
 pub(super) fn for_each_chunk(
     data: &mut [f32],
