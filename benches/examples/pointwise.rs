@@ -49,19 +49,12 @@ fn main() {
             conv2d(x.clone().inner(), w.clone().inner(), bias, options.clone())
         };
         let train = || {
-            let (x, w, b) = (
-                x.clone().require_grad(),
-                w.clone().require_grad(),
-                b.clone(),
-            );
-            let grads = conv2d(
-                x.clone(),
-                w.clone(),
-                Some(b.clone().require_grad()),
-                options.clone(),
-            )
-            .sum()
-            .backward();
+            let x = x.clone().require_grad();
+            let w = w.clone().require_grad();
+            let b = b.clone().require_grad();
+            let grads = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone())
+                .sum()
+                .backward();
             (x.grad(&grads).unwrap(), w.grad(&grads).unwrap())
         };
         table.row(&format!("{ci} → {co}, {side}"), (10, 10), forward, train);

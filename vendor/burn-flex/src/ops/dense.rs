@@ -1,5 +1,5 @@
-//! Dense convolutions (one group, any kernel including 1×1, stride, padding and dilation) in f32, added by
-//! lookalike: the forward pass, the input gradient (the transposed convolution) and the weight
+//! Dense convolutions (one group, any kernel including 1×1, any stride, padding and dilation)
+//! in f32, added by lookalike: the forward pass, the input gradient (the transposed convolution) and the weight
 //! gradient, each as GEMMs over a column buffer built straight from the NCHW planes.
 //!
 //! Burn's flex route copied the whole input to NHWC on one thread, built im2col tiles one

@@ -1,5 +1,5 @@
-//! Helpers for the kernels lookalike added (`conv_backward`, `batch_norm`, `depthwise`), which
-//! work one NCHW plane, or one channel's planes, at a time.
+//! Helpers for the kernels lookalike added (`conv_backward`, `batch_norm`, `depthwise`,
+//! `dense`), which work one NCHW plane, or one channel's planes, at a time.
 
 use alloc::vec::Vec;
 
