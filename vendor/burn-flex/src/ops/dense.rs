@@ -166,6 +166,9 @@ const MIN_COLUMNS: usize = 512;
 struct Plan {
     images: usize,
     rows: usize,
+    /// One image a task whose planes are its columns ([`planes_are_columns`]): no column
+    /// buffer, the GEMM reads the input and writes the input gradient where they lie.
+    direct: bool,
     par: gemm::Parallelism,
 }
 
@@ -201,7 +204,13 @@ impl Plan {
         };
         #[cfg(not(feature = "rayon"))]
         let par = gemm::Parallelism::None;
-        Self { images, rows, par }
+        let direct = images == 1 && planes_are_columns(g);
+        Self {
+            images,
+            rows,
+            direct,
+            par,
+        }
     }
 
     /// The tiles of output rows of a task of `images` images.
@@ -290,8 +299,9 @@ fn planes_are_columns(g: &Geometry) -> bool {
 
 /// The column matrix of `images` images of `x` (`[batch, channels, in_h, in_w]`) from image
 /// `first`, on the output rows `rows`: `(pointer, row stride, width)`, the width
-/// `images·rows·out_w`. Built side by side in `col`, except for one image whose planes already
-/// are its columns ([`planes_are_columns`]), read where they lie.
+/// `images·rows·out_w`. Built side by side in `col`, except in a `direct` plan ([`Plan`]),
+/// whose one image's planes are read where they lie.
+#[allow(clippy::too_many_arguments)]
 fn columns(
     x: &[f32],
     first: usize,
@@ -299,12 +309,13 @@ fn columns(
     channels: usize,
     g: &Geometry,
     rows: Range<usize>,
+    direct: bool,
     col: &mut Vec<f32>,
 ) -> (*const f32, usize, usize) {
     let in_len = channels * g.in_h * g.in_w;
     let per_image = rows.len() * g.out_w;
     let n = images * per_image;
-    if images == 1 && planes_are_columns(g) {
+    if direct {
         let start = first * in_len + rows.start * g.out_w;
         return (x[start..].as_ptr(), g.in_h * g.in_w, n);
     }
@@ -492,7 +503,16 @@ pub(crate) fn forward(
         |(col, tmp), task, dst| {
             let (first, images) = (task * plan.images, dst.len() / out_len);
             for rows in plan.tiles(g) {
-                let (col_ptr, ld, n) = columns(x, first, images, channels_in, g, rows.clone(), col);
+                let (col_ptr, ld, n) = columns(
+                    x,
+                    first,
+                    images,
+                    channels_in,
+                    g,
+                    rows.clone(),
+                    plan.direct,
+                    col,
+                );
                 let offset = rows.start * g.out_w;
                 let w_mat = (w.as_ptr(), 1, k as isize);
                 let columns = (col_ptr, 1, ld as isize);
@@ -557,6 +577,9 @@ pub(crate) fn forward(
 /// The input gradient (a transposed convolution): `grad` `[batch, cout, out_h, out_w]`, `w`
 /// `[cout, cin, kh, kw]`, an optional bias of `cin` (a transposed convolution called as such);
 /// returns `[batch, cin, in_h, in_w]`.
+///
+/// The output is not zeroed up front: each task starts its images from the bias or from zero
+/// where col2im adds onto them, and a `direct` plan's GEMM writes every element itself.
 pub(crate) fn transpose(
     grad: &[f32],
     w: &[f32],
@@ -570,41 +593,44 @@ pub(crate) fn transpose(
     let spatial = g.out_h * g.out_w;
     let plane = g.in_h * g.in_w;
     let dx_len = channels_in * plane;
-    let mut dx = vec![0.0f32; batch * dx_len];
+    let mut dx: Vec<f32> = Vec::with_capacity(batch * dx_len);
     let plan = Plan::new(g, k, batch);
     if dx_len == 0 {
         return dx;
     }
     let scratch = || (Vec::new(), Vec::new());
     for_each_task(
-        &mut dx,
+        &mut dx.spare_capacity_mut()[..batch * dx_len],
         plan.images * dx_len,
         scratch,
         |(col, gathered), task, dst| {
             let (first, images) = (task * plan.images, dst.len() / dx_len);
             if let Some(bias) = bias {
                 for (i, v) in dst.iter_mut().enumerate() {
-                    *v = bias[i / plane % channels_in];
+                    v.write(bias[i / plane % channels_in]);
                 }
+            } else if !plan.direct {
+                dst.fill(MaybeUninit::new(0.0));
             }
             let (grad_ptr, ld) =
                 gradient_columns(grad, first, images, channels_out, spatial, gathered);
-            // One image whose planes are its columns: the GEMM writes its input gradient
-            // itself, accumulating onto the bias where there is one.
-            let direct = images == 1 && planes_are_columns(g);
             for rows in plan.tiles(g) {
                 let per_image = rows.len() * g.out_w;
                 let n = images * per_image;
-                let (out, ldo) = if direct {
-                    (dst[rows.start * g.out_w..].as_mut_ptr(), plane)
+                let (out, ldo) = if plan.direct {
+                    // The GEMM writes the image's input gradient itself, accumulating onto the
+                    // bias where there is one.
+                    let d = dst[rows.start * g.out_w..].as_mut_ptr().cast::<f32>();
+                    (d, plane)
                 } else {
                     col.resize(k * n, 0.0);
                     (col.as_mut_ptr(), n)
                 };
-                // SAFETY: the output is [k, n], rows ldo apart: col, or for `direct` dst
-                // ([cin, plane], written in columns [rows.start·out_w, rows.start·out_w + n));
-                // wᵀ is read from w ([cout, k] row-major) with its strides swapped; the gradient
-                // is [cout, ld], read in the same columns.
+                // SAFETY: the output is [k, n], rows ldo apart: col, or for a direct plan dst
+                // ([cin, plane], written in columns [rows.start·out_w, rows.start·out_w + n),
+                // read only where the bias was written first); wᵀ is read from w ([cout, k]
+                // row-major) with its strides swapped; the gradient is [cout, ld], read in the
+                // same columns.
                 unsafe {
                     let g_ptr = grad_ptr.add(rows.start * g.out_w);
                     let w_t = (w.as_ptr(), k as isize, 1);
@@ -612,15 +638,17 @@ pub(crate) fn transpose(
                         (k, n, channels_out),
                         out,
                         ldo,
-                        direct && bias.is_some(),
+                        plan.direct && bias.is_some(),
                         w_t,
                         (g_ptr, 1, ld as isize),
                         plan.par,
                     );
                 }
-                if direct {
+                if plan.direct {
                     continue;
                 }
+                // SAFETY: written above (the bias, or zeros: not a direct plan).
+                let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 for i in 0..images {
                     let dx_b = &mut dst[i * dx_len..(i + 1) * dx_len];
                     col2im(col, n, i * per_image, channels_in, g, rows.clone(), dx_b);
@@ -628,6 +656,9 @@ pub(crate) fn transpose(
             }
         },
     );
+    // SAFETY: every element was written (see above): the tiles cover every output row, and a
+    // direct plan's GEMM covers every column of the rows it is given.
+    unsafe { dx.set_len(batch * dx_len) };
     dx
 }
 
@@ -652,7 +683,16 @@ pub(crate) fn weight_gradient(
         let images = plan.images.min(batch - first);
         let (grad_ptr, ld) = gradient_columns(grad, first, images, channels_out, spatial, gathered);
         for rows in plan.tiles(g) {
-            let (col_ptr, col_ld, n) = columns(x, first, images, channels_in, g, rows.clone(), col);
+            let (col_ptr, col_ld, n) = columns(
+                x,
+                first,
+                images,
+                channels_in,
+                g,
+                rows.clone(),
+                plan.direct,
+                col,
+            );
             // SAFETY: dw is [cout, k] row-major; the gradient is [cout, ld], read in columns
             // [rows.start·out_w, rows.start·out_w + n); colᵀ is read from the columns ([k, n],
             // rows col_ld apart) with its strides swapped.
