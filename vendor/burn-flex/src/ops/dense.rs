@@ -174,10 +174,7 @@ struct Plan {
 
 impl Plan {
     fn new(g: &Geometry, k: usize, batch: usize) -> Self {
-        #[cfg(feature = "rayon")]
-        let threads = rayon::current_num_threads();
-        #[cfg(not(feature = "rayon"))]
-        let threads = 1;
+        let threads = threads();
         let spatial = g.out_h * g.out_w;
         let (images, rows) = if spatial >= MIN_COLUMNS || batch == 1 {
             // A 1×1 filter's columns are the image's planes themselves: no buffer to bound.
@@ -210,6 +207,25 @@ impl Plan {
             rows,
             direct,
             par,
+        }
+    }
+
+    /// Floats of the column buffer of a task: none in a direct plan.
+    fn column_floats(&self, g: &Geometry, k: usize) -> usize {
+        if self.direct {
+            0
+        } else {
+            k * self.images * self.rows.min(g.out_h) * g.out_w
+        }
+    }
+
+    /// Floats of `channels` planes of a task's images side by side (gathered gradients, the
+    /// forward's GEMM output): none for one image, which is read or written where it lies.
+    fn shared_floats(&self, g: &Geometry, channels: usize) -> usize {
+        if self.images > 1 {
+            channels * self.images * g.out_h * g.out_w
+        } else {
+            0
         }
     }
 
@@ -444,33 +460,49 @@ unsafe fn gemm(
 }
 
 /// `work(scratch, task, chunk)` over `data` cut into chunks of `len`, in parallel where rayon is
-/// on, in as many runs as there are threads, so that each thread makes its scratch (a column
-/// buffer of megabytes) once.
-fn for_each_task<T: Send, S>(
+/// on, in one run of consecutive tasks a thread, each run with a scratch of its own (column
+/// buffers of megabytes); returns the scratches.
+///
+/// The scratches are made by `make` here, on the calling thread, with the capacity every task
+/// needs, so that a task never grows them: allocated on a worker thread they would come from that
+/// thread's own malloc arena, whose freed blocks the tensors (allocated on the calling thread)
+/// cannot reuse, and the training step's peak memory grew by the difference.
+fn for_each_task<T: Send, S: Send>(
     data: &mut [T],
     len: usize,
-    make: impl Fn() -> S + Sync + Send,
+    make: impl Fn() -> S,
     work: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
-) {
+) -> Vec<S> {
+    let tasks = data.len().div_ceil(len.max(1));
+    let per_run = tasks.div_ceil(threads()).max(1);
+    let mut scratch: Vec<S> = (0..tasks.div_ceil(per_run)).map(|_| make()).collect();
+    let run = |(r, (block, s)): (usize, (&mut [T], &mut S))| {
+        for (j, chunk) in block.chunks_mut(len).enumerate() {
+            work(s, r * per_run + j, chunk);
+        }
+    };
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
-        let per_thread = data
-            .len()
-            .div_ceil(len)
-            .div_ceil(rayon::current_num_threads());
-        data.par_chunks_mut(len)
+        data.par_chunks_mut(per_run * len)
+            .zip(scratch.par_iter_mut())
             .enumerate()
-            .with_min_len(per_thread.max(1))
-            .for_each_init(make, |s, (i, chunk)| work(s, i, chunk));
+            .for_each(run);
     }
     #[cfg(not(feature = "rayon"))]
-    {
-        let mut s = make();
-        for (i, chunk) in data.chunks_mut(len).enumerate() {
-            work(&mut s, i, chunk);
-        }
-    }
+    data.chunks_mut(per_run * len)
+        .zip(scratch.iter_mut())
+        .enumerate()
+        .for_each(run);
+    scratch
+}
+
+/// The threads tasks are spread over.
+fn threads() -> usize {
+    #[cfg(feature = "rayon")]
+    return rayon::current_num_threads();
+    #[cfg(not(feature = "rayon"))]
+    1
 }
 
 /// The forward convolution: `x` `[batch, cin, in_h, in_w]`, `w` `[cout, cin, kh, kw]`, an
@@ -495,7 +527,12 @@ pub(crate) fn forward(
     if out_len == 0 {
         return out;
     }
-    let scratch = || (Vec::new(), Vec::new());
+    let scratch = || {
+        (
+            Vec::with_capacity(plan.column_floats(g, k)),
+            Vec::with_capacity(plan.shared_floats(g, channels_out)),
+        )
+    };
     for_each_task(
         &mut out.spare_capacity_mut()[..batch * out_len],
         plan.images * out_len,
@@ -598,7 +635,12 @@ pub(crate) fn transpose(
     if dx_len == 0 {
         return dx;
     }
-    let scratch = || (Vec::new(), Vec::new());
+    let scratch = || {
+        (
+            Vec::with_capacity(plan.column_floats(g, k)),
+            Vec::with_capacity(plan.shared_floats(g, channels_out)),
+        )
+    };
     for_each_task(
         &mut dx.spare_capacity_mut()[..batch * dx_len],
         plan.images * dx_len,
@@ -676,9 +718,8 @@ pub(crate) fn weight_gradient(
     let spatial = g.out_h * g.out_w;
     let plan = Plan::new(g, k, batch);
     let tasks = batch.div_ceil(plan.images);
-    // One task's share added onto `dw` (`[cout, k]`, made on a thread's first task).
+    // One task's share added onto `dw` (`[cout, k]`, a run's own).
     let task = |dw: &mut Vec<f32>, col: &mut Vec<f32>, gathered: &mut Vec<f32>, task: usize| {
-        dw.resize(channels_out * k, 0.0);
         let first = task * plan.images;
         let images = plan.images.min(batch - first);
         let (grad_ptr, ld) = gradient_columns(grad, first, images, channels_out, spatial, gathered);
@@ -711,39 +752,26 @@ pub(crate) fn weight_gradient(
             }
         }
     };
-    #[cfg(feature = "rayon")]
-    let dw = {
-        use rayon::prelude::*;
-        (0..tasks)
-            .into_par_iter()
-            .with_min_len(tasks.div_ceil(rayon::current_num_threads()).max(1))
-            .fold(
-                || (Vec::new(), Vec::new(), Vec::new()),
-                |(mut dw, mut col, mut gathered), t| {
-                    task(&mut dw, &mut col, &mut gathered, t);
-                    (dw, col, gathered)
-                },
-            )
-            .map(|(dw, _, _)| dw)
-            .reduce(Vec::new, |a, b| {
-                if a.is_empty() {
-                    return b;
-                }
-                let mut a = a;
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += *y;
-                }
-                a
-            })
+    let scratch = || {
+        (
+            vec![0.0; channels_out * k],
+            Vec::with_capacity(plan.column_floats(g, k)),
+            Vec::with_capacity(plan.shared_floats(g, channels_out)),
+        )
     };
-    #[cfg(not(feature = "rayon"))]
-    let dw = {
-        let (mut dw, mut col, mut gathered) = (Vec::new(), Vec::new(), Vec::new());
-        for t in 0..tasks {
-            task(&mut dw, &mut col, &mut gathered, t);
+    let runs = for_each_task(
+        &mut vec![(); tasks],
+        1,
+        scratch,
+        |(dw, col, gathered), t, _| task(dw, col, gathered, t),
+    );
+    let mut runs = runs.into_iter().map(|(dw, _, _)| dw);
+    let mut dw = runs.next().unwrap_or_default();
+    for other in runs {
+        for (x, y) in dw.iter_mut().zip(&other) {
+            *x += *y;
         }
-        dw
-    };
+    }
     if dw.is_empty() {
         return vec![0.0; channels_out * k];
     }
