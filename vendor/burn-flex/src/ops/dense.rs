@@ -210,23 +210,22 @@ impl Plan {
         }
     }
 
-    /// Floats of the column buffer of a task: none in a direct plan.
-    fn column_floats(&self, g: &Geometry, k: usize) -> usize {
-        if self.direct {
+    /// A task's scratch, empty and with the capacity every task of the plan needs: the column
+    /// buffer (none in a direct plan) and `channels` planes of its images side by side (the
+    /// gathered gradient, or the forward's GEMM output; none for one image, which is read or
+    /// written where it lies).
+    fn scratch(&self, g: &Geometry, k: usize, channels: usize) -> (Vec<f32>, Vec<f32>) {
+        let columns = if self.direct {
             0
         } else {
             k * self.images * self.rows.min(g.out_h) * g.out_w
-        }
-    }
-
-    /// Floats of `channels` planes of a task's images side by side (gathered gradients, the
-    /// forward's GEMM output): none for one image, which is read or written where it lies.
-    fn shared_floats(&self, g: &Geometry, channels: usize) -> usize {
-        if self.images > 1 {
+        };
+        let shared = if self.images > 1 {
             channels * self.images * g.out_h * g.out_w
         } else {
             0
-        }
+        };
+        (Vec::with_capacity(columns), Vec::with_capacity(shared))
     }
 
     /// The tiles of output rows of a task of `images` images.
@@ -527,12 +526,7 @@ pub(crate) fn forward(
     if out_len == 0 {
         return out;
     }
-    let scratch = || {
-        (
-            Vec::with_capacity(plan.column_floats(g, k)),
-            Vec::with_capacity(plan.shared_floats(g, channels_out)),
-        )
-    };
+    let scratch = || plan.scratch(g, k, channels_out);
     for_each_task(
         &mut out.spare_capacity_mut()[..batch * out_len],
         plan.images * out_len,
@@ -635,12 +629,7 @@ pub(crate) fn transpose(
     if dx_len == 0 {
         return dx;
     }
-    let scratch = || {
-        (
-            Vec::with_capacity(plan.column_floats(g, k)),
-            Vec::with_capacity(plan.shared_floats(g, channels_out)),
-        )
-    };
+    let scratch = || plan.scratch(g, k, channels_out);
     for_each_task(
         &mut dx.spare_capacity_mut()[..batch * dx_len],
         plan.images * dx_len,
@@ -753,11 +742,8 @@ pub(crate) fn weight_gradient(
         }
     };
     let scratch = || {
-        (
-            vec![0.0; channels_out * k],
-            Vec::with_capacity(plan.column_floats(g, k)),
-            Vec::with_capacity(plan.shared_floats(g, channels_out)),
-        )
+        let (col, gathered) = plan.scratch(g, k, channels_out);
+        (vec![0.0; channels_out * k], col, gathered)
     };
     let runs = for_each_task(
         &mut vec![(); tasks],
@@ -765,15 +751,13 @@ pub(crate) fn weight_gradient(
         scratch,
         |(dw, col, gathered), t, _| task(dw, col, gathered, t),
     );
+    // An empty batch has no run: its gradient is zero.
     let mut runs = runs.into_iter().map(|(dw, _, _)| dw);
-    let mut dw = runs.next().unwrap_or_default();
+    let mut dw = runs.next().unwrap_or_else(|| vec![0.0; channels_out * k]);
     for other in runs {
         for (x, y) in dw.iter_mut().zip(&other) {
             *x += *y;
         }
-    }
-    if dw.is_empty() {
-        return vec![0.0; channels_out * k];
     }
     dw
 }
