@@ -577,6 +577,53 @@ fn element_wise_passes_over_large_tensors_are_exact() {
     }
 }
 
+/// ReLU forward into a new tensor (its input kept, as autodiff keeps it) and its gradient, in
+/// place and into a new tensor (`relu(a) + relu(b)` hands both backward steps one shared
+/// gradient), split between threads from `PARALLEL_THRESHOLD` elements on: exact, with NaN
+/// inputs kept by the forward and passing the gradient through, as PyTorch does.
+#[test]
+fn relu_and_its_gradient_over_large_tensors_are_exact() {
+    let device = Device::flex().autodiff();
+    let mut rng = Lcg(31);
+    for n in [1000, 256 * 1024, 256 * 1024 + 64 * 1024 * 3 + 17] {
+        let mut values = |nans: &[usize]| {
+            let mut v: Vec<f32> = rng.values(n).iter().map(|v| (v * 8.0) as f32).collect();
+            for &i in nans {
+                v[i] = f32::NAN;
+            }
+            v
+        };
+        let (a, b, g) = (values(&[3, n - 1]), values(&[n / 2]), values(&[]));
+        let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &device);
+        let bits = |t: Tensor<1>| -> Vec<u32> {
+            let values = t.into_data().try_to_vec::<f32>().unwrap();
+            values.iter().map(|v| v.to_bits()).collect()
+        };
+        let expected = |x: &[f32], f: &dyn Fn(f32, f32) -> f32| -> Vec<u32> {
+            x.iter().zip(&g).map(|(&x, &g)| f(x, g).to_bits()).collect()
+        };
+        let kept = t(&a);
+        assert!(
+            bits(burn::tensor::activation::relu(kept.clone()))
+                == expected(&a, &|x, _| { if x.is_nan() || x > 0.0 { x } else { 0.0 } }),
+            "relu into a new tensor, {n} elements"
+        );
+        let (ta, tb) = (t(&a).require_grad(), t(&b).require_grad());
+        let relu = burn::tensor::activation::relu;
+        let loss = ((relu(ta.clone()) + relu(tb.clone())) * t(&g)).sum();
+        let grads = loss.backward();
+        let gradient = |x: f32, g: f32| if x.is_nan() || x > 0.0 { g } else { 0.0 };
+        assert!(
+            bits(ta.grad(&grads).unwrap()) == expected(&a, &gradient),
+            "relu gradient, first operand, {n} elements"
+        );
+        assert!(
+            bits(tb.grad(&grads).unwrap()) == expected(&b, &gradient),
+            "relu gradient, second operand, {n} elements"
+        );
+    }
+}
+
 /// Max pooling without indices (the inference path) against a direct reference: kernels 1 to
 /// 3, strides 1 and 2, padding 0 and 1, floor and ceil output sizes, one NaN that must win its
 /// windows.

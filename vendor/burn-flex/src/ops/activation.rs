@@ -36,6 +36,10 @@ impl ActivationOps<Flex> for Flex {
         // Zero the gradient where the output was zero, but keep it for a NaN output:
         // the trait default masks with `float_lower_equal_elem(output, 0)`, which is
         // false for NaN.
+        let (output, grad) = match relu_backward_f32(output, grad) {
+            Ok(result) => return result,
+            Err(operands) => operands,
+        };
         binary_op(
             output,
             grad,
@@ -1540,4 +1544,49 @@ mod tests {
         let gamma = flex_f64(vec![1.0; 4], &[4]);
         let _ = crate::ops::activation::layer_norm(t, gamma, None, 1e-5);
     }
+}
+
+/// `relu_backward` for two contiguous f32 tensors of one shape, on every core (the generic
+/// `binary_op` runs this one on the calling thread): in place when the gradient is the
+/// tensor's only owner, otherwise into a new one. The operands back for anything else.
+fn relu_backward_f32(
+    output: FlexTensor,
+    mut grad: FlexTensor,
+) -> Result<FlexTensor, (FlexTensor, FlexTensor)> {
+    let offsets = (
+        output.layout().contiguous_offsets(),
+        grad.layout().contiguous_offsets(),
+    );
+    let (Some((o_start, o_end)), Some((g_start, g_end))) = offsets else {
+        return Err((output, grad));
+    };
+    if output.dtype() != DType::F32
+        || grad.dtype() != DType::F32
+        || output.layout().shape() != grad.layout().shape()
+    {
+        return Err((output, grad));
+    }
+    let out: &[f32] = &output.storage()[o_start..o_end];
+    // `o <= 0.0` is false for NaN, which keeps the gradient.
+    let keep = |o: f32, g: f32| if o <= 0.0 { 0.0 } else { g };
+    if grad.is_unique() && g_start == 0 {
+        let g: &mut [f32] = &mut grad.storage_mut()[..g_end];
+        crate::ops::planes::par_zip_mut(g, out, |g, o| {
+            for (g, &o) in g.iter_mut().zip(o) {
+                *g = keep(o, *g);
+            }
+        });
+        return Ok(grad);
+    }
+    let g: &[f32] = &grad.storage()[g_start..g_end];
+    let data = crate::ops::planes::par_write(out.len(), |part, start| {
+        for ((d, &o), &g) in part.iter_mut().zip(&out[start..]).zip(&g[start..]) {
+            d.write(keep(o, g));
+        }
+    });
+    Ok(FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(grad.layout().shape().clone()),
+        DType::F32,
+    ))
 }

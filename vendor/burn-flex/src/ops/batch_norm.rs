@@ -100,19 +100,26 @@ pub(crate) fn train(
         (mean, (squares / count) as f32)
     });
     let (g, b): (&[f32], &[f32]) = (gamma.storage(), beta.storage());
-    let mut out = vec![0.0f32; data.len()];
+    // Written plane by plane into unwritten capacity: no zeroing pass on the calling thread.
+    let mut out: Vec<f32> = Vec::with_capacity(data.len());
     if plane > 0 {
-        for_each_chunk(&mut out, plane, |bc, dst| {
-            let c = bc % channels;
-            let (mean, var) = stats[c];
-            let scale = g[c] / (var + epsilon as f32).sqrt();
-            let shift = b[c] - mean * scale;
-            let src = &data[bc * plane..(bc + 1) * plane];
-            for (o, v) in dst.iter_mut().zip(src) {
-                *o = v * scale + shift;
-            }
-        });
+        for_each_chunk(
+            &mut out.spare_capacity_mut()[..data.len()],
+            plane,
+            |bc, dst| {
+                let c = bc % channels;
+                let (mean, var) = stats[c];
+                let scale = g[c] / (var + epsilon as f32).sqrt();
+                let shift = b[c] - mean * scale;
+                let src = &data[bc * plane..(bc + 1) * plane];
+                for (o, v) in dst.iter_mut().zip(src) {
+                    o.write(v * scale + shift);
+                }
+            },
+        );
     }
+    // SAFETY: the planes above cover every element (none when a plane is empty).
+    unsafe { out.set_len(if plane > 0 { data.len() } else { 0 }) };
     let output = like(&x, out);
     let (mean, variance) = stats.into_iter().unzip();
     BatchNormTrain::new(output, vector(mean), vector(variance))
@@ -157,24 +164,30 @@ pub(crate) fn train_backward(
         }
         (sum_g as f32, (sum_gx * inv_std[c] as f64) as f32)
     });
-    let mut dx = vec![0.0f32; xs.len()];
+    let mut dx: Vec<f32> = Vec::with_capacity(xs.len());
     if plane > 0 {
-        for_each_chunk(&mut dx, plane, |bc, dst| {
-            let c = bc % channels;
-            let (sum_g, sum_gx) = sums[c];
-            // dx = γ/σ · (g − Σg/N − x̂ · Σg·x̂/N), with x̂ = (x − μ)/σ.
-            let k = gamma[c] * inv_std[c];
-            let slope = -k * inv_std[c] * (sum_gx as f64 / count) as f32;
-            let offset = -k * (sum_g as f64 / count) as f32 - slope * mean[c];
-            let (xp, gp) = (
-                &xs[bc * plane..(bc + 1) * plane],
-                &gs[bc * plane..(bc + 1) * plane],
-            );
-            for ((d, g), v) in dst.iter_mut().zip(gp).zip(xp) {
-                *d = k * g + slope * v + offset;
-            }
-        });
+        for_each_chunk(
+            &mut dx.spare_capacity_mut()[..xs.len()],
+            plane,
+            |bc, dst| {
+                let c = bc % channels;
+                let (sum_g, sum_gx) = sums[c];
+                // dx = γ/σ · (g − Σg/N − x̂ · Σg·x̂/N), with x̂ = (x − μ)/σ.
+                let k = gamma[c] * inv_std[c];
+                let slope = -k * inv_std[c] * (sum_gx as f64 / count) as f32;
+                let offset = -k * (sum_g as f64 / count) as f32 - slope * mean[c];
+                let (xp, gp) = (
+                    &xs[bc * plane..(bc + 1) * plane],
+                    &gs[bc * plane..(bc + 1) * plane],
+                );
+                for ((d, g), v) in dst.iter_mut().zip(gp).zip(xp) {
+                    d.write(k * g + slope * v + offset);
+                }
+            },
+        );
     }
+    // SAFETY: as in `train`.
+    unsafe { dx.set_len(if plane > 0 { xs.len() } else { 0 }) };
     let x_grad = like(&x, dx);
     let (beta_grad, gamma_grad) = sums.into_iter().unzip();
     BatchNormTrainBackward::new(x_grad, vector(gamma_grad), vector(beta_grad))

@@ -325,6 +325,7 @@ fn columns(
     g: &Geometry,
     rows: Range<usize>,
     direct: bool,
+    par: gemm::Parallelism,
     col: &mut Vec<f32>,
 ) -> (*const f32, usize, usize) {
     let in_len = channels * g.in_h * g.in_w;
@@ -335,6 +336,18 @@ fn columns(
         return (x[start..].as_ptr(), g.in_h * g.in_w, n);
     }
     col.resize(channels * g.kernel[0] * g.kernel[1] * n, 0.0);
+    // A lone image whose GEMM has the threads (batch 1): its channels' rows are built on
+    // every core too, not on the calling thread alone.
+    if images == 1 && n > 0 && !matches!(par, gemm::Parallelism::None) {
+        let plane_len = g.in_h * g.in_w;
+        let x_b = &x[first * in_len..(first + 1) * in_len];
+        let per_channel = g.kernel[0] * g.kernel[1] * n;
+        super::planes::for_each_chunk(col, per_channel, |c, rows_of_c| {
+            let plane = &x_b[c * plane_len..(c + 1) * plane_len];
+            im2col(plane, 1, g, rows.clone(), rows_of_c, n, 0);
+        });
+        return (col.as_ptr(), n, n);
+    }
     for i in 0..images {
         let x_b = &x[(first + i) * in_len..(first + i + 1) * in_len];
         im2col(x_b, channels, g, rows.clone(), col, n, i * per_image);
@@ -542,6 +555,7 @@ pub(crate) fn forward(
                     g,
                     rows.clone(),
                     plan.direct,
+                    plan.par,
                     col,
                 );
                 let offset = rows.start * g.out_w;
@@ -721,6 +735,7 @@ pub(crate) fn weight_gradient(
                 g,
                 rows.clone(),
                 plan.direct,
+                plan.par,
                 col,
             );
             // SAFETY: dw is [cout, k] row-major; the gradient is [cout, ld], read in columns

@@ -18,10 +18,10 @@ pub(super) fn f32_tensor(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
 }
 
 /// Runs `work(index, chunk)` over `data` cut into chunks of `len`, in parallel where rayon is on.
-pub(super) fn for_each_chunk(
-    data: &mut [f32],
+pub(super) fn for_each_chunk<T: Send>(
+    data: &mut [T],
     len: usize,
-    work: impl Fn(usize, &mut [f32]) + Sync + Send,
+    work: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
     for_each_chunk_with(data, len, || (), |_, i, chunk| work(i, chunk));
 }
@@ -123,25 +123,48 @@ pub(crate) fn par_mut<A: Send>(dst: &mut [A], f: impl Fn(&mut [A]) + Sync + Send
 }
 
 /// `src` mapped element by element into a new vector: collected on one thread for small
-/// slices (no zeroing pass), written by every core into a zeroed one from
-/// `PARALLEL_THRESHOLD` elements on (see [`par_zip_mut`]).
-pub(crate) fn par_map<A: Copy + Sync, B: bytemuck::Zeroable + Copy + Send>(
+/// slices, written by every core from `PARALLEL_THRESHOLD` elements on (see [`par_zip_mut`])
+/// straight into the vector's unwritten capacity: no zeroing pass on the calling thread, and
+/// each core faults in the pages it writes.
+pub(crate) fn par_map<A: Copy + Sync, B: Copy + Send>(
     src: &[A],
     f: impl Fn(A) -> B + Sync + Send,
 ) -> Vec<B> {
-    #[cfg(feature = "rayon")]
-    let small = src.len() < super::PARALLEL_THRESHOLD;
-    #[cfg(not(feature = "rayon"))]
-    let small = true;
-    if small {
-        return src.iter().map(|&x| f(x)).collect();
-    }
-    let mut out = vec![B::zeroed(); src.len()];
-    par_zip_mut(&mut out, src, |dst, part| {
-        for (d, &x) in dst.iter_mut().zip(part) {
-            *d = f(x);
+    par_write(src.len(), |dst, start| {
+        for (d, &x) in dst.iter_mut().zip(&src[start..]) {
+            d.write(f(x));
         }
-    });
+    })
+}
+
+/// A new vector of `len` elements, every one written by `fill(part, start)`, where `part` is
+/// the uninitialised elements `start..start + part.len()`; the parts are filled on every core
+/// from `PARALLEL_THRESHOLD` elements on. `fill` must write every element of its part.
+pub(crate) fn par_write<B: Copy + Send>(
+    len: usize,
+    fill: impl Fn(&mut [core::mem::MaybeUninit<B>], usize) + Sync + Send,
+) -> Vec<B> {
+    let mut out: Vec<B> = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    #[cfg(feature = "rayon")]
+    let parallel = len >= super::PARALLEL_THRESHOLD;
+    #[cfg(not(feature = "rayon"))]
+    let parallel = false;
+    if parallel {
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            spare
+                .par_chunks_mut(ELEMENTWISE_CHUNK)
+                .enumerate()
+                .for_each(|(i, part)| fill(part, i * ELEMENTWISE_CHUNK));
+        }
+    } else {
+        fill(spare, 0);
+    }
+    // SAFETY: the parts above cover `0..len` and `fill` writes every element of its part;
+    // a panic in `fill` leaves the length at 0 (B is Copy: nothing to drop).
+    unsafe { out.set_len(len) };
     out
 }
 
