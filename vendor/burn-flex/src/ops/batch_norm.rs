@@ -16,7 +16,7 @@ use burn_std::{Bytes, Shape};
 
 use crate::{Flex, FlexTensor, Layout};
 
-use super::planes::{for_each_chunk, lane_sum, per_channel};
+use super::planes::{collect_chunks, lane_sum, per_channel};
 
 /// Whether the kernels here apply: f32 tensors of rank 3 or more (`[batch, channels, ...]`).
 pub(crate) fn applies(tensors: &[&FlexTensor]) -> bool {
@@ -100,26 +100,16 @@ pub(crate) fn train(
         (mean, (squares / count) as f32)
     });
     let (g, b): (&[f32], &[f32]) = (gamma.storage(), beta.storage());
-    // Written plane by plane into unwritten capacity: no zeroing pass on the calling thread.
-    let mut out: Vec<f32> = Vec::with_capacity(data.len());
-    if plane > 0 {
-        for_each_chunk(
-            &mut out.spare_capacity_mut()[..data.len()],
-            plane,
-            |bc, dst| {
-                let c = bc % channels;
-                let (mean, var) = stats[c];
-                let scale = g[c] / (var + epsilon as f32).sqrt();
-                let shift = b[c] - mean * scale;
-                let src = &data[bc * plane..(bc + 1) * plane];
-                for (o, v) in dst.iter_mut().zip(src) {
-                    o.write(v * scale + shift);
-                }
-            },
-        );
-    }
-    // SAFETY: the planes above cover every element (none when a plane is empty).
-    unsafe { out.set_len(if plane > 0 { data.len() } else { 0 }) };
+    let out = collect_chunks(data.len(), plane, |bc, dst| {
+        let c = bc % channels;
+        let (mean, var) = stats[c];
+        let scale = g[c] / (var + epsilon as f32).sqrt();
+        let shift = b[c] - mean * scale;
+        let src = &data[bc * plane..(bc + 1) * plane];
+        for (o, v) in dst.iter_mut().zip(src) {
+            o.write(v * scale + shift);
+        }
+    });
     let output = like(&x, out);
     let (mean, variance) = stats.into_iter().unzip();
     BatchNormTrain::new(output, vector(mean), vector(variance))
@@ -164,30 +154,21 @@ pub(crate) fn train_backward(
         }
         (sum_g as f32, (sum_gx * inv_std[c] as f64) as f32)
     });
-    let mut dx: Vec<f32> = Vec::with_capacity(xs.len());
-    if plane > 0 {
-        for_each_chunk(
-            &mut dx.spare_capacity_mut()[..xs.len()],
-            plane,
-            |bc, dst| {
-                let c = bc % channels;
-                let (sum_g, sum_gx) = sums[c];
-                // dx = γ/σ · (g − Σg/N − x̂ · Σg·x̂/N), with x̂ = (x − μ)/σ.
-                let k = gamma[c] * inv_std[c];
-                let slope = -k * inv_std[c] * (sum_gx as f64 / count) as f32;
-                let offset = -k * (sum_g as f64 / count) as f32 - slope * mean[c];
-                let (xp, gp) = (
-                    &xs[bc * plane..(bc + 1) * plane],
-                    &gs[bc * plane..(bc + 1) * plane],
-                );
-                for ((d, g), v) in dst.iter_mut().zip(gp).zip(xp) {
-                    d.write(k * g + slope * v + offset);
-                }
-            },
+    let dx = collect_chunks(xs.len(), plane, |bc, dst| {
+        let c = bc % channels;
+        let (sum_g, sum_gx) = sums[c];
+        // dx = γ/σ · (g − Σg/N − x̂ · Σg·x̂/N), with x̂ = (x − μ)/σ.
+        let k = gamma[c] * inv_std[c];
+        let slope = -k * inv_std[c] * (sum_gx as f64 / count) as f32;
+        let offset = -k * (sum_g as f64 / count) as f32 - slope * mean[c];
+        let (xp, gp) = (
+            &xs[bc * plane..(bc + 1) * plane],
+            &gs[bc * plane..(bc + 1) * plane],
         );
-    }
-    // SAFETY: as in `train`.
-    unsafe { dx.set_len(if plane > 0 { xs.len() } else { 0 }) };
+        for ((d, g), v) in dst.iter_mut().zip(gp).zip(xp) {
+            d.write(k * g + slope * v + offset);
+        }
+    });
     let x_grad = like(&x, dx);
     let (beta_grad, gamma_grad) = sums.into_iter().unzip();
     BatchNormTrainBackward::new(x_grad, vector(gamma_grad), vector(beta_grad))

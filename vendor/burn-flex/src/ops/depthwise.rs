@@ -27,7 +27,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
-use super::planes::for_each_chunk_with;
+use super::planes::{collect_chunks_with, for_each_chunk_with};
 
 /// The shape of one convolution (depthwise here, dense in `dense.rs`): `padding` is the padding
 /// before each axis; the padding after, which may differ (TensorFlow's "same"), is where the
@@ -198,9 +198,8 @@ pub(crate) fn forward(
         return Vec::new();
     }
     let layout = Layout::new(g);
-    let mut output: Vec<f32> = Vec::with_capacity(total);
-    for_each_chunk_with(
-        &mut output.spare_capacity_mut()[..total],
+    collect_chunks_with(
+        total,
         out_plane,
         || (vec![0.0; layout.scratch_len], vec![0.0; layout.flat_len]),
         |(input, flat), bc, out| {
@@ -212,10 +211,7 @@ pub(crate) fn forward(
                 write_all(row, &flat[oh * layout.wq..][..g.out_w]);
             }
         },
-    );
-    // SAFETY: every plane wrote all of its `out_plane` elements above.
-    unsafe { output.set_len(total) };
-    output
+    )
 }
 
 /// The input gradient: `dx[b, c] = conv_transpose(grad[b, c], w[c]) + bias[c]`, `grad` of the
@@ -245,9 +241,8 @@ pub(crate) fn transpose(
     let grad_len = lead + phase_len;
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
-    let mut output: Vec<f32> = Vec::with_capacity(total);
-    for_each_chunk_with(
-        &mut output.spare_capacity_mut()[..total],
+    collect_chunks_with(
+        total,
         in_plane,
         || (vec![0.0; grad_len], vec![0.0; layout.phases * phase_len]),
         |(spread, phases), bc, out| {
@@ -285,10 +280,7 @@ pub(crate) fn transpose(
                 }
             }
         },
-    );
-    // SAFETY: every plane wrote all of its `in_plane` elements above.
-    unsafe { output.set_len(total) };
-    output
+    )
 }
 
 /// The weight gradient: `dw[c, t] = Σ_b Σ_p grad[b, c, p] · x[b, c, p ⊕ t]`, `[channels, kh·kw]`.

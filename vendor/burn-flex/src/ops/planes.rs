@@ -50,6 +50,34 @@ pub(super) fn for_each_chunk_with<T: Send, S>(
     }
 }
 
+/// A new vector of `total` elements written chunk by chunk, without zeroing it first:
+/// `work(index, chunk)` must write every element of chunk `index` (the `len` elements from
+/// `index · len`); in parallel where rayon is on.
+pub(super) fn collect_chunks<T: Send>(
+    total: usize,
+    len: usize,
+    work: impl Fn(usize, &mut [core::mem::MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
+    collect_chunks_with(total, len, || (), |_, i, chunk| work(i, chunk))
+}
+
+/// [`collect_chunks`] with a scratch of each thread's own (see [`for_each_chunk_with`]).
+pub(super) fn collect_chunks_with<T: Send, S>(
+    total: usize,
+    len: usize,
+    make: impl Fn() -> S + Sync + Send,
+    work: impl Fn(&mut S, usize, &mut [core::mem::MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(total);
+    if total > 0 {
+        for_each_chunk_with(&mut out.spare_capacity_mut()[..total], len, make, work);
+    }
+    // SAFETY: the chunks cover `0..total` and `work` writes every element of its chunk; a
+    // panic in `work` leaves the length at 0.
+    unsafe { out.set_len(total) };
+    out
+}
+
 /// `f(c)` for every channel, in parallel where rayon is on.
 pub(super) fn per_channel<T: Send>(
     channels: usize,
