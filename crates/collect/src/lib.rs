@@ -303,7 +303,20 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
         candidates
             .par_iter()
             .progress_with(bar.clone())
-            .map(|c| analyse(c, options, &http, &hasher))
+            .map(|c| {
+                // An icon whose name has an excluded part (`arrow-bear-left`, `hot-dog`) is
+                // listed and refused without being rendered: thousands of them in a large
+                // set. Files and downloads are read all the same, so that a leak among them
+                // is reported as one.
+                let excluded = matches!(c.origin, Origin::Icon { .. })
+                    && c.raw_label.as_deref().map(|l| options.labels.apply(l))
+                        == Some(Mapped::Excluded);
+                if excluded {
+                    let raw = c.raw_label.as_deref().unwrap_or_default();
+                    return Err(reject("excluded-label", format!("{raw} is excluded")));
+                }
+                analyse(c, options, &http, &hasher)
+            })
             .collect()
     });
     bar.finish_and_clear();

@@ -456,7 +456,7 @@ fn icon_package(path: &Path) {
 
 /// An icon set through `collect`: icons whose names the label map knows are rendered and
 /// collected under their class with the set's licence and author in the manifest; excluded
-/// names are listed and refused, unknown names are no candidates, a broken drawing is named.
+/// names are listed and refused unrendered, unknown names are no candidates, a broken drawing is named.
 #[test]
 fn icon_sets_are_rendered_credited_and_guarded() {
     let root = tempfile::tempdir().unwrap();
@@ -545,8 +545,75 @@ fn icon_sets_are_rendered_credited_and_guarded() {
     );
     assert_eq!(by_icon["hot-dog"].reason, "excluded-label");
     assert_eq!(by_icon["elephant"].reason, "excluded-label");
+    // Refused by name, not rendered: no content hash (a large set has thousands of them).
+    assert!(
+        by_icon["hot-dog"].sha256.is_empty() && by_icon["elephant"].sha256.is_empty(),
+        "{:?}",
+        by_icon["hot-dog"]
+    );
     assert_eq!(by_icon["cat-broken"].reason, "not-rendered");
     assert_eq!(on_disk(&into), listed(&rows));
     // Running again changes nothing.
     assert_eq!(collect(&options).unwrap(), rows);
+}
+
+/// The shipped label maps for icon sets: what they collect under each class, and the names
+/// that carry an animal's word but draw something else, or a species a visible set measures
+/// as unseen, refused.
+#[test]
+fn shipped_icon_label_maps_file_animals_and_refuse_lookalike_names() {
+    use collect::labels::{LabelMap, Mapped};
+    let load = |name: &str| -> LabelMap {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs")
+            .join(name);
+        toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let class = |map: &LabelMap, icon: &str| match map.find_in_name(icon) {
+        Some((_, Mapped::Class(c))) => Some(c),
+        _ => None,
+    };
+    let refused =
+        |map: &LabelMap, icon: &str| matches!(map.find_in_name(icon), Some((_, Mapped::Excluded)));
+    let ten = load("collect-drawings.toml");
+    let species = load("collect-drawings-species.toml");
+    for map in [&ten, &species] {
+        assert_eq!(class(map, "dog-face").as_deref(), Some("dog"));
+        assert_eq!(class(map, "polar-bear").as_deref(), Some("bear"));
+        assert_eq!(class(map, "baby-chick").as_deref(), Some("chicken"));
+        for icon in [
+            "arrow-bear-left",
+            "deer-track",
+            "hot-dog",
+            "elephant",
+            "giraffe",
+            "pig-face",
+            "wolf",
+            "man-with-bunny-ears",
+            "spider-bot",
+        ] {
+            assert!(refused(map, icon), "{icon} should be refused");
+        }
+    }
+    // The ten-class map knows no other species; the species map files them under the
+    // folder names of their photos in the collected images.
+    assert_eq!(class(&ten, "lion-face"), None);
+    assert_eq!(class(&species, "lion-face").as_deref(), Some("lion"));
+    assert_eq!(
+        class(&species, "see-no-evil-monkey").as_deref(),
+        Some("ape")
+    );
+    assert_eq!(
+        class(&species, "two-hump-camel").as_deref(),
+        Some("Arabian_camel")
+    );
+    assert_eq!(class(&species, "lady-beetle").as_deref(), Some("ladybug"));
+    for icon in [
+        "monkey-wrench",
+        "butterfly-knife",
+        "siege-ram",
+        "flag-turkey",
+    ] {
+        assert!(refused(&species, icon), "{icon} should be refused");
+    }
 }
