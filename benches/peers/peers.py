@@ -32,9 +32,10 @@ VENV = ROOT / "target" / "peers-venv"
 REQUIREMENTS = pathlib.Path(__file__).resolve().parent / "requirements.txt"
 
 
-def ensure_venv():
-    """Re-runs this script inside target/peers-venv, making or updating it first (not with
-    --here: a machine whose Python already has the peers, such as a GPU machine's PyTorch)."""
+def ensure_venv(script=__file__):
+    """Re-runs `script` (this one unless said) inside target/peers-venv, making or updating it
+    first (not with --here: a machine whose Python already has the peers, such as a GPU
+    machine's PyTorch)."""
     if "--here" in sys.argv or pathlib.Path(sys.prefix).resolve() == VENV.resolve():
         return
     python = VENV / "bin" / "python"
@@ -49,7 +50,7 @@ def ensure_venv():
             check=True,
         )
         stamp.write_text(wanted)
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+    os.execv(str(python), [str(python), script, *sys.argv[1:]])
 
 
 def parse_args():
