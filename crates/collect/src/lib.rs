@@ -108,6 +108,11 @@ fn reject(reason: &str, detail: impl Into<String>) -> Rejection {
     (reason.to_string(), detail.into())
 }
 
+/// The refusal of an image whose label the map excludes.
+fn excluded_label(raw: &str) -> Rejection {
+    reject("excluded-label", format!("{raw} is excluded"))
+}
+
 /// Reads, hashes and fingerprints one image file, known from now on as `source`.
 fn known_image(path: &Path, source: String, hasher: &Hasher) -> Result<Known, DecodeError> {
     let bytes = read_file(path)?;
@@ -303,19 +308,16 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
         candidates
             .par_iter()
             .progress_with(bar.clone())
-            .map(|c| {
-                // An icon whose name has an excluded part (`arrow-bear-left`, `hot-dog`) is
-                // listed and refused without being rendered: thousands of them in a large
-                // set. Files and downloads are read all the same, so that a leak among them
-                // is reported as one.
-                let excluded = matches!(c.origin, Origin::Icon { .. })
-                    && c.raw_label.as_deref().map(|l| options.labels.apply(l))
-                        == Some(Mapped::Excluded);
-                if excluded {
-                    let raw = c.raw_label.as_deref().unwrap_or_default();
-                    return Err(reject("excluded-label", format!("{raw} is excluded")));
+            // An icon whose name has an excluded part (`arrow-bear-left`, `hot-dog`) is listed
+            // and refused without being rendered: thousands of them in a large set. Files and
+            // downloads are read all the same, so that a leak among them is reported as one.
+            .map(|c| match (&c.origin, c.raw_label.as_deref()) {
+                (Origin::Icon { .. }, Some(raw))
+                    if options.labels.apply(raw) == Mapped::Excluded =>
+                {
+                    Err(excluded_label(raw))
                 }
-                analyse(c, options, &http, &hasher)
+                _ => analyse(c, options, &http, &hasher),
             })
             .collect()
     });
@@ -382,9 +384,7 @@ pub fn collect(options: &CollectOptions) -> Result<Vec<Row>> {
                 .map(|l| options.labels.apply(l))
             {
                 None => return Err(reject("no-label", "no class folder or CSV label")),
-                Some(Mapped::Excluded) => {
-                    return Err(reject("excluded-label", format!("{raw} is excluded")));
-                }
+                Some(Mapped::Excluded) => return Err(excluded_label(&raw)),
                 Some(Mapped::Unmapped) => {
                     return Err(reject(
                         "unmapped-label",
