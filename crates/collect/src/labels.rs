@@ -13,7 +13,10 @@
 //! keep_unmapped = true
 //! ```
 //!
-//! Without a map every label is kept as it is.
+//! Without a map every label is kept as it is. Several maps given together
+//! (`--labels a.toml --labels b.toml`) are one map: their `map` tables and `exclude` lists
+//! joined, `keep_unmapped` when any of them says so; a raw label two of them map to different
+//! classes is an error naming both files.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,6 +52,41 @@ impl LabelMap {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read label map {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("label map {}", path.display()))
+    }
+
+    /// Several maps as one (see the module's documentation); `None` without any.
+    pub fn load_all(paths: &[impl AsRef<Path>]) -> Result<Option<Self>> {
+        let mut merged: Option<(Self, BTreeMap<String, &Path>)> = None;
+        for path in paths {
+            let path = path.as_ref();
+            let next = Self::load(path)?;
+            let Some((map, origin)) = merged.as_mut() else {
+                let origin = next.map.keys().map(|k| (k.clone(), path)).collect();
+                merged = Some((next, origin));
+                continue;
+            };
+            for (raw, class) in next.map {
+                match map.map.get(&raw) {
+                    Some(known) if *known != class => anyhow::bail!(
+                        "label maps disagree on {raw:?}: {} maps it to {known:?}, {} to {class:?}",
+                        origin[&raw].display(),
+                        path.display()
+                    ),
+                    Some(_) => {}
+                    None => {
+                        origin.insert(raw.clone(), path);
+                        map.map.insert(raw, class);
+                    }
+                }
+            }
+            for e in next.exclude {
+                if !map.exclude.contains(&e) {
+                    map.exclude.push(e);
+                }
+            }
+            map.keep_unmapped |= next.keep_unmapped;
+        }
+        Ok(merged.map(|(map, _)| map))
     }
 
     /// The identity map that keeps everything (no `--labels` given).
@@ -157,5 +195,39 @@ mod tests {
         assert_eq!(class("elephant-face"), Some(Mapped::Excluded));
         assert_eq!(class("rocket"), None);
         assert_eq!(class("catalonia-flag"), None);
+    }
+
+    #[test]
+    fn maps_given_together_are_joined() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ten = write("ten.toml", "exclude = [\"wolf\"]\n[map]\ndog = \"dog\"\n");
+        let more = write(
+            "more.toml",
+            "keep_unmapped = true\nexclude = [\"flag\", \"wolf\"]\n[map]\nlion = \"lion\"\ndog = \"dog\"\n",
+        );
+        let joined = LabelMap::load_all(&[&ten, &more]).unwrap().unwrap();
+        assert_eq!(joined.apply("dog"), Mapped::Class("dog".into()));
+        assert_eq!(joined.apply("lion"), Mapped::Class("lion".into()));
+        assert_eq!(joined.apply("wolf"), Mapped::Excluded);
+        assert_eq!(joined.apply("flag"), Mapped::Excluded);
+        assert_eq!(joined.exclude, ["wolf", "flag"]);
+        assert!(joined.keep_unmapped);
+        assert!(LabelMap::load_all(&[] as &[&Path]).unwrap().is_none());
+
+        let other = write("other.toml", "[map]\ndog = \"wolf\"\n");
+        let err = format!("{:#}", LabelMap::load_all(&[&ten, &other]).unwrap_err());
+        assert!(err.contains("\"dog\""), "{err}");
+        assert!(
+            err.contains("ten.toml") && err.contains("other.toml"),
+            "{err}"
+        );
+        let bad = write("bad.toml", "[map\n");
+        let err = format!("{:#}", LabelMap::load_all(&[&ten, &bad]).unwrap_err());
+        assert!(err.contains("bad.toml"), "{err}");
     }
 }

@@ -40,9 +40,10 @@ struct Cli {
     /// An existing training set not to collect again (repeatable).
     #[arg(long)]
     train: Vec<PathBuf>,
-    /// Label map (TOML: [map] raw = "class", exclude = [...], keep_unmapped = true).
+    /// Label map (TOML: [map] raw = "class", exclude = [...], keep_unmapped = true);
+    /// repeatable: several maps are joined into one.
     #[arg(long)]
-    labels: Option<PathBuf>,
+    labels: Vec<PathBuf>,
     /// Keep labels the map does not name as extra classes.
     #[arg(long)]
     keep_unmapped: bool,
@@ -92,59 +93,50 @@ fn run(cli: Cli) -> Result<()> {
         retries,
         concurrency,
     } = cli;
-    {
-        {
-            if from.is_empty() && urls.is_empty() && icons.is_empty() {
-                anyhow::bail!(
-                    "nothing to collect: give --from DIR, --urls FILE or --icons PACKAGE"
-                );
-            }
-            let mut labels = match labels {
-                Some(path) => LabelMap::load(&path)?,
-                None => LabelMap::keep_all(),
-            };
-            labels.keep_unmapped |= keep_unmapped;
-            let options = CollectOptions {
-                folders: from,
-                csv,
-                url_lists: urls,
-                icon_sets: icons,
-                npm_cache,
-                into,
-                protect,
-                existing: train,
-                labels,
-                min_side,
-                max_distance,
-                fetch: FetchOptions {
-                    timeout: Duration::from_secs(timeout),
-                    max_bytes: max_mib << 20,
-                    retries,
-                    ..Default::default()
-                },
-                concurrency,
-                quiet: false,
-            };
-            let rows = collect(&options)?;
-            let counts = summary(&rows);
-            let width = counts.keys().map(String::len).max().unwrap_or(0);
-            println!("{:width$}  files", "reason");
-            for (reason, n) in &counts {
-                println!("{reason:width$}  {n}");
-            }
-            println!("{:width$}  {}", "total", rows.len());
-            let classes: std::collections::BTreeSet<&str> = rows
-                .iter()
-                .filter(|r| r.accepted)
-                .map(|r| r.label.as_str())
-                .collect();
-            println!(
-                "{} accepted into {} classes; manifest: {}",
-                counts.get("accepted").copied().unwrap_or(0),
-                classes.len(),
-                options.into.join(collect::manifest::FILE_NAME).display()
-            );
-            Ok(())
-        }
+    if from.is_empty() && urls.is_empty() && icons.is_empty() {
+        anyhow::bail!("nothing to collect: give --from DIR, --urls FILE or --icons PACKAGE");
     }
+    let mut labels = LabelMap::load_all(&labels)?.unwrap_or_else(LabelMap::keep_all);
+    labels.keep_unmapped |= keep_unmapped;
+    let options = CollectOptions {
+        folders: from,
+        csv,
+        url_lists: urls,
+        icon_sets: icons,
+        npm_cache,
+        into,
+        protect,
+        existing: train,
+        labels,
+        min_side,
+        max_distance,
+        fetch: FetchOptions {
+            timeout: Duration::from_secs(timeout),
+            max_bytes: max_mib << 20,
+            retries,
+            ..Default::default()
+        },
+        concurrency,
+        quiet: false,
+    };
+    let rows = collect(&options)?;
+    let counts = summary(&rows);
+    let width = counts.keys().map(String::len).max().unwrap_or(0);
+    println!("{:width$}  files", "reason");
+    for (reason, n) in &counts {
+        println!("{reason:width$}  {n}");
+    }
+    println!("{:width$}  {}", "total", rows.len());
+    let classes: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| r.accepted)
+        .map(|r| r.label.as_str())
+        .collect();
+    println!(
+        "{} accepted into {} classes; manifest: {}",
+        counts.get("accepted").copied().unwrap_or(0),
+        classes.len(),
+        options.into.join(collect::manifest::FILE_NAME).display()
+    );
+    Ok(())
 }

@@ -563,11 +563,17 @@ fn icon_sets_are_rendered_credited_and_guarded() {
 #[test]
 fn shipped_icon_label_maps_file_animals_and_refuse_lookalike_names() {
     use collect::labels::{LabelMap, Mapped};
-    let load = |name: &str| -> LabelMap {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../configs")
-            .join(name);
-        toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    // As `collect --labels A --labels B ...` reads them.
+    let load = |names: &[&str]| -> LabelMap {
+        let paths: Vec<_> = names
+            .iter()
+            .map(|n| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../configs")
+                    .join(n)
+            })
+            .collect();
+        LabelMap::load_all(&paths).unwrap().unwrap()
     };
     let class = |map: &LabelMap, icon: &str| match map.find_in_name(icon) {
         Some((_, Mapped::Class(c))) => Some(c),
@@ -575,8 +581,9 @@ fn shipped_icon_label_maps_file_animals_and_refuse_lookalike_names() {
     };
     let refused =
         |map: &LabelMap, icon: &str| matches!(map.find_in_name(icon), Some((_, Mapped::Excluded)));
-    let ten = load("collect-drawings.toml");
-    let species = load("collect-drawings-species.toml");
+    let ten = load(&["collect-drawings.toml"]);
+    // The species map is given after the ten-class one and adds to it.
+    let species = load(&["collect-drawings.toml", "collect-drawings-species.toml"]);
     for map in [&ten, &species] {
         assert_eq!(class(map, "dog-face").as_deref(), Some("dog"));
         assert_eq!(class(map, "polar-bear").as_deref(), Some("bear"));
