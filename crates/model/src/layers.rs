@@ -6,6 +6,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 
+use crate::fused::conv2d_fused;
+
 /// Activation after a [`ConvBn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activation {
@@ -132,32 +134,50 @@ pub struct ConvBn {
 
 impl ConvBn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = if self.folded {
-            self.conv.forward(x)
-        } else if !(x.device().is_autodiff() && self.bn.training.is_enabled()) {
-            // Batch norm with its running statistics (when Burn's `BatchNorm` takes its
-            // inference path): an affine map, folded into the convolution.
-            self.forward_frozen_statistics(x)
-        } else {
-            self.bn.forward(self.conv.forward(x))
-        };
-        self.activation.forward(y)
+        self.forward_residual(x, None, self.activation)
     }
 
-    /// Batch norm with its running statistics (inference, or training with the statistics
-    /// frozen: the trainer's default): the batch norm is then an affine map per channel, `x·γ/σ + (β − μ·γ/σ)`, so it is folded into the
-    /// convolution's weight and bias on the fly (gradients reach γ and β through the small
-    /// weight and bias tensors). Burn's batch norm would spend four passes over the activation
-    /// forward and as many backward; this costs the bias add and its per-channel sum.
-    fn forward_frozen_statistics(&self, x: Tensor<4>) -> Tensor<4> {
-        let (weight, bias) = self.folded_weight_and_bias();
+    /// `activation(bn(conv(x)) + residual)`: the unit's own activation or another (ResNet's
+    /// blocks apply their ReLU after the shortcut). Outside autodiff the bias, residual and
+    /// activation are applied as the convolution writes its output ([`crate::fused`]).
+    pub fn forward_residual(
+        &self,
+        x: Tensor<4>,
+        residual: Option<Tensor<4>>,
+        activation: Activation,
+    ) -> Tensor<4> {
         let [_, _, height, width] = x.dims();
         let options = self.conv_options(height, width);
-        burn::tensor::module::conv2d(x, weight, Some(bias), options)
+        if self.folded {
+            let weight = self.conv.weight.val();
+            let bias = match &self.conv.bias {
+                Some(bias) => bias.val(),
+                None => Tensor::zeros([weight.dims()[0]], &weight.device()),
+            };
+            return conv2d_fused(x, weight, bias, residual, options, activation);
+        }
+        if !(x.device().is_autodiff() && self.bn.training.is_enabled()) {
+            // Batch norm with its running statistics (when Burn's `BatchNorm` takes its
+            // inference path): an affine map, folded into the convolution.
+            let (weight, bias) = self.folded_weight_and_bias();
+            return conv2d_fused(x, weight, bias, residual, options, activation);
+        }
+        let y = self.bn.forward(self.conv.forward(x));
+        activation.forward(match residual {
+            Some(r) => y + r,
+            None => y,
+        })
     }
 
     /// The convolution's weight and bias with the batch norm's running statistics and affine
     /// parameters folded in: `w·γ/σ` and `β − μ·γ/σ` (plus the convolution's own bias, scaled).
+    ///
+    /// With running statistics (inference, or training with the statistics frozen: the
+    /// trainer's default) the batch norm is an affine map per channel, `x·γ/σ + (β − μ·γ/σ)`,
+    /// so it is folded into the convolution's weight and bias on the fly (gradients reach γ
+    /// and β through the small weight and bias tensors). Burn's batch norm would spend four
+    /// passes over the activation forward and as many backward; this costs the bias add and
+    /// its per-channel sum.
     fn folded_weight_and_bias(&self) -> (Tensor<4>, Tensor<1>) {
         let bn = &self.bn;
         let scale = bn.gamma.val() / bn.running_var.value().add_scalar(bn.epsilon).sqrt();
@@ -235,12 +255,13 @@ impl InvertedResidual {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut y = x.clone();
-        if let Some(expand) = &self.expand {
-            y = expand.forward(y);
-        }
-        y = self.project.forward(self.depthwise.forward(y));
-        if self.residual { y + x } else { y }
+        let y = match &self.expand {
+            Some(expand) => expand.forward(x.clone()),
+            None => x.clone(),
+        };
+        let shortcut = self.residual.then_some(x);
+        self.project
+            .forward_residual(self.depthwise.forward(y), shortcut, self.project.activation)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Backbones with pretrained ImageNet weights, and the metric head the trainer learns.
 //!
 //! - [`layers`]: the convolution + batch-norm + activation unit every backbone is built from.
+//! - [`fused`]: convolution, bias, residual and activation in one pass, for inference.
 //! - [`mobilenet_v2`], [`efficientnet_lite`], [`resnet`]: the networks, in the layouts of the
 //!   PyTorch checkpoints they load.
 //! - [`backbone`]: the catalogue (names, preprocessing, weight files) and the `Backbone` module.
@@ -16,6 +17,7 @@ pub mod allocator;
 pub mod backbone;
 pub mod device;
 pub mod efficientnet_lite;
+pub mod fused;
 pub mod head;
 pub mod interpolate;
 pub mod layers;

@@ -36,11 +36,14 @@ impl ResBlock {
             Some(d) => d.forward(x.clone()),
             None => x.clone(),
         };
-        let mut y = self.c2.forward(self.c1.forward(x));
-        if let Some(c3) = &self.c3 {
-            y = c3.forward(y);
+        // The last convolution adds the shortcut, then the block's ReLU.
+        let y = self.c1.forward(x);
+        match &self.c3 {
+            Some(c3) => c3.forward_residual(self.c2.forward(y), Some(identity), Activation::Relu),
+            None => self
+                .c2
+                .forward_residual(y, Some(identity), Activation::Relu),
         }
-        burn::tensor::activation::relu(y + identity)
     }
 }
 

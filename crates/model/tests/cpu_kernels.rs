@@ -696,3 +696,126 @@ fn max_pool_matches_the_reference() {
         }
     }
 }
+
+/// The fused inference convolution (`model::fused::conv2d_fused`: bias, then a residual, then
+/// ReLU or ReLU6, applied as the kernels write their output) against the reference followed by
+/// the same steps in f64: depthwise (3×3 and 5×5, strides 1 and 2, planes of one chunk and of
+/// several), pointwise (batch 1 and several, planes past 512 positions), dense 3×3 and 7×7
+/// (batch 1, several, and a plane of several column-buffer tiles) and a grouped convolution
+/// (the generic route: conv2d, add, clamp). Inputs are scaled so that ReLU6 clips; a NaN in
+/// the residual stays NaN through the clamp, as `relu` then `clamp_max` keep it.
+#[test]
+fn fused_convolutions_match_the_reference() {
+    use model::fused::conv2d_fused;
+    use model::layers::Activation;
+    let device = Device::flex();
+    let mut rng = Lcg(31);
+    // (batch, channels in, channels out, groups, h, w, kernel, stride, padding)
+    let cases = [
+        (2, 6, 6, 6, 9, 11, 3, 1, [(1, 1), (1, 1)]),
+        (1, 5, 5, 5, 40, 58, 3, 2, [(0, 1), (0, 1)]),
+        (3, 4, 4, 4, 33, 21, 5, 2, [(2, 2), (2, 2)]),
+        (1, 7, 9, 1, 8, 13, 1, 1, [(0, 0), (0, 0)]),
+        (4, 12, 5, 1, 5, 7, 1, 1, [(0, 0), (0, 0)]),
+        (3, 9, 11, 1, 27, 30, 1, 1, [(0, 0), (0, 0)]),
+        (1, 5, 8, 1, 14, 17, 3, 1, [(1, 1), (1, 1)]),
+        (3, 4, 6, 1, 15, 12, 3, 2, [(1, 1), (1, 1)]),
+        (2, 3, 4, 1, 31, 29, 7, 2, [(3, 3), (3, 3)]),
+        (1, 12, 3, 1, 130, 101, 3, 1, [(1, 1), (1, 1)]),
+        (2, 6, 4, 2, 9, 10, 3, 1, [(1, 1), (1, 1)]),
+    ];
+    for (i, (batch, channels_in, channels_out, groups, h, w, kernel, stride, padding)) in
+        cases.into_iter().enumerate()
+    {
+        let c = Case {
+            batch,
+            channels_in,
+            channels_out,
+            groups,
+            h,
+            w,
+            kernel,
+            stride,
+            padding,
+            dilation: 1,
+        };
+        let (oh, ow) = (c.out_size(c.h, 0), c.out_size(c.w, 1));
+        let out_shape = [c.batch, c.channels_out, oh, ow];
+        let x: Vec<f64> = rng
+            .values(c.batch * c.channels_in * c.h * c.w)
+            .iter()
+            .map(|v| v * 4.0)
+            .collect();
+        let w = rng.values(c.channels_out * (c.channels_in / c.groups) * c.kernel * c.kernel);
+        let b = rng.values(c.channels_out);
+        let mut r: Vec<f64> = rng
+            .values(out_shape.iter().product())
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
+        let nan_at = i * 7 % r.len();
+        r[nan_at] = f64::NAN;
+        let (y, _, _) = reference(&c, &x, &w, &vec![0.0; r.len()]);
+        let plane = oh * ow;
+        for residual in [false, true] {
+            for activation in [Activation::None, Activation::Relu, Activation::Relu6] {
+                let expected: Vec<f64> = y
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| {
+                        let v =
+                            v + b[j / plane % c.channels_out] + if residual { r[j] } else { 0.0 };
+                        match activation {
+                            Activation::None => v,
+                            Activation::Relu => {
+                                if v < 0.0 {
+                                    0.0
+                                } else {
+                                    v
+                                }
+                            }
+                            Activation::Relu6 => v.clamp(0.0, 6.0),
+                        }
+                    })
+                    .collect();
+                let bias = Tensor::<1>::from_data(
+                    TensorData::new(
+                        b.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                        [c.channels_out],
+                    ),
+                    &device,
+                );
+                let got = conv2d_fused(
+                    tensor(&x, [c.batch, c.channels_in, c.h, c.w], &device),
+                    tensor(
+                        &w,
+                        [c.channels_out, c.channels_in / c.groups, c.kernel, c.kernel],
+                        &device,
+                    ),
+                    bias,
+                    residual.then(|| tensor(&r, out_shape, &device)),
+                    c.options(),
+                    activation,
+                );
+                let got = got.into_data().try_to_vec::<f32>().unwrap();
+                assert_eq!(got.len(), expected.len(), "{c:?}");
+                let finite: Vec<f64> = expected.iter().copied().filter(|v| v.is_finite()).collect();
+                let scale = 1.0 + finite.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                for (j, (a, e)) in got.iter().zip(&expected).enumerate() {
+                    let what = format!("fused[{j}], residual {residual}, {activation:?}, {c:?}");
+                    if e.is_nan() {
+                        assert!(a.is_nan(), "{what} = {a}, reference NaN");
+                    } else {
+                        assert!(
+                            (*a as f64 - e).abs() <= 1e-4 * scale,
+                            "{what} = {a}, reference {e}"
+                        );
+                    }
+                }
+                if activation == Activation::Relu6 {
+                    assert!(got.contains(&6.0), "ReLU6 never clipped: {c:?}");
+                }
+            }
+        }
+    }
+}

@@ -25,6 +25,7 @@
 //! planes, every tap a contiguous run, in parallel over planes (input gradient) or channels
 //! (weight gradient).
 
+use super::fused::Epilogue;
 use burn_backend::ops::conv::{calculate_padding_out, pad_asymmetric_conv_input};
 use burn_backend::ops::{ConvOptions, ConvTransposeOptions, FloatTensorOps, ModuleOps};
 use burn_backend::{DType, TensorMetadata};
@@ -163,6 +164,17 @@ pub(crate) fn depthwise_conv2d(
     bias: Option<FlexTensor>,
     options: &ConvOptions<2>,
 ) -> FlexTensor {
+    depthwise_conv2d_with(x, weight, bias, options, &Epilogue::default())
+}
+
+/// [`depthwise_conv2d`] with an epilogue applied to each output element as it is written.
+pub(crate) fn depthwise_conv2d_with(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<2>,
+    epilogue: &Epilogue,
+) -> FlexTensor {
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let x_shape = x.layout().shape();
     let (batch, channels) = (x_shape[0], x_shape[1]);
@@ -185,6 +197,7 @@ pub(crate) fn depthwise_conv2d(
         batch,
         channels,
         &g,
+        epilogue,
     );
     f32_tensor(out, &[batch, channels, g.out_h, g.out_w])
 }

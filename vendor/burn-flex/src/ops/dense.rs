@@ -41,6 +41,7 @@ use core::ops::Range;
 
 use super::conv_backward::{all_f32_4d, geometry};
 use super::depthwise::Geometry;
+use super::fused::Epilogue;
 use super::planes::{f32_tensor, valid_range};
 
 /// Whether a convolution of `x` with `weight` (`[cout, cin/groups, kh, kw]`) and `bias` is one
@@ -61,6 +62,17 @@ pub(crate) fn conv2d(
     bias: Option<FlexTensor>,
     options: &ConvOptions<2>,
 ) -> FlexTensor {
+    conv2d_with(x, weight, bias, options, &Epilogue::default())
+}
+
+/// [`conv2d`] with an epilogue applied to each output element as it is written.
+pub(crate) fn conv2d_with(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<2>,
+    epilogue: &Epilogue,
+) -> FlexTensor {
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let bias = bias.map(|b| b.to_contiguous());
     let (x_shape, w_shape) = (x.layout().shape(), weight.layout().shape());
@@ -75,6 +87,7 @@ pub(crate) fn conv2d(
         channels_in,
         channels_out,
         &g,
+        epilogue,
     );
     f32_tensor(y, &[batch, channels_out, g.out_h, g.out_w])
 }
@@ -522,6 +535,8 @@ fn threads() -> usize {
 ///
 /// The output is never zeroed: each task writes every element of its images once, the bias
 /// first where the GEMM accumulates onto it, the GEMM or the copy out of its buffer otherwise.
+/// The epilogue (`fused.rs`) runs over each tile right after its GEMM, or in the copy.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
@@ -530,6 +545,7 @@ pub(crate) fn forward(
     channels_in: usize,
     channels_out: usize,
     g: &Geometry,
+    epilogue: &Epilogue,
 ) -> Vec<f32> {
     let k = channels_in * g.kernel[0] * g.kernel[1];
     let spatial = g.out_h * g.out_w;
@@ -585,6 +601,17 @@ pub(crate) fn forward(
                             plan.par,
                         );
                     }
+                    if !epilogue.is_identity() {
+                        for co in 0..channels_out {
+                            let at = co * spatial + offset;
+                            // SAFETY: the GEMM wrote [at, at + n) above.
+                            let written = unsafe {
+                                &mut *(&mut dst[at..at + n] as *mut [MaybeUninit<f32>]
+                                    as *mut [f32])
+                            };
+                            epilogue.apply(written, first * out_len + at);
+                        }
+                    }
                 } else {
                     tmp.resize(channels_out * n, 0.0);
                     // SAFETY: tmp is [cout, n] row-major; w is [cout, k] and col [k, n].
@@ -607,6 +634,12 @@ pub(crate) fn forward(
                                 [i * out_len + co * spatial..i * out_len + (co + 1) * spatial];
                             for (o, v) in d.iter_mut().zip(src) {
                                 o.write(*v + b);
+                            }
+                            if !epilogue.is_identity() {
+                                // SAFETY: every element of the plane was written just above.
+                                let plane =
+                                    unsafe { &mut *(d as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                                epilogue.apply(plane, (first + i) * out_len + co * spatial);
                             }
                         }
                     }

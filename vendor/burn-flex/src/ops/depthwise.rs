@@ -27,6 +27,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
+use super::fused::Epilogue;
 use super::planes::{collect_chunks_with, for_each_chunk_with};
 
 /// The shape of one convolution (depthwise here, dense in `dense.rs`): `padding` is the padding
@@ -181,6 +182,7 @@ impl Layout {
 }
 
 /// `out[b, c] = conv(x[b, c], w[c]) + bias[c]` over NCHW planes; `w` is `[channels, kh·kw]`.
+/// The epilogue (`fused.rs`) runs over each output row as it is copied out.
 pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
@@ -188,6 +190,7 @@ pub(crate) fn forward(
     batch: usize,
     channels: usize,
     g: &Geometry,
+    epilogue: &Epilogue,
 ) -> Vec<f32> {
     let in_plane = g.in_h * g.in_w;
     let out_plane = g.out_h * g.out_w;
@@ -209,6 +212,11 @@ pub(crate) fn forward(
             accumulate(flat, input, &taps, bias.map_or(0.0, |b| b[c]));
             for (oh, row) in out.chunks_exact_mut(g.out_w).enumerate() {
                 write_all(row, &flat[oh * layout.wq..][..g.out_w]);
+            }
+            if !epilogue.is_identity() {
+                // SAFETY: every element of the plane was written just above.
+                let plane = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                epilogue.apply(plane, bc * out_plane);
             }
         },
     )

@@ -106,6 +106,7 @@ pub mod expand;
 pub mod fft;
 pub mod flip;
 mod float;
+pub mod fused;
 pub mod gather_scatter;
 pub mod grid_sample;
 mod int;

@@ -1,0 +1,167 @@
+//! A convolution with its bias, a residual and an activation in one pass over the output, for
+//! inference: `activation(conv2d(x, w) + bias + residual)`.
+//!
+//! On the CPU (flex) it runs lookalike's fused kernels (`vendor/burn-flex/src/ops/fused.rs`):
+//! the residual and the clamp of ReLU/ReLU6 are applied to each tile of the output as the
+//! convolution writes it, instead of one pass over the whole activation each. On wgpu, and
+//! always under autodiff (where gradients are needed), it is the same composition of Burn's
+//! ops.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::prelude::*;
+use burn::tensor::ops::ConvOptions;
+
+use crate::layers::Activation;
+
+/// The backend operations under [`conv2d_fused`]: `clamp(conv2d(x, weight, bias) [+ residual],
+/// min, max)`, with `min > max` standing for no clamp (the extension boundary carries plain
+/// numbers and no optional tensors; [`conv2d_fused`] takes an [`Activation`] and options).
+#[backend_extension(Flex, Cube: cfg(feature = "wgpu"))]
+pub trait FusedConvBackend: Backend {
+    fn conv2d_bias_clamp(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        min: f32,
+        max: f32,
+    ) -> FloatTensor<Self>;
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_bias_residual_clamp(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        min: f32,
+        max: f32,
+    ) -> FloatTensor<Self>;
+}
+
+fn clamp_of(min: f32, max: f32) -> Option<(f32, f32)> {
+    (min <= max).then_some((min, max))
+}
+
+impl FusedConvBackend for burn::backend::Flex {
+    fn conv2d_bias_clamp(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        min: f32,
+        max: f32,
+    ) -> FloatTensor<Self> {
+        let clamp = clamp_of(min, max);
+        burn::backend::flex::ops::fused::conv2d_fused(x, weight, Some(bias), options, None, clamp)
+    }
+
+    fn conv2d_bias_residual_clamp(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        min: f32,
+        max: f32,
+    ) -> FloatTensor<Self> {
+        let (residual, clamp) = (Some(residual), clamp_of(min, max));
+        burn::backend::flex::ops::fused::conv2d_fused(
+            x,
+            weight,
+            Some(bias),
+            options,
+            residual,
+            clamp,
+        )
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl FusedConvBackend for burn::backend::Cube {
+    fn conv2d_bias_clamp(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        min: f32,
+        max: f32,
+    ) -> FloatTensor<Self> {
+        composed::<Self>(x, weight, bias, None, options, clamp_of(min, max))
+    }
+
+    fn conv2d_bias_residual_clamp(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        min: f32,
+        max: f32,
+    ) -> FloatTensor<Self> {
+        composed::<Self>(x, weight, bias, Some(residual), options, clamp_of(min, max))
+    }
+}
+
+/// The operation as Burn's own ops, for backends without a fused kernel.
+#[cfg(feature = "wgpu")]
+fn composed<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    residual: Option<FloatTensor<B>>,
+    options: ConvOptions<2>,
+    clamp: Option<(f32, f32)>,
+) -> FloatTensor<B> {
+    let mut y = B::conv2d(x, weight, Some(bias), options);
+    if let Some(r) = residual {
+        y = B::float_add(y, r);
+    }
+    match clamp {
+        Some((lo, hi)) => B::float_clamp(y, lo.into(), hi.into()),
+        None => y,
+    }
+}
+
+/// `activation(conv2d(x, weight, bias) + residual)`: fused outside autodiff, the plain
+/// composition of Burn's ops under it. ReLU6 keeps NaN as `relu` then `clamp_max` do.
+pub fn conv2d_fused(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    residual: Option<Tensor<4>>,
+    options: ConvOptions<2>,
+    activation: Activation,
+) -> Tensor<4> {
+    if x.device().is_autodiff() {
+        let y = burn::tensor::module::conv2d(x, weight, Some(bias), options);
+        let y = match residual {
+            Some(r) => y + r,
+            None => y,
+        };
+        return activation.forward(y);
+    }
+    let (min, max) = match activation {
+        Activation::None => (1.0, 0.0),
+        Activation::Relu => (0.0, f32::INFINITY),
+        Activation::Relu6 => (0.0, 6.0),
+    };
+    let (x, weight, bias) = (
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    );
+    Tensor::from_dispatch(match residual {
+        None => Dispatch::conv2d_bias_clamp(x, weight, bias, options, min, max),
+        Some(r) => Dispatch::conv2d_bias_residual_clamp(
+            x,
+            weight,
+            bias,
+            r.into_dispatch(),
+            options,
+            min,
+            max,
+        ),
+    })
+}
