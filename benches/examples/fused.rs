@@ -131,11 +131,7 @@ fn main() {
                 Some(b.clone()),
                 options.clone(),
             );
-            let y = match &r {
-                Some(r) => y + r.clone(),
-                None => y,
-            };
-            l.activation.forward(y)
+            l.activation.after_residual(y, r.clone())
         };
         let fused = || {
             conv2d_fused(

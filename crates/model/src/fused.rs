@@ -15,8 +15,8 @@ use burn::tensor::ops::ConvOptions;
 use crate::layers::Activation;
 
 /// The backend operations under [`conv2d_fused`]: `clamp(conv2d(x, weight, bias) [+ residual],
-/// min, max)`, with `min > max` standing for no clamp (the extension boundary carries plain
-/// numbers and no optional tensors; [`conv2d_fused`] takes an [`Activation`] and options).
+/// lo, hi)` (two operations because the extension boundary carries no optional tensors;
+/// [`conv2d_fused`] takes an [`Activation`]).
 #[backend_extension(Flex, Cube: cfg(feature = "wgpu"))]
 pub trait FusedConvBackend: Backend {
     fn conv2d_bias_clamp(
@@ -24,24 +24,17 @@ pub trait FusedConvBackend: Backend {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
-        min: f32,
-        max: f32,
+        clamp: Option<(f32, f32)>,
     ) -> FloatTensor<Self>;
 
-    #[allow(clippy::too_many_arguments)]
     fn conv2d_bias_residual_clamp(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         residual: FloatTensor<Self>,
         options: ConvOptions<2>,
-        min: f32,
-        max: f32,
+        clamp: Option<(f32, f32)>,
     ) -> FloatTensor<Self>;
-}
-
-fn clamp_of(min: f32, max: f32) -> Option<(f32, f32)> {
-    (min <= max).then_some((min, max))
 }
 
 impl FusedConvBackend for burn::backend::Flex {
@@ -50,10 +43,8 @@ impl FusedConvBackend for burn::backend::Flex {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
-        min: f32,
-        max: f32,
+        clamp: Option<(f32, f32)>,
     ) -> FloatTensor<Self> {
-        let clamp = clamp_of(min, max);
         burn::backend::flex::ops::fused::conv2d_fused(x, weight, Some(bias), options, None, clamp)
     }
 
@@ -63,10 +54,9 @@ impl FusedConvBackend for burn::backend::Flex {
         bias: FloatTensor<Self>,
         residual: FloatTensor<Self>,
         options: ConvOptions<2>,
-        min: f32,
-        max: f32,
+        clamp: Option<(f32, f32)>,
     ) -> FloatTensor<Self> {
-        let (residual, clamp) = (Some(residual), clamp_of(min, max));
+        let residual = Some(residual);
         burn::backend::flex::ops::fused::conv2d_fused(
             x,
             weight,
@@ -85,10 +75,9 @@ impl FusedConvBackend for burn::backend::Cube {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
-        min: f32,
-        max: f32,
+        clamp: Option<(f32, f32)>,
     ) -> FloatTensor<Self> {
-        composed::<Self>(x, weight, bias, None, options, clamp_of(min, max))
+        composed::<Self>(x, weight, bias, None, options, clamp)
     }
 
     fn conv2d_bias_residual_clamp(
@@ -97,10 +86,9 @@ impl FusedConvBackend for burn::backend::Cube {
         bias: FloatTensor<Self>,
         residual: FloatTensor<Self>,
         options: ConvOptions<2>,
-        min: f32,
-        max: f32,
+        clamp: Option<(f32, f32)>,
     ) -> FloatTensor<Self> {
-        composed::<Self>(x, weight, bias, Some(residual), options, clamp_of(min, max))
+        composed::<Self>(x, weight, bias, Some(residual), options, clamp)
     }
 }
 
@@ -136,16 +124,12 @@ pub fn conv2d_fused(
 ) -> Tensor<4> {
     if x.device().is_autodiff() {
         let y = burn::tensor::module::conv2d(x, weight, Some(bias), options);
-        let y = match residual {
-            Some(r) => y + r,
-            None => y,
-        };
-        return activation.forward(y);
+        return activation.after_residual(y, residual);
     }
-    let (min, max) = match activation {
-        Activation::None => (1.0, 0.0),
-        Activation::Relu => (0.0, f32::INFINITY),
-        Activation::Relu6 => (0.0, 6.0),
+    let clamp = match activation {
+        Activation::None => None,
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Relu6 => Some((0.0, 6.0)),
     };
     let (x, weight, bias) = (
         x.into_dispatch(),
@@ -153,15 +137,9 @@ pub fn conv2d_fused(
         bias.into_dispatch(),
     );
     Tensor::from_dispatch(match residual {
-        None => Dispatch::conv2d_bias_clamp(x, weight, bias, options, min, max),
-        Some(r) => Dispatch::conv2d_bias_residual_clamp(
-            x,
-            weight,
-            bias,
-            r.into_dispatch(),
-            options,
-            min,
-            max,
-        ),
+        None => Dispatch::conv2d_bias_clamp(x, weight, bias, options, clamp),
+        Some(r) => {
+            Dispatch::conv2d_bias_residual_clamp(x, weight, bias, r.into_dispatch(), options, clamp)
+        }
     })
 }

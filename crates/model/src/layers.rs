@@ -26,6 +26,14 @@ fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 impl Activation {
+    /// `activation(y + residual)`, as separate passes (the fused call's composition).
+    pub fn after_residual(self, y: Tensor<4>, residual: Option<Tensor<4>>) -> Tensor<4> {
+        self.forward(match residual {
+            Some(r) => y + r,
+            None => y,
+        })
+    }
+
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Activation::None => x,
@@ -162,11 +170,7 @@ impl ConvBn {
             let (weight, bias) = self.folded_weight_and_bias();
             return conv2d_fused(x, weight, bias, residual, options, activation);
         }
-        let y = self.bn.forward(self.conv.forward(x));
-        activation.forward(match residual {
-            Some(r) => y + r,
-            None => y,
-        })
+        activation.after_residual(self.bn.forward(self.conv.forward(x)), residual)
     }
 
     /// The convolution's weight and bias with the batch norm's running statistics and affine

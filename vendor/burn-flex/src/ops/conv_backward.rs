@@ -139,7 +139,7 @@ pub(crate) fn is_depthwise_f32(
 
 /// The geometry of a convolution of `x_shape` (`[batch, channels, h, w]`) with a weight of
 /// `w_shape`, checked against the output gradient's shape where one is given.
-pub(super) fn geometry(
+pub(crate) fn geometry(
     x_shape: &[usize],
     w_shape: &[usize],
     options: &ConvOptions<2>,
@@ -167,7 +167,7 @@ pub(crate) fn depthwise_conv2d(
     depthwise_conv2d_with(x, weight, bias, options, &Epilogue::default())
 }
 
-/// [`depthwise_conv2d`] with an epilogue applied to each output element as it is written.
+/// [`depthwise_conv2d`] with an epilogue (`fused.rs`) applied to each output plane once written.
 pub(crate) fn depthwise_conv2d_with(
     x: FlexTensor,
     weight: FlexTensor,

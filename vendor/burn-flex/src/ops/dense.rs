@@ -65,7 +65,7 @@ pub(crate) fn conv2d(
     conv2d_with(x, weight, bias, options, &Epilogue::default())
 }
 
-/// [`conv2d`] with an epilogue applied to each output element as it is written.
+/// [`conv2d`] with an epilogue (`fused.rs`) applied to each tile or plane of the output once written.
 pub(crate) fn conv2d_with(
     x: FlexTensor,
     weight: FlexTensor,
@@ -535,7 +535,8 @@ fn threads() -> usize {
 ///
 /// The output is never zeroed: each task writes every element of its images once, the bias
 /// first where the GEMM accumulates onto it, the GEMM or the copy out of its buffer otherwise.
-/// The epilogue (`fused.rs`) runs over each tile right after its GEMM, or in the copy.
+/// The epilogue (`fused.rs`) runs over each tile right after its GEMM, or over each plane right
+/// after its copy out of the buffer.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     x: &[f32],

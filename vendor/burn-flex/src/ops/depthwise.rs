@@ -182,7 +182,7 @@ impl Layout {
 }
 
 /// `out[b, c] = conv(x[b, c], w[c]) + bias[c]` over NCHW planes; `w` is `[channels, kh·kw]`.
-/// The epilogue (`fused.rs`) runs over each output row as it is copied out.
+/// The epilogue (`fused.rs`) runs over each output plane right after it is copied out.
 pub(crate) fn forward(
     x: &[f32],
     w: &[f32],

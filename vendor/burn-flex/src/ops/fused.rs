@@ -17,7 +17,6 @@ use crate::{Flex, FlexTensor};
 
 use super::conv_backward;
 use super::dense;
-use super::depthwise::Geometry;
 
 /// What a fused convolution does to each output element after its bias.
 #[derive(Debug, Clone, Copy, Default)]
@@ -100,7 +99,7 @@ pub fn conv2d_fused(
     if fused_residual && (depthwise || dense::applies(&x, &weight, bias.as_ref(), options.groups)) {
         if let Some(r) = &residual {
             let (xs, ws) = (x.layout().shape(), weight.layout().shape());
-            let g = Geometry::of_conv([xs[2], xs[3]], [ws[2], ws[3]], &options);
+            let g = conv_backward::geometry(xs, ws, &options, None);
             let out = [xs[0], ws[0], g.out_h, g.out_w];
             assert_eq!(
                 r.layout().shape().dims::<4>(),
