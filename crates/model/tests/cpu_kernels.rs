@@ -3,7 +3,7 @@
 //! sizes, strides 1 and 2, paddings 0 to 2 (symmetric and not), dilation 1 and 2, batch 1 and
 //! several, planes of several of the depthwise kernels' 128-output chunks, with and without bias,
 //! forward and both gradients, for the depthwise, pointwise and dense (one group, any kernel)
-//! kernels; shapes the new kernels do not take (grouped) run too, so the generic route they
+//! kernels, and Winograd's F(2×2, 3×3) that 3×3 ones at stride 1 with 16 channels or more take; shapes the new kernels do not take (grouped) run too, so the generic route they
 //! fall back to stays right. Batch normalisation with
 //! batch statistics: output, mean, variance and the three gradients.
 //!
@@ -278,6 +278,95 @@ fn dense_forward_and_gradients_match_the_reference() {
         };
         check_with_bias(&case, &mut rng, i % 2 == 0);
     }
+}
+
+/// 3×3 convolutions at stride 1 with 16 channels or more, which go through Winograd's F(2×2,
+/// 3×3) (`vendor/burn-flex/src/ops/winograd.rs`) forward and for the input gradient: odd and
+/// even sizes, paddings 0 to 2 (symmetric and not), one image (its steps on every core) and
+/// several (images in parallel, small planes sharing GEMMs), and a plane cut into bands of
+/// block rows. The transposed convolution called as such takes the same route.
+#[test]
+fn winograd_convolutions_match_the_reference() {
+    let mut rng = Lcg(29);
+    // (batch, channels in, channels out, h, w, padding)
+    let cases = [
+        (1, 16, 24, 23, 19, [(1, 1), (1, 1)]),
+        (4, 17, 16, 9, 8, [(0, 2), (2, 1)]),
+        (6, 20, 18, 7, 7, [(1, 1), (1, 1)]),
+        (5, 16, 16, 12, 13, [(2, 0), (0, 2)]),
+        (3, 24, 17, 30, 21, [(0, 0), (1, 1)]),
+        (1, 64, 48, 70, 67, [(1, 1), (1, 1)]),
+    ];
+    for (i, (batch, channels_in, channels_out, h, w, padding)) in cases.into_iter().enumerate() {
+        let case = Case {
+            batch,
+            channels_in,
+            channels_out,
+            groups: 1,
+            h,
+            w,
+            kernel: 3,
+            stride: 1,
+            padding,
+            dilation: 1,
+        };
+        check_with_bias(&case, &mut rng, i % 2 == 0);
+    }
+    // conv_transpose2d itself, with a bias: the input gradient of a padding-1 convolution.
+    let device = Device::flex();
+    let (batch, channels, channels_out, h, w) = (2, 16, 20, 13, 11);
+    let x = rng.values(batch * channels * h * w);
+    let wv = rng.values(channels * channels_out * 9);
+    let bias = rng.values(channels_out);
+    let mut expected = vec![0.0; batch * channels_out * h * w];
+    for b in 0..batch {
+        for co in 0..channels_out {
+            for oy in 0..h {
+                for ox in 0..w {
+                    let mut sum = bias[co];
+                    for ci in 0..channels {
+                        for i in 0..3 {
+                            for j in 0..3 {
+                                let (iy, ix) = (oy + 1, ox + 1);
+                                if iy < i || ix < j || iy - i >= h || ix - j >= w {
+                                    continue;
+                                }
+                                sum += x[((b * channels + ci) * h + iy - i) * w + ix - j]
+                                    * wv[((ci * channels_out + co) * 3 + i) * 3 + j];
+                            }
+                        }
+                    }
+                    expected[((b * channels_out + co) * h + oy) * w + ox] = sum;
+                }
+            }
+        }
+    }
+    let bias_t = Tensor::<1>::from_data(
+        TensorData::new(
+            bias.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            [channels_out],
+        ),
+        &device,
+    );
+    let got = conv_transpose2d(
+        tensor(&x, [batch, channels, h, w], &device),
+        tensor(&wv, [channels, channels_out, 3, 3], &device),
+        Some(bias_t),
+        ConvTransposeOptions::new([1; 2], [1; 2], [0; 2], [1; 2], 1),
+    );
+    let case = Case {
+        batch,
+        channels_in: channels,
+        channels_out,
+        groups: 1,
+        h,
+        w,
+        kernel: 3,
+        stride: 1,
+        padding: [(1, 1); 2],
+        dilation: 1,
+    };
+    assert_close("transposed output", &case, got, &expected);
 }
 
 /// Dense convolutions on planes large enough that the column buffer (4 MiB) is filled in
@@ -723,6 +812,9 @@ fn fused_convolutions_match_the_reference() {
         (2, 3, 4, 1, 31, 29, 7, 2, [(3, 3), (3, 3)]),
         (1, 12, 3, 1, 130, 101, 3, 1, [(1, 1), (1, 1)]),
         (2, 6, 4, 2, 9, 10, 3, 1, [(1, 1), (1, 1)]),
+        // Winograd (3×3, stride 1, 16 channels or more): one image, and images sharing GEMMs.
+        (1, 16, 20, 1, 17, 19, 3, 1, [(1, 1), (1, 1)]),
+        (4, 18, 16, 1, 9, 8, 3, 1, [(0, 1), (1, 1)]),
     ];
     for (i, (batch, channels_in, channels_out, groups, h, w, kernel, stride, padding)) in
         cases.into_iter().enumerate()

@@ -43,6 +43,7 @@ use super::conv_backward::{all_f32_4d, geometry};
 use super::depthwise::Geometry;
 use super::fused::Epilogue;
 use super::planes::{f32_tensor, valid_range};
+use super::winograd;
 
 /// Whether a convolution of `x` with `weight` (`[cout, cin/groups, kh, kw]`) and `bias` is one
 /// this module takes: one group, f32 throughout, four-dimensional.
@@ -548,6 +549,19 @@ pub(crate) fn forward(
     g: &Geometry,
     epilogue: &Epilogue,
 ) -> Vec<f32> {
+    if winograd::applies(g, batch, channels_in, channels_out) {
+        return winograd::forward(
+            x,
+            w,
+            winograd::Weight::Forward,
+            bias,
+            batch,
+            channels_in,
+            channels_out,
+            g,
+            epilogue,
+        );
+    }
     let k = channels_in * g.kernel[0] * g.kernel[1];
     let spatial = g.out_h * g.out_w;
     let out_len = channels_out * spatial;
@@ -668,6 +682,21 @@ pub(crate) fn transpose(
     channels_out: usize,
     g: &Geometry,
 ) -> Vec<f32> {
+    if let Some(t) = winograd::transposed(g)
+        && winograd::applies(g, batch, channels_in, channels_out)
+    {
+        return winograd::forward(
+            grad,
+            w,
+            winograd::Weight::Transposed,
+            bias,
+            batch,
+            channels_out,
+            channels_in,
+            &t,
+            &Epilogue::default(),
+        );
+    }
     let k = channels_in * g.kernel[0] * g.kernel[1];
     let spatial = g.out_h * g.out_w;
     let plane = g.in_h * g.in_w;

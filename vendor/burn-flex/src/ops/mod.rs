@@ -125,3 +125,4 @@ pub mod sort;
 mod transaction;
 pub mod unary;
 pub mod unfold;
+mod winograd;

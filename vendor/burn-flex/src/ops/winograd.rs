@@ -1,0 +1,643 @@
+//! 3×3 convolutions at stride 1 by Winograd's minimal filtering F(2×2, 3×3) (Lavin and Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", CVPR 2016), added by lookalike: each
+//! 2×2 block of output from a 4×4 block of input with 16 products a channel pair instead of 36,
+//! so the matrix products do 4/9 of the direct convolution's work. ResNet's 3×3 layers are most
+//! of its work; the forward pass and the input gradient (a 3×3 convolution at stride 1 itself)
+//! come here, the weight gradient stays with `dense.rs`.
+//!
+//! With `G` (4×3), `Bᵀ` (4×4) and `Aᵀ` (2×4) the transforms of the paper:
+//!
+//! - the weight of every `(cout, cin)` pair becomes `U = G·g·Gᵀ` (4×4), kept as 16 matrices
+//!   `U[ξ]` of `[cout, cin]`;
+//! - every 4×4 input block `d` (blocks two apart, overlapping by two) becomes `V = Bᵀ·d·B`, kept
+//!   as 16 matrices `V[ξ]` of `[cin, blocks]`;
+//! - 16 GEMMs `M[ξ] = U[ξ]·V[ξ]` (`[cout, blocks]`), the bulk of the work;
+//! - every block's output is `Aᵀ·M·A` (2×2), written with the bias, then the epilogue
+//!   (`fused.rs`) runs over each plane.
+//!
+//! Blocks that hang over the input read zeros (the padding), and the output's last row and
+//! column are dropped where its size is odd. The transforms only add and halve, so the results
+//! differ from the direct convolution's by rounding: within the kernel tests' 1e-4 of the
+//! largest output (`crates/model/tests/cpu_kernels.rs`).
+//!
+//! The weight transform is paid on every call (a kernel has nowhere to keep it), so a call
+//! needs enough output positions to earn it back ([`applies`]).
+
+use alloc::vec::Vec;
+use core::mem::MaybeUninit;
+
+use super::depthwise::Geometry;
+use super::fused::Epilogue;
+
+/// Fewest channels in and out: below them the GEMMs are too thin to gain from the transforms.
+const MIN_CHANNELS: usize = 16;
+
+/// Fewest output positions over the batch: the weight transform (about 40 operations a channel
+/// pair) costs what the GEMM saves on about a hundred of them.
+const MIN_POSITIONS: usize = 256;
+
+/// Fewest blocks a GEMM should get: below it, several images share one.
+const MIN_BLOCKS: usize = 256;
+
+/// Most floats a task's two transformed buffers (`V` and `M`) hold together (8 MiB, as
+/// `dense.rs`'s column buffer holds): larger images are taken in bands of block rows that fit.
+const BUFFER_FLOATS: usize = 1 << 21;
+
+/// Whether a convolution of `batch` images of `geometry` goes through here: a 3×3 filter,
+/// stride 1, no dilation, at least `MIN_CHANNELS` channels in and out, and enough output.
+pub(crate) fn applies(g: &Geometry, batch: usize, channels_in: usize, channels_out: usize) -> bool {
+    g.kernel == [3, 3]
+        && g.stride == [1, 1]
+        && g.dilation == [1, 1]
+        && channels_in >= MIN_CHANNELS
+        && channels_out >= MIN_CHANNELS
+        && batch * g.out_h * g.out_w >= MIN_POSITIONS
+}
+
+/// The input gradient of a 3×3 convolution at stride 1 of `geometry`, as a convolution of its
+/// own: of the output gradient with the flipped, transposed weight ([`Weight::Transposed`]), at
+/// stride 1, with the padding `2 - p` before each axis where the forward had `p` (and likewise
+/// after it). `None` where either would be negative: the forward padded an axis by more than 2.
+pub(crate) fn transposed(g: &Geometry) -> Option<Geometry> {
+    let before = |axis: usize| 2usize.checked_sub(g.padding[axis]);
+    // The forward's padding after the axis, `out + 2 - in - before`, must be at most 2 too.
+    let after_ok = |axis: usize, input: usize, output: usize| {
+        (output + 2)
+            .checked_sub(input + g.padding[axis])
+            .is_some_and(|after| after <= 2)
+    };
+    if !(after_ok(0, g.in_h, g.out_h) && after_ok(1, g.in_w, g.out_w)) {
+        return None;
+    }
+    Some(Geometry {
+        in_h: g.out_h,
+        in_w: g.out_w,
+        out_h: g.in_h,
+        out_w: g.in_w,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [before(0)?, before(1)?],
+        dilation: [1, 1],
+    })
+}
+
+/// Which way a weight `[cout, cin, 3, 3]` is read: as it lies (the forward pass), or flipped
+/// and with its channel axes swapped (the input gradient: `[cin, cout, 3, 3]`, taps reversed).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Weight {
+    Forward,
+    Transposed,
+}
+
+/// A pointer handed to the threads, each of which writes its own disjoint part.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every use writes disjoint elements from each thread (see the callers).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The element `n` places on (a method, so that closures capture the whole `Shared`).
+    ///
+    /// # Safety
+    /// As for `pointer::add`.
+    unsafe fn at(self, n: usize) -> *mut f32 {
+        // SAFETY: the caller's.
+        unsafe { self.0.add(n) }
+    }
+}
+
+/// `f(i)` for `i` in `0..count`, on every core where `parallel` and rayon is on.
+fn each(parallel: bool, count: usize, f: impl Fn(usize) + Sync + Send) {
+    #[cfg(feature = "rayon")]
+    if parallel {
+        use rayon::prelude::*;
+        (0..count).into_par_iter().for_each(f);
+        return;
+    }
+    let _ = parallel;
+    (0..count).for_each(f);
+}
+
+/// [`each`] with a scratch of each thread's own, made by `make`.
+fn each_with<S>(
+    parallel: bool,
+    count: usize,
+    make: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize) + Sync + Send,
+) {
+    #[cfg(feature = "rayon")]
+    if parallel {
+        use rayon::prelude::*;
+        (0..count).into_par_iter().for_each_init(make, f);
+        return;
+    }
+    let _ = parallel;
+    let mut scratch = make();
+    (0..count).for_each(|i| f(&mut scratch, i));
+}
+
+/// `f(i, item)` for every item, on every core where `parallel` and rayon is on.
+fn each_mut<S: Send>(parallel: bool, items: &mut [S], f: impl Fn(usize, &mut S) + Sync + Send) {
+    #[cfg(feature = "rayon")]
+    if parallel {
+        use rayon::prelude::*;
+        items.par_iter_mut().enumerate().for_each(|(i, s)| f(i, s));
+        return;
+    }
+    let _ = parallel;
+    items.iter_mut().enumerate().for_each(|(i, s)| f(i, s));
+}
+
+/// The threads tasks are spread over.
+fn threads() -> usize {
+    #[cfg(feature = "rayon")]
+    return rayon::current_num_threads();
+    #[cfg(not(feature = "rayon"))]
+    1
+}
+
+/// `U[ξ]` (`[16, outs, ins]`) of the weight `w`, read as `way` says; `outs` and `ins` are the
+/// convolution's output and input channels.
+fn transform_weight(w: &[f32], outs: usize, ins: usize, way: Weight, parallel: bool) -> Vec<f32> {
+    let plane = outs * ins;
+    let mut u: Vec<f32> = Vec::with_capacity(16 * plane);
+    let dst = Shared(u.as_mut_ptr());
+    // A thread's scratch: the nine taps of output channel o's filters, tap-major (`[9, ins]`),
+    // then G·g (`[4, 3, ins]`).
+    let scratch = || (alloc::vec![0.0f32; 9 * ins], alloc::vec![0.0f32; 12 * ins]);
+    each_with(parallel, outs, scratch, |(taps, t), o| {
+        for i in 0..ins {
+            for tap in 0..9 {
+                taps[tap * ins + i] = match way {
+                    Weight::Forward => w[(o * ins + i) * 9 + tap],
+                    Weight::Transposed => w[(i * outs + o) * 9 + 8 - tap],
+                };
+            }
+        }
+        let tap = |r: usize, c: usize| &taps[(r * 3 + c) * ins..][..ins];
+        // G·g down each column c: g0, ½(g0 + g1 + g2), ½(g0 - g1 + g2), g2.
+        let rows: Vec<&mut [f32]> = t.chunks_exact_mut(ins).collect();
+        let mut rows = rows.into_iter().map(uninit);
+        let mut next = || rows.next().expect("twelve rows");
+        let [r0, r1, r2, r3]: [[&mut [MaybeUninit<f32>]; 3]; 4] =
+            core::array::from_fn(|_| core::array::from_fn(|_| next()));
+        for (c, (((r0, r1), r2), r3)) in r0.into_iter().zip(r1).zip(r2).zip(r3).enumerate() {
+            copy(tap(0, c), r0);
+            combine([tap(0, c), tap(1, c), tap(2, c)], r1, r2);
+            copy(tap(2, c), r3);
+        }
+        // ·Gᵀ along each row r of G·g, straight into U[4r..4r + 4].
+        for r in 0..4 {
+            let row = |c: usize| &t[(r * 3 + c) * ins..][..ins];
+            let out = |c: usize| {
+                // SAFETY: u has 16·plane floats of capacity; row (ξ, o) is written by the task
+                // of output channel o alone.
+                unsafe {
+                    core::slice::from_raw_parts_mut(
+                        dst.at((r * 4 + c) * plane + o * ins)
+                            .cast::<MaybeUninit<f32>>(),
+                        ins,
+                    )
+                }
+            };
+            copy(row(0), out(0));
+            combine([row(0), row(1), row(2)], out(1), out(2));
+            copy(row(2), out(3));
+        }
+    });
+    // SAFETY: every (ξ, o, i) was written above.
+    unsafe { u.set_len(16 * plane) };
+    u
+}
+
+/// An initialised slice seen as one to write into.
+fn uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and only initialised values are written.
+    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// `dst = src`.
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn copy<#[cfg(feature = "simd")] S: macerator::Simd>(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.write(*s);
+    }
+}
+
+/// G's middle rows over three rows `x`: `plus = ½(x0 + x1 + x2)`, `minus = ½(x0 - x1 + x2)`.
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn combine<#[cfg(feature = "simd")] S: macerator::Simd>(
+    x: [&[f32]; 3],
+    plus: &mut [MaybeUninit<f32>],
+    minus: &mut [MaybeUninit<f32>],
+) {
+    let n = plus.len();
+    let [x0, x1, x2] = x.map(|x| &x[..n]);
+    let minus = &mut minus[..n];
+    for k in 0..n {
+        let outer = x0[k] + x2[k];
+        plus[k].write(0.5 * (outer + x1[k]));
+        minus[k].write(0.5 * (outer - x1[k]));
+    }
+}
+
+/// A thread's scratch for the transforms of one block row: the input's four rows split into
+/// even and odd columns, and the intermediate sums, each `blocks_w + 1` long.
+struct Lines {
+    even: [Vec<f32>; 4],
+    odd: [Vec<f32>; 4],
+    sums: [Vec<f32>; 16],
+}
+
+impl Lines {
+    fn new(blocks_w: usize) -> Self {
+        let line = || alloc::vec![0.0f32; blocks_w + 1];
+        Self {
+            even: core::array::from_fn(|_| line()),
+            odd: core::array::from_fn(|_| line()),
+            sums: core::array::from_fn(|_| line()),
+        }
+    }
+}
+
+/// `V[ξ]` of one input plane into `v` (`[16, ins, stride / ins]`: this channel's row of each
+/// `ξ` at `channel_row`), columns `column..` from the blocks of block rows `rows`
+/// (`blocks_w` blocks a row). Each step runs along a whole block row, so it vectorises.
+#[allow(clippy::too_many_arguments)]
+fn transform_input(
+    plane: &[f32],
+    g: &Geometry,
+    rows: core::ops::Range<usize>,
+    blocks_w: usize,
+    v: Shared,
+    stride: usize,
+    channel_row: usize,
+    column: usize,
+    lines: &mut Lines,
+) {
+    let bw = blocks_w;
+    let mut col = column;
+    for by in rows {
+        // Input row 2·by + r - pad_h, its columns x - pad_w for x in 0..2·bw + 2, zero in the
+        // padding, split into even and odd x.
+        for r in 0..4 {
+            let iy = (2 * by + r) as isize - g.padding[0] as isize;
+            let (even, odd) = (&mut lines.even[r], &mut lines.odd[r]);
+            if iy < 0 || iy >= g.in_h as isize {
+                even.fill(0.0);
+                odd.fill(0.0);
+                continue;
+            }
+            let row = &plane[iy as usize * g.in_w..(iy as usize + 1) * g.in_w];
+            let pad = g.padding[1];
+            let at = |x: usize| {
+                let ix = x as isize - pad as isize;
+                if ix >= 0 && (ix as usize) < g.in_w {
+                    row[ix as usize]
+                } else {
+                    0.0
+                }
+            };
+            // Columns k in [lo, hi) have both x = 2k and 2k + 1 inside the row.
+            let hi = (bw + 1).min((g.in_w + pad) / 2);
+            let lo = pad.div_ceil(2).min(hi);
+            for k in (0..lo).chain(hi..=bw) {
+                even[k] = at(2 * k);
+                odd[k] = at(2 * k + 1);
+            }
+            let inside = &row[2 * lo - pad..2 * hi - pad];
+            split(inside, &mut even[lo..hi], &mut odd[lo..hi]);
+        }
+        // ·B along each row: block bx of row r reads d0..d3 = even[bx], odd[bx], even[bx + 1],
+        // odd[bx + 1]; sums[4r + c] holds column c of the result.
+        for r in 0..4 {
+            let four: &mut [Vec<f32>; 4] = (&mut lines.sums[4 * r..4 * r + 4]).try_into().unwrap();
+            let [s0, s1, s2, s3] = four;
+            row_pass(
+                &lines.even[r][..=bw],
+                &lines.odd[r][..=bw],
+                &mut s0[..bw],
+                &mut s1[..bw],
+                &mut s2[..bw],
+                &mut s3[..bw],
+            );
+        }
+        // Bᵀ· down each column, straight into V.
+        for c in 0..4 {
+            let t = |r: usize| &lines.sums[4 * r + c][..bw];
+            let row = |xi: usize| {
+                // SAFETY: the caller's v holds [16, ins, stride / ins]; this channel's row of
+                // each ξ, columns [col, col + bw), is written by this call alone.
+                unsafe {
+                    core::slice::from_raw_parts_mut(
+                        v.at(xi * stride + channel_row + col)
+                            .cast::<MaybeUninit<f32>>(),
+                        bw,
+                    )
+                }
+            };
+            column_pass(
+                [t(0), t(1), t(2), t(3)],
+                [row(c), row(4 + c), row(8 + c), row(12 + c)],
+            );
+        }
+        col += bw;
+    }
+}
+
+/// The output of block rows `rows` of one output plane from `M[ξ]` (`[16, outs, stride /
+/// outs]`, this channel's row at `channel_row`, columns from `column`), plus `bias`, into
+/// `out` (the plane). Each step runs along a whole block row, so it vectorises.
+#[allow(clippy::too_many_arguments)]
+fn transform_output(
+    m: &[f32],
+    stride: usize,
+    channel_row: usize,
+    column: usize,
+    g: &Geometry,
+    rows: core::ops::Range<usize>,
+    blocks_w: usize,
+    bias: f32,
+    out: Shared,
+    lines: &mut Lines,
+) {
+    let bw = blocks_w;
+    let mut col = column;
+    for by in rows {
+        let at = |xi: usize| &m[xi * stride + channel_row + col..][..bw];
+        // Aᵀ· down each column: sums[c] and sums[4 + c] are the two rows of column c.
+        for c in 0..4 {
+            let (tops, bottoms) = lines.sums.split_at_mut(4);
+            output_columns(
+                [at(c), at(4 + c), at(8 + c), at(12 + c)],
+                &mut tops[c][..bw],
+                &mut bottoms[c][..bw],
+            );
+        }
+        // ·A along each row, two outputs a block, with the bias.
+        for r in 0..2 {
+            let oy = 2 * by + r;
+            if oy >= g.out_h {
+                continue;
+            }
+            let s = |c: usize| &lines.sums[4 * r + c][..bw];
+            // SAFETY: out is this output plane ([out_h, out_w]); row oy is written by this call
+            // alone.
+            let line = unsafe {
+                core::slice::from_raw_parts_mut(
+                    out.at(oy * g.out_w).cast::<MaybeUninit<f32>>(),
+                    g.out_w,
+                )
+            };
+            output_row([s(0), s(1), s(2), s(3)], bias, line);
+        }
+        col += bw;
+    }
+}
+
+// The transforms' inner loops, each along a block row, compiled for the widest SIMD the CPU has.
+
+/// `even[k] = src[2k]`, `odd[k] = src[2k + 1]`.
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn split<#[cfg(feature = "simd")] S: macerator::Simd>(
+    src: &[f32],
+    even: &mut [f32],
+    odd: &mut [f32],
+) {
+    for ((pair, e), o) in src.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+}
+
+/// ·B along a row of blocks: block k reads `e[k], o[k], e[k + 1], o[k + 1]`.
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn row_pass<#[cfg(feature = "simd")] S: macerator::Simd>(
+    e: &[f32],
+    o: &[f32],
+    s0: &mut [f32],
+    s1: &mut [f32],
+    s2: &mut [f32],
+    s3: &mut [f32],
+) {
+    let n = s0.len();
+    let (e0, e1, o0, o1) = (&e[..n], &e[1..=n], &o[..n], &o[1..=n]);
+    let (s1, s2, s3) = (&mut s1[..n], &mut s2[..n], &mut s3[..n]);
+    for k in 0..n {
+        s0[k] = e0[k] - e1[k];
+        s1[k] = o0[k] + e1[k];
+        s2[k] = e1[k] - o0[k];
+        s3[k] = o0[k] - o1[k];
+    }
+}
+
+/// Bᵀ· down a column of four rows: `v = [t0 - t2, t1 + t2, t2 - t1, t1 - t3]`.
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn column_pass<#[cfg(feature = "simd")] S: macerator::Simd>(
+    t: [&[f32]; 4],
+    v: [&mut [MaybeUninit<f32>]; 4],
+) {
+    let n = v[0].len();
+    let [t0, t1, t2, t3] = t.map(|t| &t[..n]);
+    let [v0, v1, v2, v3] = v;
+    let (v1, v2, v3) = (&mut v1[..n], &mut v2[..n], &mut v3[..n]);
+    for k in 0..n {
+        v0[k].write(t0[k] - t2[k]);
+        v1[k].write(t1[k] + t2[k]);
+        v2[k].write(t2[k] - t1[k]);
+        v3[k].write(t1[k] - t3[k]);
+    }
+}
+
+/// Aᵀ· down a column of four rows: `top = m0 + m1 + m2`, `bottom = m1 - m2 - m3`.
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn output_columns<#[cfg(feature = "simd")] S: macerator::Simd>(
+    m: [&[f32]; 4],
+    top: &mut [f32],
+    bottom: &mut [f32],
+) {
+    let n = top.len();
+    let [m0, m1, m2, m3] = m.map(|m| &m[..n]);
+    let bottom = &mut bottom[..n];
+    for k in 0..n {
+        top[k] = m0[k] + m1[k] + m2[k];
+        bottom[k] = m1[k] - m2[k] - m3[k];
+    }
+}
+
+/// ·A along a row of blocks, into an output row (`line`, its odd last column dropped): block k
+/// writes `s0 + s1 + s2` and `s1 - s2 - s3`, plus the bias.
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn output_row<#[cfg(feature = "simd")] S: macerator::Simd>(
+    s: [&[f32]; 4],
+    bias: f32,
+    line: &mut [MaybeUninit<f32>],
+) {
+    let pairs = line.len() / 2;
+    let [s0, s1, s2, s3] = s;
+    let (s0, s1, s2, s3) = (&s0[..pairs], &s1[..pairs], &s2[..pairs], &s3[..pairs]);
+    for (k, out) in line.chunks_exact_mut(2).enumerate() {
+        out[0].write(s0[k] + s1[k] + s2[k] + bias);
+        out[1].write(s1[k] - s2[k] - s3[k] + bias);
+    }
+    if line.len() % 2 == 1 {
+        line[2 * pairs].write(s[0][pairs] + s[1][pairs] + s[2][pairs] + bias);
+    }
+}
+
+/// The convolution: `x` `[batch, ins, in_h, in_w]`, `w` read as `way` says (`[outs, ins, 3, 3]`
+/// forward, `[ins, outs, 3, 3]` transposed), an optional bias of `outs`; returns `[batch, outs,
+/// out_h, out_w]` with the epilogue applied.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward(
+    x: &[f32],
+    w: &[f32],
+    way: Weight,
+    bias: Option<&[f32]>,
+    batch: usize,
+    ins: usize,
+    outs: usize,
+    g: &Geometry,
+    epilogue: &Epilogue,
+) -> Vec<f32> {
+    let (blocks_h, blocks_w) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
+    let per_image = blocks_h * blocks_w;
+    let (in_len, spatial) = (ins * g.in_h * g.in_w, g.out_h * g.out_w);
+    let out_len = outs * spatial;
+    let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
+    if batch * out_len == 0 {
+        return out;
+    }
+    // Blocks a task's buffers hold, images a task, and block rows a band of one image.
+    let most = (BUFFER_FLOATS / (16 * (ins + outs))).max(1);
+    let threads = threads();
+    let images = if per_image >= MIN_BLOCKS {
+        1
+    } else {
+        MIN_BLOCKS
+            .div_ceil(per_image)
+            .min(batch.div_ceil(threads))
+            .min(most / per_image)
+            .max(1)
+    };
+    let band = if images == 1 {
+        (most / blocks_w).clamp(1, blocks_h)
+    } else {
+        blocks_h
+    };
+    let tasks = batch.div_ceil(images);
+    // Tasks keep the threads busy, or else each task's steps spread over them.
+    let outer = tasks >= threads;
+    let inner = !outer;
+    let u = transform_weight(w, outs, ins, way, true);
+    let capacity = 16 * images * band.min(blocks_h) * blocks_w;
+    let out_ptr = Shared(out.as_mut_ptr());
+    // One run of consecutive tasks a thread, each run with its buffers made here, on the
+    // calling thread: made on a worker they would come from its own malloc arena, which the
+    // tensors cannot reuse, and a training step's peak memory would grow by them.
+    let runs = if outer { threads.min(tasks) } else { 1 };
+    let per_run = tasks.div_ceil(runs);
+    let mut buffers: Vec<(Vec<f32>, Vec<f32>)> = (0..runs)
+        .map(|_| {
+            (
+                Vec::with_capacity(ins * capacity),
+                Vec::with_capacity(outs * capacity),
+            )
+        })
+        .collect();
+    each_mut(outer, &mut buffers, |run, (v, m)| {
+        for task in run * per_run..((run + 1) * per_run).min(tasks) {
+            let first = task * images;
+            let count = images.min(batch - first);
+            for start in (0..blocks_h).step_by(band) {
+                let rows = start..(start + band).min(blocks_h);
+                let n = count * rows.len() * blocks_w;
+                let per = rows.len() * blocks_w;
+                v.clear();
+                m.clear();
+                let v_ptr = Shared(v.as_mut_ptr());
+                let lines = || Lines::new(blocks_w);
+                each_with(inner, count * ins, lines, |lines, job| {
+                    let (i, c) = (job / ins, job % ins);
+                    let image = &x[(first + i) * in_len..(first + i + 1) * in_len];
+                    let plane = &image[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
+                    transform_input(
+                        plane,
+                        g,
+                        rows.clone(),
+                        blocks_w,
+                        v_ptr,
+                        ins * n,
+                        c * n,
+                        i * per,
+                        lines,
+                    );
+                });
+                // SAFETY: every (ξ, channel, block) of the band was written above.
+                unsafe { v.set_len(16 * ins * n) };
+                let m_ptr = Shared(m.as_mut_ptr());
+                each(inner, 16, |xi| {
+                    // SAFETY: M[ξ] is [outs, n] row-major in m's capacity, written by this ξ alone;
+                    // U[ξ] is [outs, ins] and V[ξ] [ins, n], row-major.
+                    unsafe {
+                        gemm::gemm(
+                            outs,
+                            n,
+                            ins,
+                            m_ptr.at(xi * outs * n),
+                            1,
+                            n as isize,
+                            false,
+                            u.as_ptr().add(xi * outs * ins),
+                            1,
+                            ins as isize,
+                            v.as_ptr().add(xi * ins * n),
+                            1,
+                            n as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                });
+                // SAFETY: every M[ξ] was written above.
+                unsafe { m.set_len(16 * outs * n) };
+                each_with(inner, count * outs, lines, |lines, job| {
+                    let (i, o) = (job / outs, job % outs);
+                    // SAFETY: the plane of image first + i, channel o, lies inside out's capacity.
+                    let plane = Shared(unsafe { out_ptr.at((first + i) * out_len + o * spatial) });
+                    let b = bias.map_or(0.0, |b| b[o]);
+                    transform_output(
+                        &m,
+                        outs * n,
+                        o * n,
+                        i * per,
+                        g,
+                        rows.clone(),
+                        blocks_w,
+                        b,
+                        plane,
+                        lines,
+                    );
+                });
+            }
+            if !epilogue.is_identity() {
+                each(inner, count * outs, |job| {
+                    let at = (first + job / outs) * out_len + job % outs * spatial;
+                    // SAFETY: every block row of the plane was written above; each job owns its
+                    // plane.
+                    let plane = unsafe { core::slice::from_raw_parts_mut(out_ptr.at(at), spatial) };
+                    epilogue.apply(plane, at);
+                });
+            }
+        }
+    });
+    // SAFETY: the block rows cover every output row and the blocks every column; every image
+    // and channel had its plane written.
+    unsafe { out.set_len(batch * out_len) };
+    out
+}
