@@ -780,6 +780,9 @@ pub(crate) fn weight_gradient(
     channels_out: usize,
     g: &Geometry,
 ) -> Vec<f32> {
+    if winograd::applies(g, batch, channels_in, channels_out) {
+        return winograd::weight_gradient(x, grad, batch, channels_in, channels_out, g);
+    }
     let k = channels_in * g.kernel[0] * g.kernel[1];
     let spatial = g.out_h * g.out_w;
     let plan = Plan::new(g, k, batch);

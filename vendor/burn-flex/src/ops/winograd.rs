@@ -3,7 +3,7 @@
 //! 2×2 block of output from a 4×4 block of input with 16 products a channel pair instead of 36,
 //! so the matrix products do 4/9 of the direct convolution's work. ResNet's 3×3 layers are most
 //! of its work; the forward pass and the input gradient (a 3×3 convolution at stride 1 itself)
-//! come here, the weight gradient stays with `dense.rs`.
+//! come here, and the weight gradient by F(3×3, 2×2) ([`weight_gradient`]).
 //!
 //! With `G` (4×3), `Bᵀ` (4×4) and `Aᵀ` (2×4) the transforms of the paper:
 //!
@@ -640,4 +640,219 @@ pub(crate) fn forward(
     // and channel had its plane written.
     unsafe { out.set_len(batch * out_len) };
     out
+}
+
+/// The weight gradient of a convolution [`applies`] takes, by F(3×3, 2×2): `x` `[batch, ins,
+/// in_h, in_w]` (the convolution's input), `grad` `[batch, outs, out_h, out_w]`; returns
+/// `[outs, ins, 3, 3]`.
+///
+/// Each 2×2 block of the output gradient meets the 4×4 input block the forward pass read for
+/// it: the input blocks are transformed as in the forward pass, the gradient blocks by `G'·γ·G'ᵀ`
+/// (4×2: rows `[1, 0]`, `[½, ½]`, `[½, -½]`, `[0, -1]`; the sign of the last row matches the
+/// forward's `Bᵀ`), 16 GEMMs sum their products over every block of the batch into `M[ξ]`
+/// (`[outs, ins]`), and each filter's gradient is `Aᵀ·M·A` (3×3, `Aᵀ` rows `[1, 1, 1, 0]`,
+/// `[0, 1, -1, 0]`, `[0, 1, 1, 1]`). The GEMMs share the threads by `ξ`, so the sums need no
+/// copy a thread.
+pub(crate) fn weight_gradient(
+    x: &[f32],
+    grad: &[f32],
+    batch: usize,
+    ins: usize,
+    outs: usize,
+    g: &Geometry,
+) -> Vec<f32> {
+    let (blocks_h, blocks_w) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
+    let per_image = blocks_h * blocks_w;
+    let (in_len, spatial) = (ins * g.in_h * g.in_w, g.out_h * g.out_w);
+    let mut sums = alloc::vec![0.0f32; 16 * outs * ins];
+    if batch * per_image == 0 {
+        return alloc::vec![0.0; outs * ins * 9];
+    }
+    let most = (BUFFER_FLOATS / (16 * (ins + outs))).max(1);
+    let images = if per_image >= most {
+        1
+    } else {
+        (most / per_image).clamp(1, batch)
+    };
+    let band = if images == 1 {
+        (most / blocks_w).clamp(1, blocks_h)
+    } else {
+        blocks_h
+    };
+    let capacity = 16 * images * band * blocks_w;
+    let mut v: Vec<f32> = Vec::with_capacity(ins * capacity);
+    let mut gt: Vec<f32> = Vec::with_capacity(outs * capacity);
+    let lines = || Lines::new(blocks_w);
+    for first in (0..batch).step_by(images) {
+        let count = images.min(batch - first);
+        for start in (0..blocks_h).step_by(band) {
+            let rows = start..(start + band).min(blocks_h);
+            let per = rows.len() * blocks_w;
+            let n = count * per;
+            v.clear();
+            gt.clear();
+            let v_ptr = Shared(v.as_mut_ptr());
+            each_with(true, count * ins, lines, |lines, job| {
+                let (i, c) = (job / ins, job % ins);
+                let at = (first + i) * in_len + c * g.in_h * g.in_w;
+                let plane = &x[at..at + g.in_h * g.in_w];
+                let (stride, row) = (ins * n, c * n);
+                transform_input(
+                    plane,
+                    g,
+                    rows.clone(),
+                    blocks_w,
+                    v_ptr,
+                    stride,
+                    row,
+                    i * per,
+                    lines,
+                );
+            });
+            // SAFETY: every (ξ, channel, block) of the pass was written above.
+            unsafe { v.set_len(16 * ins * n) };
+            let gt_ptr = Shared(gt.as_mut_ptr());
+            each_with(true, count * outs, lines, |lines, job| {
+                let (i, o) = (job / outs, job % outs);
+                let at = ((first + i) * outs + o) * spatial;
+                let plane = &grad[at..at + spatial];
+                let (stride, row) = (outs * n, o * n);
+                transform_gradient(
+                    plane,
+                    g,
+                    rows.clone(),
+                    blocks_w,
+                    gt_ptr,
+                    stride,
+                    row,
+                    i * per,
+                    lines,
+                );
+            });
+            // SAFETY: every (ξ, channel, block) of the pass was written above.
+            unsafe { gt.set_len(16 * outs * n) };
+            let sums_ptr = Shared(sums.as_mut_ptr());
+            each(true, 16, |xi| {
+                // SAFETY: M[ξ] is [outs, ins] row-major in sums, added onto by this ξ alone; the
+                // gradient's G[ξ] is [outs, n] and V[ξ] [ins, n], row-major, V read transposed.
+                unsafe {
+                    gemm::gemm(
+                        outs,
+                        ins,
+                        n,
+                        sums_ptr.at(xi * outs * ins),
+                        1,
+                        ins as isize,
+                        true,
+                        gt.as_ptr().add(xi * outs * n),
+                        1,
+                        n as isize,
+                        v.as_ptr().add(xi * ins * n),
+                        n as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+        }
+    }
+    // Aᵀ·M·A for every filter.
+    let plane = outs * ins;
+    super::planes::collect_chunks(outs * ins * 9, ins * 9, |o, dst| {
+        for (i, out) in dst.chunks_exact_mut(9).enumerate() {
+            let m = |r: usize, c: usize| sums[(r * 4 + c) * plane + o * ins + i];
+            let mut t = [[0.0f32; 4]; 3];
+            for c in 0..4 {
+                let (a, b, d, e) = (m(0, c), m(1, c), m(2, c), m(3, c));
+                t[0][c] = a + b + d;
+                t[1][c] = b - d;
+                t[2][c] = b + d + e;
+            }
+            for (r, row) in t.iter().enumerate() {
+                let (a, b, d, e) = (row[0], row[1], row[2], row[3]);
+                out[r * 3].write(a + b + d);
+                out[r * 3 + 1].write(b - d);
+                out[r * 3 + 2].write(b + d + e);
+            }
+        }
+    })
+}
+
+/// `G'·γ·G'ᵀ` of the 2×2 blocks of one output-gradient plane into `gt` (`[16, outs, stride /
+/// outs]`, this channel's row at `channel_row`), columns from `column`, for block rows `rows`;
+/// the gradient is zero past the plane's odd last row and column.
+#[allow(clippy::too_many_arguments)]
+fn transform_gradient(
+    plane: &[f32],
+    g: &Geometry,
+    rows: core::ops::Range<usize>,
+    blocks_w: usize,
+    gt: Shared,
+    stride: usize,
+    channel_row: usize,
+    column: usize,
+    lines: &mut Lines,
+) {
+    let bw = blocks_w;
+    let mut col = column;
+    for by in rows {
+        // The block row's two gradient rows, split into even and odd columns.
+        for r in 0..2 {
+            let (even, odd) = (&mut lines.even[r], &mut lines.odd[r]);
+            let oy = 2 * by + r;
+            if oy >= g.out_h {
+                even.fill(0.0);
+                odd.fill(0.0);
+                continue;
+            }
+            let row = &plane[oy * g.out_w..(oy + 1) * g.out_w];
+            let pairs = g.out_w / 2;
+            split(&row[..2 * pairs], &mut even[..pairs], &mut odd[..pairs]);
+            even[pairs..].fill(0.0);
+            odd[pairs..].fill(0.0);
+            if g.out_w % 2 == 1 {
+                even[pairs] = row[2 * pairs];
+            }
+        }
+        // ·G'ᵀ along each row: sums[4r + c] is column c of row r.
+        for r in 0..2 {
+            let (e, o) = (&lines.even[r][..bw], &lines.odd[r][..bw]);
+            let four: &mut [Vec<f32>; 4] = (&mut lines.sums[4 * r..4 * r + 4]).try_into().unwrap();
+            let [s0, s1, s2, s3] = four;
+            for k in 0..bw {
+                s0[k] = e[k];
+                s1[k] = 0.5 * (e[k] + o[k]);
+                s2[k] = 0.5 * (e[k] - o[k]);
+                s3[k] = -o[k];
+            }
+        }
+        // G'· down each column, straight into the transformed gradient.
+        for c in 0..4 {
+            let (t0, t1) = (&lines.sums[c][..bw], &lines.sums[4 + c][..bw]);
+            let row = |xi: usize| {
+                // SAFETY: gt holds [16, outs, stride / outs]; this channel's row of each ξ,
+                // columns [col, col + bw), is written by this call alone.
+                unsafe {
+                    core::slice::from_raw_parts_mut(
+                        gt.at(xi * stride + channel_row + col)
+                            .cast::<MaybeUninit<f32>>(),
+                        bw,
+                    )
+                }
+            };
+            let (r0, r1, r2, r3) = (row(c), row(4 + c), row(8 + c), row(12 + c));
+            for k in 0..bw {
+                r0[k].write(t0[k]);
+                r1[k].write(0.5 * (t0[k] + t1[k]));
+                r2[k].write(0.5 * (t0[k] - t1[k]));
+                r3[k].write(-t1[k]);
+            }
+        }
+        col += bw;
+    }
 }
