@@ -26,6 +26,7 @@
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
+use super::dense::{gemm, threads};
 use super::depthwise::Geometry;
 use super::fused::Epilogue;
 
@@ -149,14 +150,6 @@ fn each_mut<S: Send>(parallel: bool, items: &mut [S], f: impl Fn(usize, &mut S) 
     items.iter_mut().enumerate().for_each(|(i, s)| f(i, s));
 }
 
-/// The threads tasks are spread over.
-fn threads() -> usize {
-    #[cfg(feature = "rayon")]
-    return rayon::current_num_threads();
-    #[cfg(not(feature = "rayon"))]
-    1
-}
-
 /// `U[ξ]` (`[16, outs, ins]`) of the weight `w`, read as `way` says; `outs` and `ins` are the
 /// convolution's output and input channels.
 fn transform_weight(w: &[f32], outs: usize, ins: usize, way: Weight, parallel: bool) -> Vec<f32> {
@@ -164,7 +157,7 @@ fn transform_weight(w: &[f32], outs: usize, ins: usize, way: Weight, parallel: b
     let mut u: Vec<f32> = Vec::with_capacity(16 * plane);
     let dst = Shared(u.as_mut_ptr());
     // A thread's scratch: the nine taps of output channel o's filters, tap-major (`[9, ins]`),
-    // then G·g (`[4, 3, ins]`).
+    // then G·g by column (`[3, 4, ins]`).
     let scratch = || (alloc::vec![0.0f32; 9 * ins], alloc::vec![0.0f32; 12 * ins]);
     each_with(parallel, outs, scratch, |(taps, t), o| {
         for i in 0..ins {
@@ -176,20 +169,21 @@ fn transform_weight(w: &[f32], outs: usize, ins: usize, way: Weight, parallel: b
             }
         }
         let tap = |r: usize, c: usize| &taps[(r * 3 + c) * ins..][..ins];
-        // G·g down each column c: g0, ½(g0 + g1 + g2), ½(g0 - g1 + g2), g2.
-        let rows: Vec<&mut [f32]> = t.chunks_exact_mut(ins).collect();
-        let mut rows = rows.into_iter().map(uninit);
-        let mut next = || rows.next().expect("twelve rows");
-        let [r0, r1, r2, r3]: [[&mut [MaybeUninit<f32>]; 3]; 4] =
-            core::array::from_fn(|_| core::array::from_fn(|_| next()));
-        for (c, (((r0, r1), r2), r3)) in r0.into_iter().zip(r1).zip(r2).zip(r3).enumerate() {
-            copy(tap(0, c), r0);
-            combine([tap(0, c), tap(1, c), tap(2, c)], r1, r2);
-            copy(tap(2, c), r3);
+        // G·g down each column c (its four rows side by side in t): g0, ½(g0 + g1 + g2),
+        // ½(g0 - g1 + g2), g2.
+        for (c, column) in t.chunks_exact_mut(4 * ins).enumerate() {
+            let [r0, r1, r2, r3]: [&mut [f32]; 4] = column
+                .chunks_exact_mut(ins)
+                .collect::<Vec<_>>()
+                .try_into()
+                .expect("four rows");
+            r0.copy_from_slice(tap(0, c));
+            combine([tap(0, c), tap(1, c), tap(2, c)], uninit(r1), uninit(r2));
+            r3.copy_from_slice(tap(2, c));
         }
         // ·Gᵀ along each row r of G·g, straight into U[4r..4r + 4].
         for r in 0..4 {
-            let row = |c: usize| &t[(r * 3 + c) * ins..][..ins];
+            let row = |c: usize| &t[(c * 4 + r) * ins..][..ins];
             let out = |c: usize| {
                 // SAFETY: u has 16·plane floats of capacity; row (ξ, o) is written by the task
                 // of output channel o alone.
@@ -344,6 +338,55 @@ fn transform_input(
         }
         col += bw;
     }
+}
+
+/// `V[ξ]` of block rows `rows` of `count` images of `x` (`[batch, ins, in_h, in_w]`) from image
+/// `first`, into `v` (`[16, ins, count·rows·blocks_w]`, replacing what it held; its capacity
+/// must hold that), the planes spread over every core where `parallel`.
+#[allow(clippy::too_many_arguments)]
+fn transform_inputs(
+    x: &[f32],
+    first: usize,
+    count: usize,
+    ins: usize,
+    g: &Geometry,
+    rows: core::ops::Range<usize>,
+    blocks_w: usize,
+    v: &mut Vec<f32>,
+    parallel: bool,
+) {
+    let per = rows.len() * blocks_w;
+    let n = count * per;
+    let plane_len = g.in_h * g.in_w;
+    v.clear();
+    assert!(
+        v.capacity() >= 16 * ins * n,
+        "winograd: V's buffer too small"
+    );
+    let v_ptr = Shared(v.as_mut_ptr());
+    each_with(
+        parallel,
+        count * ins,
+        || Lines::new(blocks_w),
+        |lines, job| {
+            let (i, c) = (job / ins, job % ins);
+            let at = ((first + i) * ins + c) * plane_len;
+            let plane = &x[at..at + plane_len];
+            transform_input(
+                plane,
+                g,
+                rows.clone(),
+                blocks_w,
+                v_ptr,
+                ins * n,
+                c * n,
+                i * per,
+                lines,
+            );
+        },
+    );
+    // SAFETY: every (ξ, channel, block) of the pass was written above, inside the capacity.
+    unsafe { v.set_len(16 * ins * n) };
 }
 
 /// The output of block rows `rows` of one output plane from `M[ξ]` (`[16, outs, stride /
@@ -503,7 +546,7 @@ pub(crate) fn forward(
 ) -> Vec<f32> {
     let (blocks_h, blocks_w) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
     let per_image = blocks_h * blocks_w;
-    let (in_len, spatial) = (ins * g.in_h * g.in_w, g.out_h * g.out_w);
+    let spatial = g.out_h * g.out_w;
     let out_len = outs * spatial;
     let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
     if batch * out_len == 0 {
@@ -554,52 +597,21 @@ pub(crate) fn forward(
                 let rows = start..(start + band).min(blocks_h);
                 let n = count * rows.len() * blocks_w;
                 let per = rows.len() * blocks_w;
-                v.clear();
+                transform_inputs(x, first, count, ins, g, rows.clone(), blocks_w, v, inner);
                 m.clear();
-                let v_ptr = Shared(v.as_mut_ptr());
                 let lines = || Lines::new(blocks_w);
-                each_with(inner, count * ins, lines, |lines, job| {
-                    let (i, c) = (job / ins, job % ins);
-                    let image = &x[(first + i) * in_len..(first + i + 1) * in_len];
-                    let plane = &image[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
-                    transform_input(
-                        plane,
-                        g,
-                        rows.clone(),
-                        blocks_w,
-                        v_ptr,
-                        ins * n,
-                        c * n,
-                        i * per,
-                        lines,
-                    );
-                });
-                // SAFETY: every (ξ, channel, block) of the band was written above.
-                unsafe { v.set_len(16 * ins * n) };
                 let m_ptr = Shared(m.as_mut_ptr());
                 each(inner, 16, |xi| {
                     // SAFETY: M[ξ] is [outs, n] row-major in m's capacity, written by this ξ alone;
                     // U[ξ] is [outs, ins] and V[ξ] [ins, n], row-major.
                     unsafe {
-                        gemm::gemm(
-                            outs,
-                            n,
-                            ins,
+                        gemm(
+                            (outs, n, ins),
                             m_ptr.at(xi * outs * n),
-                            1,
-                            n as isize,
+                            n,
                             false,
-                            u.as_ptr().add(xi * outs * ins),
-                            1,
-                            ins as isize,
-                            v.as_ptr().add(xi * ins * n),
-                            1,
-                            n as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
+                            (u.as_ptr().add(xi * outs * ins), 1, ins as isize),
+                            (v.as_ptr().add(xi * ins * n), 1, n as isize),
                             gemm::Parallelism::None,
                         );
                     }
@@ -663,11 +675,11 @@ pub(crate) fn weight_gradient(
 ) -> Vec<f32> {
     let (blocks_h, blocks_w) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
     let per_image = blocks_h * blocks_w;
-    let (in_len, spatial) = (ins * g.in_h * g.in_w, g.out_h * g.out_w);
-    let mut sums = alloc::vec![0.0f32; 16 * outs * ins];
+    let spatial = g.out_h * g.out_w;
     if batch * per_image == 0 {
         return alloc::vec![0.0; outs * ins * 9];
     }
+    let mut sums = alloc::vec![0.0f32; 16 * outs * ins];
     let most = (BUFFER_FLOATS / (16 * (ins + outs))).max(1);
     let images = if per_image >= most {
         1
@@ -689,28 +701,18 @@ pub(crate) fn weight_gradient(
             let rows = start..(start + band).min(blocks_h);
             let per = rows.len() * blocks_w;
             let n = count * per;
-            v.clear();
+            transform_inputs(
+                x,
+                first,
+                count,
+                ins,
+                g,
+                rows.clone(),
+                blocks_w,
+                &mut v,
+                true,
+            );
             gt.clear();
-            let v_ptr = Shared(v.as_mut_ptr());
-            each_with(true, count * ins, lines, |lines, job| {
-                let (i, c) = (job / ins, job % ins);
-                let at = (first + i) * in_len + c * g.in_h * g.in_w;
-                let plane = &x[at..at + g.in_h * g.in_w];
-                let (stride, row) = (ins * n, c * n);
-                transform_input(
-                    plane,
-                    g,
-                    rows.clone(),
-                    blocks_w,
-                    v_ptr,
-                    stride,
-                    row,
-                    i * per,
-                    lines,
-                );
-            });
-            // SAFETY: every (ξ, channel, block) of the pass was written above.
-            unsafe { v.set_len(16 * ins * n) };
             let gt_ptr = Shared(gt.as_mut_ptr());
             each_with(true, count * outs, lines, |lines, job| {
                 let (i, o) = (job / outs, job % outs);
@@ -736,25 +738,13 @@ pub(crate) fn weight_gradient(
                 // SAFETY: M[ξ] is [outs, ins] row-major in sums, added onto by this ξ alone; the
                 // gradient's G[ξ] is [outs, n] and V[ξ] [ins, n], row-major, V read transposed.
                 unsafe {
-                    gemm::gemm(
-                        outs,
-                        ins,
-                        n,
+                    gemm(
+                        (outs, ins, n),
                         sums_ptr.at(xi * outs * ins),
-                        1,
-                        ins as isize,
+                        ins,
                         true,
-                        gt.as_ptr().add(xi * outs * n),
-                        1,
-                        n as isize,
-                        v.as_ptr().add(xi * ins * n),
-                        n as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                        (gt.as_ptr().add(xi * outs * n), 1, n as isize),
+                        (v.as_ptr().add(xi * ins * n), n as isize, 1),
                         gemm::Parallelism::None,
                     );
                 }
