@@ -229,7 +229,8 @@ fn pointwise_forward_and_gradients_match_the_reference() {
     let mut rng = Lcg(18);
     for i in 0..20 {
         // Small planes: one image's planes are its columns (batch 1), or several images share
-        // a buffer (batch 4); every fifth case has planes past 512 positions, one image a task.
+        // a buffer (batch 4); every fifth case has planes past 512 positions, one image a task
+        // (batch 3) or a lone image's columns cut into tiles over the threads (batch 1).
         let large = i % 5 == 4;
         let side = |rng: &mut Lcg| {
             if large {
@@ -239,7 +240,11 @@ fn pointwise_forward_and_gradients_match_the_reference() {
             }
         };
         let case = Case {
-            batch: if large { 3 } else { [1, 4][i % 2] },
+            batch: if large {
+                [3, 1][i / 5 % 2]
+            } else {
+                [1, 4][i % 2]
+            },
             channels_in: 1 + rng.below(40),
             channels_out: 1 + rng.below(40),
             groups: 1,
@@ -807,6 +812,8 @@ fn fused_convolutions_match_the_reference() {
         (1, 7, 9, 1, 8, 13, 1, 1, [(0, 0), (0, 0)]),
         (4, 12, 5, 1, 5, 7, 1, 1, [(0, 0), (0, 0)]),
         (3, 9, 11, 1, 27, 30, 1, 1, [(0, 0), (0, 0)]),
+        // A lone image's 1×1 columns in tiles over the threads, the last one short.
+        (1, 9, 7, 1, 37, 41, 1, 1, [(0, 0), (0, 0)]),
         (1, 5, 8, 1, 14, 17, 3, 1, [(1, 1), (1, 1)]),
         (3, 4, 6, 1, 15, 12, 3, 2, [(1, 1), (1, 1)]),
         (2, 3, 4, 1, 31, 29, 7, 2, [(3, 3), (3, 3)]),

@@ -565,8 +565,11 @@ pub(crate) fn forward(
     let k = channels_in * g.kernel[0] * g.kernel[1];
     let spatial = g.out_h * g.out_w;
     let out_len = channels_out * spatial;
-    let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
     let plan = Plan::new(g, k, batch);
+    if plan.direct && batch < threads() && batch * spatial >= threads() * MIN_TILE_COLUMNS {
+        return forward_column_tiles(x, w, bias, batch, channels_in, channels_out, g, epilogue);
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
     if out_len == 0 {
         return out;
     }
@@ -663,6 +666,87 @@ pub(crate) fn forward(
         },
     );
     // SAFETY: every element was written (see above).
+    unsafe { out.set_len(batch * out_len) };
+    out
+}
+
+/// Most outputs a tile of a 1×1 convolution's columns writes (256 KiB): the bias, the GEMM and
+/// the epilogue find it in the core's cache.
+const TILE_FLOATS: usize = 1 << 16;
+
+/// Fewest columns a tile of a 1×1 convolution's GEMM gets.
+const MIN_TILE_COLUMNS: usize = 128;
+
+/// [`forward`] of a 1×1 convolution (a `direct` plan) over fewer images than threads: instead
+/// of one GEMM an image with the threads inside it (the bias and the epilogue then on the
+/// calling thread alone, over planes long out of cache), every image's columns are cut into
+/// tiles of at most [`TILE_FLOATS`] outputs, and each thread writes the bias, runs the GEMM and
+/// applies the epilogue to whole tiles.
+#[allow(clippy::too_many_arguments)]
+fn forward_column_tiles(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    batch: usize,
+    channels_in: usize,
+    channels_out: usize,
+    g: &Geometry,
+    epilogue: &Epilogue,
+) -> Vec<f32> {
+    let spatial = g.out_h * g.out_w;
+    let out_len = channels_out * spatial;
+    // At least two tiles a thread over the batch, so that the last one does not wait alone.
+    let per_image = (2 * threads()).div_ceil(batch);
+    let width = (TILE_FLOATS / channels_out.max(1))
+        .min(spatial.div_ceil(per_image))
+        .max(MIN_TILE_COLUMNS)
+        .next_multiple_of(16);
+    let tiles = spatial.div_ceil(width);
+    let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
+    let dst = super::SendMutPtr::new(out.as_mut_ptr());
+    let tile = |t: usize| {
+        let (b, c0) = (t / tiles, (t % tiles) * width);
+        let n = width.min(spatial - c0);
+        let at = b * out_len + c0;
+        // SAFETY: tile `t` writes columns [c0, c0 + n) of every row of image b's
+        // [cout, spatial] output and nothing else, so tiles never overlap; everything read
+        // back was written first (the bias, then the GEMM).
+        unsafe {
+            let d = dst.ptr_add(at);
+            if let Some(bias) = bias {
+                for (co, &v) in bias.iter().enumerate() {
+                    core::slice::from_raw_parts_mut(d.add(co * spatial), n).fill(v);
+                }
+            }
+            gemm(
+                (channels_out, n, channels_in),
+                d,
+                spatial,
+                bias.is_some(),
+                (w.as_ptr(), 1, channels_in as isize),
+                (
+                    x.as_ptr().add(b * channels_in * spatial + c0),
+                    1,
+                    spatial as isize,
+                ),
+                gemm::Parallelism::None,
+            );
+            if !epilogue.is_identity() {
+                for co in 0..channels_out {
+                    let row = core::slice::from_raw_parts_mut(d.add(co * spatial), n);
+                    epilogue.apply(row, at + co * spatial);
+                }
+            }
+        }
+    };
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        (0..batch * tiles).into_par_iter().for_each(tile);
+    }
+    #[cfg(not(feature = "rayon"))]
+    (0..batch * tiles).for_each(tile);
+    // SAFETY: the tiles cover every column of every row of every image.
     unsafe { out.set_len(batch * out_len) };
     out
 }
