@@ -148,14 +148,16 @@ impl Network {
 
     /// The embedding of exactly this batch, no test-time augmentation.
     pub fn embed_once(&self, x: Tensor<4>) -> Tensor<2> {
-        if x.dims()[0] < rayon::current_num_threads() {
+        let lone = x.dims()[0] < rayon::current_num_threads();
+        let pass = || self.embed_features(self.backbone.features(x));
+        if lone {
             // Fewer images than threads: each layer splits its one image over the threads.
             // From a thread outside rayon's pool every such split is a hand-over (the caller
             // sleeps, the pool's threads wake) many times a forward pass; run on one of the
             // pool's threads, the whole pass hands work over by stealing instead.
-            return rayon::scope(|_| self.embed_features(self.backbone.features(x)));
+            return rayon::scope(|_| pass());
         }
-        self.embed_features(self.backbone.features(x))
+        pass()
     }
 
     /// The embedding of the backbone's pooled features `[B, F]` (what [`Self::embed_once`]

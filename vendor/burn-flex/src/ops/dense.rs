@@ -739,13 +739,7 @@ fn forward_column_tiles(
             }
         }
     };
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        (0..batch * tiles).into_par_iter().for_each(tile);
-    }
-    #[cfg(not(feature = "rayon"))]
-    (0..batch * tiles).for_each(tile);
+    super::planes::each(true, batch * tiles, tile);
     // SAFETY: the tiles cover every column of every row of every image.
     unsafe { out.set_len(batch * out_len) };
     out

@@ -50,6 +50,18 @@ pub(super) fn for_each_chunk_with<T: Send, S>(
     }
 }
 
+/// `f(i)` for `i` in `0..count`, on every core where `parallel` and rayon is on.
+pub(super) fn each(parallel: bool, count: usize, f: impl Fn(usize) + Sync + Send) {
+    #[cfg(feature = "rayon")]
+    if parallel {
+        use rayon::prelude::*;
+        (0..count).into_par_iter().for_each(f);
+        return;
+    }
+    let _ = parallel;
+    (0..count).for_each(f);
+}
+
 /// A new vector of `total` elements written chunk by chunk, without zeroing it first:
 /// `work(index, chunk)` must write every element of chunk `index` (the `len` elements from
 /// `index · len`); in parallel where rayon is on.

@@ -29,6 +29,7 @@ use core::mem::MaybeUninit;
 use super::dense::{gemm, threads};
 use super::depthwise::Geometry;
 use super::fused::Epilogue;
+use super::planes::each;
 
 /// Fewest channels in and out: below them the GEMMs are too thin to gain from the transforms.
 const MIN_CHANNELS: usize = 16;
@@ -108,19 +109,7 @@ impl Shared {
     }
 }
 
-/// `f(i)` for `i` in `0..count`, on every core where `parallel` and rayon is on.
-fn each(parallel: bool, count: usize, f: impl Fn(usize) + Sync + Send) {
-    #[cfg(feature = "rayon")]
-    if parallel {
-        use rayon::prelude::*;
-        (0..count).into_par_iter().for_each(f);
-        return;
-    }
-    let _ = parallel;
-    (0..count).for_each(f);
-}
-
-/// [`each`] with a scratch of each thread's own, made by `make`.
+/// [`each`](super::planes::each) with a scratch of each thread's own, made by `make`.
 fn each_with<S>(
     parallel: bool,
     count: usize,
