@@ -718,23 +718,34 @@ fn relu_and_its_gradient_over_large_tensors_are_exact() {
     }
 }
 
-/// Max pooling without indices (the inference path) against a direct reference: kernels 1 to
-/// 3, strides 1 and 2, padding 0 and 1, floor and ceil output sizes, one NaN that must win its
-/// windows.
+/// Max pooling without indices (the inference path) and with them (training), forward and
+/// gradient, against a direct reference: kernels 1 to 3 (ResNet's 3×3 at stride 2, padding 1
+/// among them), strides 1 and 2, padding 0 and 1,
+/// floor and ceil output sizes, one NaN that must win its windows, ties (values rounded to
+/// tenths) that go to the window's first tap in row-major order.
 #[test]
 fn max_pool_matches_the_reference() {
-    use burn::tensor::module::max_pool2d;
+    use burn::tensor::module::{max_pool2d, max_pool2d_with_indices};
     use burn::tensor::ops::MaxPoolOptions;
     let mut rng = Lcg(25);
     let device = Device::flex();
-    for i in 0..16 {
-        let kernel = 1 + rng.below(3);
-        let stride = 1 + rng.below(2);
-        let padding = rng.below(2).min(kernel / 2);
+    let autodiff = Device::flex().autodiff();
+    for i in 0..24 {
+        let (kernel, stride, padding) = match i {
+            // ResNet's stem pooling, at an even and an odd size.
+            0 | 1 => (3, 2, 1),
+            _ => {
+                let kernel = 1 + rng.below(3);
+                (kernel, 1 + rng.below(2), rng.below(2).min(kernel / 2))
+            }
+        };
         let ceil = i % 2 == 1;
         let (batch, channels) = (1 + rng.below(2), 1 + rng.below(3));
         let (h, w) = (kernel + rng.below(9), kernel + rng.below(9));
         let mut x = rng.values(batch * channels * h * w);
+        if i % 3 == 2 {
+            x.iter_mut().for_each(|v| *v = (*v * 10.0).round() / 10.0);
+        }
         if i % 4 == 0 {
             let at = rng.below(x.len());
             x[at] = f64::NAN;
@@ -753,10 +764,12 @@ fn max_pool_matches_the_reference() {
         };
         let (oh, ow) = (out_size(h), out_size(w));
         let mut expected = vec![f64::NEG_INFINITY; batch * channels * oh * ow];
+        let mut expected_index = vec![-1i64; expected.len()];
         for p in 0..batch * channels {
             for y in 0..oh {
                 for xo in 0..ow {
-                    let e = &mut expected[(p * oh + y) * ow + xo];
+                    let at = (p * oh + y) * ow + xo;
+                    let (e, index) = (&mut expected[at], &mut expected_index[at]);
                     for ky in 0..kernel {
                         for kx in 0..kernel {
                             let iy = (y * stride + ky) as isize - padding as isize;
@@ -765,29 +778,56 @@ fn max_pool_matches_the_reference() {
                                 continue;
                             }
                             let v = x[(p * h + iy as usize) * w + ix as usize];
-                            if v > *e || v.is_nan() || e.is_nan() {
-                                *e = if e.is_nan() { *e } else { v };
+                            if *index < 0 || v > *e || v.is_nan() {
+                                *e = v;
+                                *index = iy as i64 * w as i64 + ix as i64;
                             }
                         }
                     }
                 }
             }
         }
+        let g = rng.values(expected.len());
+        let mut expected_grad = vec![0.0; x.len()];
+        for (at, (&index, &g)) in expected_index.iter().zip(&g).enumerate() {
+            expected_grad[at / (oh * ow) * h * w + index as usize] += g;
+        }
         let mut options = MaxPoolOptions::new([kernel; 2]);
         options.stride = [stride; 2];
         options.padding = [(padding, padding); 2];
         options.ceil_mode = ceil;
-        let got = max_pool2d(tensor(&x, [batch, channels, h, w], &device), options)
+        let values = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let close = |what: &str, got: &[f32], expected: &[f64]| {
+            assert_eq!(got.len(), expected.len(), "case {i}, {what}");
+            for (j, (g, e)) in got.iter().zip(expected).enumerate() {
+                assert!(
+                    (e.is_nan() && g.is_nan()) || (*g as f64 - e).abs() < 1e-6,
+                    "case {i}, {what} {j}: {g} against {e}"
+                );
+            }
+        };
+        let shape = [batch, channels, h, w];
+        close(
+            "output",
+            &values(max_pool2d(tensor(&x, shape, &device), options.clone())),
+            &expected,
+        );
+        let (got, got_index) = max_pool2d_with_indices(tensor(&x, shape, &device), options.clone());
+        close("output with indices", &values(got), &expected);
+        let got_index = got_index
             .into_data()
-            .try_to_vec::<f32>()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
             .unwrap();
-        assert_eq!(got.len(), expected.len(), "case {i}");
-        for (j, (g, e)) in got.iter().zip(&expected).enumerate() {
-            assert!(
-                (e.is_nan() && g.is_nan()) || (*g as f64 - e).abs() < 1e-6,
-                "case {i}, output {j}: {g} against {e}"
-            );
-        }
+        assert_eq!(got_index, expected_index, "case {i}, indices");
+        let xt = tensor(&x, shape, &autodiff).require_grad();
+        let gt = tensor(&g, [batch, channels, oh, ow], &autodiff);
+        let grads = (max_pool2d(xt.clone(), options) * gt).sum().backward();
+        close(
+            "input gradient",
+            &values(xt.grad(&grads).unwrap()),
+            &expected_grad,
+        );
     }
 }
 

@@ -561,6 +561,9 @@ impl ModuleOps<Flex> for Flex {
         indices_dtype: IntDType,
     ) -> MaxPool2dWithIndices<Flex> {
         let (output, mut indices) = match x.dtype() {
+            DType::F32 if dilation == [1, 1] && x.layout().shape().num_dims() == 4 => {
+                max_pool::max_pool2d_with_indices(x, kernel_size, stride, padding, ceil_mode)
+            }
             DType::F32 => pool::max_pool2d_with_indices_f32(
                 x,
                 kernel_size,
