@@ -720,9 +720,9 @@ fn relu_and_its_gradient_over_large_tensors_are_exact() {
 
 /// Max pooling without indices (the inference path) and with them (training), forward and
 /// gradient, against a direct reference: kernels 1 to 3 (ResNet's 3×3 at stride 2, padding 1
-/// among them), strides 1 and 2, padding 0 and 1,
-/// floor and ceil output sizes, one NaN that must win its windows, ties (values rounded to
-/// tenths) that go to the window's first tap in row-major order.
+/// among them), strides 1 and 2, padding 0 and 1, floor and ceil output sizes, one NaN that
+/// must win its windows, ties (values rounded to tenths) that go to the window's first tap in
+/// row-major order.
 #[test]
 fn max_pool_matches_the_reference() {
     use burn::tensor::module::{max_pool2d, max_pool2d_with_indices};
