@@ -12,6 +12,7 @@ use burn::store::{ApplyResult, KeyRemapper, ModuleSnapshot, PytorchStore};
 use data::{Normalization, Preprocess};
 
 use crate::efficientnet_lite::EfficientNetLite;
+use crate::layers::{BlockHook, global_avg_pool};
 use crate::mobilenet_v2::MobileNetV2;
 use crate::resnet::ResNet;
 
@@ -151,6 +152,16 @@ impl Backbone {
         }
     }
 
+    /// Pooled features with `after_block` applied to each block's output (numbered from 0, as
+    /// [`Backbone::freeze_early`] counts them): the training-time hook into the backbone.
+    pub fn features_with(&self, x: Tensor<4>, after_block: BlockHook) -> Tensor<2> {
+        global_avg_pool(match self {
+            Backbone::MobileNetV2(m) => m.feature_map_with(x, after_block),
+            Backbone::EfficientNetLite(m) => m.feature_map_with(x, after_block),
+            Backbone::ResNet(m) => m.feature_map_with(x, after_block),
+        })
+    }
+
     /// Every batch norm folded into its convolution: the same outputs in inference with one
     /// pass over each activation map fewer. Inference only (see [`crate::layers::ConvBn::fold`]).
     pub fn fold_batch_norm(self) -> Self {
@@ -258,6 +269,48 @@ impl Backbone {
         }
     }
 
+    /// The output stride after each block (numbered from 0): the stem's and every block's
+    /// strides so far multiplied (EfficientNet-Lite1: 2, 4, 4, 4, 8, ...).
+    pub fn block_output_strides(&self) -> Vec<usize> {
+        let (stem, strides): (usize, Vec<usize>) = match self {
+            Backbone::MobileNetV2(m) => (2, mobile_strides(&m.blocks)),
+            Backbone::EfficientNetLite(m) => (2, mobile_strides(&m.blocks)),
+            Backbone::ResNet(m) => {
+                let blocks = [&m.layer1, &m.layer2, &m.layer3, &m.layer4];
+                let strides = blocks.into_iter().flatten();
+                (
+                    4,
+                    strides
+                        .map(|b| b.c1.conv.stride[0].max(b.c2.conv.stride[0]))
+                        .collect(),
+                )
+            }
+        };
+        strides
+            .into_iter()
+            .scan(stem, |total, s| {
+                *total *= s;
+                Some(*total)
+            })
+            .collect()
+    }
+
+    /// The last block at each output stride in `strides` (the end of each resolution), in
+    /// order; an error names a stride no block outputs at.
+    pub fn last_blocks_at(&self, strides: &[usize]) -> Result<Vec<usize>> {
+        let outputs = self.block_output_strides();
+        strides
+            .iter()
+            .map(|&s| {
+                outputs.iter().rposition(|&o| o == s).with_context(|| {
+                    format!(
+                        "no block of this backbone outputs at stride {s} (its blocks: {outputs:?})"
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Freezes the stem and all but the last `trainable` blocks; the final conv (or last
     /// stage) and the classifier stay trainable. `trainable >= num_blocks()` freezes nothing
     /// but the stem.
@@ -299,5 +352,34 @@ impl Backbone {
     /// Batch norm in inference mode everywhere, parameters still trainable.
     pub fn freeze_batch_norm_stats(self) -> Self {
         self.map(&mut FreezeBatchNormStats)
+    }
+}
+
+fn mobile_strides(blocks: &[crate::layers::InvertedResidual]) -> Vec<usize> {
+    blocks.iter().map(|b| b.depthwise.conv.stride[0]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ends of the stride-4, 8 and 16 resolutions, counted by hand from each network's
+    /// stage table: EfficientNet-Lite1 (1, 3, 3, 4, 4, 5, 1 blocks; stages 2, 3, 4 and 6
+    /// halve), MobileNetV2 (1, 2, 3, 4, 3, 3, 1; stages 2, 3, 4, 6 halve), ResNet-18 (2 blocks
+    /// a layer after a stride-4 stem; layers 2, 3, 4 halve).
+    #[test]
+    fn last_blocks_at_each_resolution() {
+        let device = Device::flex();
+        let ends = |kind: BackboneKind| {
+            Backbone::new(kind, &device)
+                .last_blocks_at(&[4, 8, 16])
+                .unwrap()
+        };
+        assert_eq!(ends(BackboneKind::EfficientNetLite(1)), [3, 6, 14]);
+        assert_eq!(ends(BackboneKind::MobileNetV2), [2, 5, 12]);
+        assert_eq!(ends(BackboneKind::ResNet(18)), [1, 3, 5]);
+        let resnet = Backbone::new(BackboneKind::ResNet(18), &device);
+        let err = resnet.last_blocks_at(&[2]).unwrap_err().to_string();
+        assert!(err.contains("stride 2"), "{err}");
     }
 }

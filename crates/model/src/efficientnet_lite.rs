@@ -7,8 +7,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::layers::{
-    Activation, ConvBn, ConvBnConfig, InvertedResidual, Padding, global_avg_pool,
-    mobile_feature_map,
+    Activation, BlockHook, ConvBn, ConvBnConfig, InvertedResidual, Padding, global_avg_pool,
+    mobile_feature_map, no_hook,
 };
 
 pub const FEATURE_DIM: usize = 1280;
@@ -120,7 +120,12 @@ impl EfficientNetLite {
 
     /// The last feature map, before pooling.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        mobile_feature_map(&self.stem, &self.blocks, &self.head, x)
+        self.feature_map_with(x, &mut no_hook)
+    }
+
+    /// The last feature map, with `after_block` applied to each block's output.
+    pub fn feature_map_with(&self, x: Tensor<4>, after_block: BlockHook) -> Tensor<4> {
+        mobile_feature_map(&self.stem, &self.blocks, &self.head, x, after_block)
     }
 
     pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {

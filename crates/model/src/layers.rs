@@ -276,12 +276,23 @@ pub fn mobile_feature_map(
     blocks: &[InvertedResidual],
     head: &ConvBn,
     x: Tensor<4>,
+    after_block: BlockHook,
 ) -> Tensor<4> {
     let mut x = stem.forward(x);
-    for block in blocks {
-        x = block.forward(x);
+    for (i, block) in blocks.iter().enumerate() {
+        x = after_block(i, block.forward(x));
     }
     head.forward(x)
+}
+
+/// Called with each block's index (from 0) and output, returning what the next block sees: how
+/// training changes activations inside the backbone (the trainer's style mixing). Inference
+/// passes [`no_hook`].
+pub type BlockHook<'a> = &'a mut dyn FnMut(usize, Tensor<4>) -> Tensor<4>;
+
+/// The hook that changes nothing.
+pub fn no_hook(_block: usize, x: Tensor<4>) -> Tensor<4> {
+    x
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::layers::{
-    Activation, ConvBn, ConvBnConfig, InvertedResidual, global_avg_pool, mobile_feature_map,
+    Activation, BlockHook, ConvBn, ConvBnConfig, InvertedResidual, global_avg_pool,
+    mobile_feature_map, no_hook,
 };
 
 /// torchvision's inverted-residual settings: expansion t, output channels c, repeats n,
@@ -78,7 +79,12 @@ impl MobileNetV2 {
 
     /// The last feature map, before pooling.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        mobile_feature_map(&self.stem, &self.blocks, &self.head, x)
+        self.feature_map_with(x, &mut no_hook)
+    }
+
+    /// The last feature map, with `after_block` applied to each block's output.
+    pub fn feature_map_with(&self, x: Tensor<4>, after_block: BlockHook) -> Tensor<4> {
+        mobile_feature_map(&self.stem, &self.blocks, &self.head, x, after_block)
     }
 
     pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {

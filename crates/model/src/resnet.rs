@@ -9,7 +9,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
-use crate::layers::{Activation, ConvBn, ConvBnConfig, global_avg_pool};
+use crate::layers::{Activation, BlockHook, ConvBn, ConvBnConfig, global_avg_pool, no_hook};
 
 /// Basic block (two 3×3) for ResNet-18/34, bottleneck (1×1, 3×3, 1×1, expansion 4) for 50.
 #[derive(Module, Debug)]
@@ -144,11 +144,16 @@ impl ResNet {
 
     /// The last stage's output, before pooling.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        self.feature_map_with(x, &mut no_hook)
+    }
+
+    /// The last feature map, with `after_block` applied to each basic block's output
+    /// (numbered across the four layers from 0).
+    pub fn feature_map_with(&self, x: Tensor<4>, after_block: BlockHook) -> Tensor<4> {
         let mut x = self.maxpool.forward(self.stem.forward(x));
-        for layer in [&self.layer1, &self.layer2, &self.layer3, &self.layer4] {
-            for block in layer {
-                x = block.forward(x);
-            }
+        let blocks = [&self.layer1, &self.layer2, &self.layer3, &self.layer4];
+        for (i, block) in blocks.into_iter().flatten().enumerate() {
+            x = after_block(i, block.forward(x));
         }
         x
     }

@@ -10,6 +10,8 @@ use model::device::DeviceKind;
 use model::network::EmbeddingOutput;
 use serde::{Deserialize, Serialize};
 
+use crate::mixstyle::MixStyleConfig;
+
 /// A query/gallery pair evaluated after every epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +260,9 @@ pub struct TrainConfig {
     /// epoch's weights themselves.
     pub soup_from_epoch: Option<usize>,
     pub augment: AugmentConfig,
+    /// Style mixing inside the backbone during training (`[mixstyle]`, see
+    /// [`MixStyleConfig`]). Absent: none.
+    pub mixstyle: Option<MixStyleConfig>,
     pub seed: u64,
     pub out_dir: PathBuf,
     pub device: DeviceKind,
@@ -295,6 +300,7 @@ impl Default for TrainConfig {
             wise_ft: None,
             soup_from_epoch: None,
             augment: AugmentConfig::default(),
+            mixstyle: None,
             seed: 17,
             out_dir: PathBuf::from("checkpoints/run"),
             device: DeviceKind::Cpu,
@@ -383,6 +389,23 @@ impl TrainConfig {
                 self.epochs
             );
         }
+        if let Some(m) = &self.mixstyle {
+            if !(0.0..=1.0).contains(&m.probability) {
+                bail!(
+                    "mixstyle.probability must lie between 0 and 1 (got {})",
+                    m.probability
+                );
+            }
+            if !(m.alpha.is_finite() && m.alpha > 0.0) {
+                bail!(
+                    "mixstyle.alpha must be a finite number above 0 (got {})",
+                    m.alpha
+                );
+            }
+            if m.strides.is_empty() {
+                bail!("mixstyle.strides is empty: name at least one output stride (4, 8, 16)");
+            }
+        }
         if self.wise_ft.is_some() && !self.pretrained {
             bail!("wise_ft blends with the pretrained weights: it needs pretrained = true");
         }
@@ -436,6 +459,28 @@ mod tests {
         }
         assert!(TrainConfig::parse("nonsense = 1", &[]).is_err());
         assert!(TrainConfig::parse("", &["noequals".into()]).is_err());
+    }
+
+    /// One `--set mixstyle.KEY=...` turns style mixing on with the other keys at their
+    /// defaults; out-of-range values are refused by name.
+    #[test]
+    fn mixstyle_turns_on_with_one_key() {
+        assert_eq!(TrainConfig::parse("", &[]).unwrap().mixstyle, None);
+        let c = TrainConfig::parse("", &["mixstyle.alpha=0.3".into()]).unwrap();
+        let m = c.mixstyle.unwrap();
+        assert_eq!(
+            (m.alpha, m.probability, m.strides),
+            (0.3, 0.5, vec![4, 8, 16])
+        );
+        for bad in [
+            "mixstyle.probability=1.5",
+            "mixstyle.alpha=0",
+            "mixstyle.strides=[]",
+        ] {
+            let e = TrainConfig::parse("", &[bad.into()]).unwrap_err();
+            let key = bad.split('=').next().unwrap();
+            assert!(format!("{e:#}").contains(key), "{bad}: {e:#}");
+        }
     }
 
     /// Every training config shipped in `configs/` parses (deny_unknown_fields catches a

@@ -11,6 +11,7 @@ use model::{Backbone, BackboneKind, MetricHead, Network};
 use crate::config::{LossKind, TrainConfig};
 use crate::loss::arcface::{ArcFace, one_hot};
 use crate::loss::triplet_loss;
+use crate::mixstyle::StyleMix;
 
 pub type Optimizer = burn::optim::ModuleOptimizer;
 
@@ -34,6 +35,8 @@ pub struct Batch {
     pub labels: Vec<usize>,
     /// Images from a drawings folder: no distillation term for them.
     pub drawing: Vec<bool>,
+    /// Style mixings to apply after these backbone blocks (`mixstyle`; empty: none).
+    pub styles: Vec<(usize, StyleMix)>,
 }
 
 /// Peak learning rates scaled by the schedule for this step.
@@ -108,7 +111,17 @@ impl Learner {
         rates: &Rates,
     ) -> Result<(Self, f64)> {
         let ad = self.device.clone();
-        let features = self.model.backbone.features(batch.views);
+        let styles = &batch.styles;
+        let features = self
+            .model
+            .backbone
+            .features_with(batch.views, &mut |block, x| match styles
+                .iter()
+                .find(|(b, _)| *b == block)
+            {
+                Some((_, mix)) => mix.apply(x),
+                None => x,
+            });
         let head = self.model.head.as_ref().expect("training model has a head");
         let embeddings = head.forward(features.clone());
         let mut loss = match &self.arcface {

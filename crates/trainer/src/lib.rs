@@ -6,6 +6,7 @@
 //! - [`foreground`]: where the animal is in each training photo, for drawings of it alone.
 //! - [`schedule`]: warm-up then cosine learning rates.
 //! - [`validation`]: per-epoch retrieval metrics through the `retrieval` crate's code path.
+//! - [`mixstyle`]: style mixing inside the backbone (MixStyle), for drawings and other domains.
 //! - [`learner`]: what training changes (model, loss, optimisers) and the step that changes it.
 //! - [`run_log`]: `metrics.csv` and the line an epoch.
 //! - [`checkpoint`]: the run directory (best model, last state for `--resume`), saving and
@@ -18,6 +19,7 @@ pub mod dataset;
 pub mod foreground;
 pub mod learner;
 pub mod loss;
+pub mod mixstyle;
 pub mod run_log;
 pub mod schedule;
 pub mod training;

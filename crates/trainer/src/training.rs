@@ -12,7 +12,7 @@ use data::sampler::PkSampler;
 use data::write_atomic;
 use indicatif::{ProgressBar, ProgressStyle};
 use model::{Backbone, Network};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use retrieval::metrics::Metrics;
 
@@ -21,6 +21,7 @@ use crate::config::TrainConfig;
 use crate::dataset::TrainingSet;
 use crate::foreground::foreground_maps;
 use crate::learner::{self, Batch, Learner, Rates};
+use crate::mixstyle::{MixStyleConfig, StyleMix};
 use crate::run_log::{EpochRecord, RunLog};
 use crate::schedule::warmup_cosine;
 use crate::validation::Validation;
@@ -41,6 +42,27 @@ fn validate(
     config: &TrainConfig,
 ) -> Result<Vec<(String, Metrics)>> {
     validation.evaluate(model.valid(), device, config.eval_batch_size)
+}
+
+/// Style mixing draws from its own stream, so turning it on leaves the batches and their
+/// augmentations as they were.
+const STYLE_STREAM: u64 = 0x5354_594C_4500_0000;
+
+/// One batch's style mixings: at each of `blocks`, with probability `m.probability`.
+fn style_mixes(
+    m: &MixStyleConfig,
+    blocks: &[usize],
+    batch: usize,
+    seed: u64,
+) -> Vec<(usize, StyleMix)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    blocks
+        .iter()
+        .filter_map(|&block| {
+            let mixed = rng.random::<f64>() < m.probability;
+            mixed.then(|| (block, StyleMix::sample(batch, m.alpha, &mut rng)))
+        })
+        .collect()
 }
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -158,6 +180,11 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
         .epoch(&mut ChaCha8Rng::seed_from_u64(mix(config.seed, 0, 0)))
         .len();
     let total_steps = steps_per_epoch * config.epochs;
+    // The blocks after which style mixing applies, and with what settings.
+    let mixing = match &config.mixstyle {
+        Some(m) => Some((m, learner.model.backbone.last_blocks_at(&m.strides)?)),
+        None => None,
+    };
     let warmup = (config.optimizer.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let mut history = Vec::new();
 
@@ -210,6 +237,10 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
                 photos: photos.map(|p| Tensor::<4>::from_data(TensorData::new(p, shape), &device)),
                 labels: indices.iter().map(|&i| train_set.labels[i]).collect(),
                 drawing: indices.iter().map(|&i| train_set.drawing[i]).collect(),
+                styles: mixing.as_ref().map_or_else(Vec::new, |(m, blocks)| {
+                    let seed = mix(config.seed ^ STYLE_STREAM, epoch as u64 + 1, b as u64 + 1);
+                    style_mixes(m, blocks, indices.len(), seed)
+                }),
             };
             augment_s += t0.elapsed().as_secs_f64();
 
