@@ -7,7 +7,8 @@
 //! Training only; the saved model has no trace of it.
 
 use burn::prelude::*;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +33,22 @@ impl Default for MixStyleConfig {
             alpha: 0.1,
             strides: vec![4, 8, 16],
         }
+    }
+}
+
+impl MixStyleConfig {
+    /// One batch's mixings, drawn from `seed`: at each of `blocks` (from
+    /// `Backbone::last_blocks_at`), with probability `probability`, a [`StyleMix`] of `batch`
+    /// images.
+    pub fn draw(&self, blocks: &[usize], batch: usize, seed: u64) -> Vec<(usize, StyleMix)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        blocks
+            .iter()
+            .filter_map(|&block| {
+                let mixed = rng.random::<f64>() < self.probability;
+                mixed.then(|| (block, StyleMix::sample(batch, self.alpha, &mut rng)))
+            })
+            .collect()
     }
 }
 
@@ -106,8 +123,6 @@ fn beta(alpha: f64, rng: &mut impl Rng) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
 
     /// Beta(α, α) has mean 1/2 and variance 1 / (4 (2α + 1)): 0.2083 at α = 0.1, 0.0833
     /// (uniform) at α = 1.

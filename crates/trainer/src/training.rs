@@ -12,7 +12,7 @@ use data::sampler::PkSampler;
 use data::write_atomic;
 use indicatif::{ProgressBar, ProgressStyle};
 use model::{Backbone, Network};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use retrieval::metrics::Metrics;
 
@@ -21,7 +21,6 @@ use crate::config::TrainConfig;
 use crate::dataset::TrainingSet;
 use crate::foreground::foreground_maps;
 use crate::learner::{self, Batch, Learner, Rates};
-use crate::mixstyle::{MixStyleConfig, StyleMix};
 use crate::run_log::{EpochRecord, RunLog};
 use crate::schedule::warmup_cosine;
 use crate::validation::Validation;
@@ -47,23 +46,6 @@ fn validate(
 /// Style mixing draws from its own stream, so turning it on leaves the batches and their
 /// augmentations as they were.
 const STYLE_STREAM: u64 = 0x5354_594C_4500_0000;
-
-/// One batch's style mixings: at each of `blocks`, with probability `m.probability`.
-fn style_mixes(
-    m: &MixStyleConfig,
-    blocks: &[usize],
-    batch: usize,
-    seed: u64,
-) -> Vec<(usize, StyleMix)> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    blocks
-        .iter()
-        .filter_map(|&block| {
-            let mixed = rng.random::<f64>() < m.probability;
-            mixed.then(|| (block, StyleMix::sample(batch, m.alpha, &mut rng)))
-        })
-        .collect()
-}
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
     let mut x =
@@ -239,7 +221,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
                 drawing: indices.iter().map(|&i| train_set.drawing[i]).collect(),
                 styles: mixing.as_ref().map_or_else(Vec::new, |(m, blocks)| {
                     let seed = mix(config.seed ^ STYLE_STREAM, epoch as u64 + 1, b as u64 + 1);
-                    style_mixes(m, blocks, indices.len(), seed)
+                    m.draw(blocks, indices.len(), seed)
                 }),
             };
             augment_s += t0.elapsed().as_secs_f64();
