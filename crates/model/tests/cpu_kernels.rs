@@ -285,8 +285,9 @@ fn dense_forward_and_gradients_match_the_reference() {
     }
 }
 
-/// 3×3 convolutions at stride 1 with 16 channels or more, which go through Winograd's F(2×2,
-/// 3×3) (`vendor/burn-flex/src/ops/winograd.rs`) forward and for the input gradient: odd and
+/// 3×3 convolutions at stride 1 with 16 channels or more, which go through Winograd's F(4×4,
+/// 3×3) (`vendor/burn-flex/src/ops/winograd4.rs`) or, where it saves no products, F(2×2, 3×3)
+/// (`vendor/burn-flex/src/ops/winograd.rs`), forward and for the input gradient: odd and
 /// even sizes, paddings 0 to 2 (symmetric and not), one image (its steps on every core) and
 /// several (images in parallel, small planes sharing GEMMs), and a plane cut into bands of
 /// block rows. The transposed convolution called as such takes the same route.
@@ -301,6 +302,10 @@ fn winograd_convolutions_match_the_reference() {
         (5, 16, 16, 12, 13, [(2, 0), (0, 2)]),
         (3, 24, 17, 30, 21, [(0, 0), (1, 1)]),
         (1, 64, 48, 70, 67, [(1, 1), (1, 1)]),
+        // Outputs six and two wide: F(2×2, 3×3) (no fewer products by F(4×4, 3×3)); every
+        // case above goes by F(4×4, 3×3).
+        (8, 16, 20, 6, 6, [(1, 1), (1, 1)]),
+        (20, 16, 16, 4, 7, [(0, 0), (2, 1)]),
     ];
     for (i, (batch, channels_in, channels_out, h, w, padding)) in cases.into_iter().enumerate() {
         let case = Case {

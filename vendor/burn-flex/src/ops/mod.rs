@@ -126,3 +126,4 @@ mod transaction;
 pub mod unary;
 pub mod unfold;
 mod winograd;
+mod winograd4;

@@ -30,6 +30,7 @@ use super::dense::{gemm, threads};
 use super::depthwise::Geometry;
 use super::fused::Epilogue;
 use super::planes::each;
+use super::winograd4;
 
 /// Fewest channels in and out: below them the GEMMs are too thin to gain from the transforms.
 const MIN_CHANNELS: usize = 16;
@@ -91,9 +92,61 @@ pub(crate) enum Weight {
     Transposed,
 }
 
+/// Which minimal filtering a convolution goes by: F(2×2, 3×3) (16 products a channel pair for
+/// a 2×2 block) or F(4×4, 3×3) (36 for a 4×4 block, [`winograd4`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tile {
+    F2,
+    F4,
+}
+
+impl Tile {
+    /// The side of a block of output.
+    fn side(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+
+    /// Products a channel pair a block: the number of GEMMs.
+    fn products(self) -> usize {
+        match self {
+            Tile::F2 => 16,
+            Tile::F4 => winograd4::PRODUCTS,
+        }
+    }
+
+    /// The one with fewer products over an `out_h × out_w` plane (blocks hanging over its edge
+    /// count whole), F(2×2, 3×3) on a tie: F(4×4, 3×3) from 7 × 7 up, F(2×2, 3×3) where the
+    /// plane is two or six wide.
+    fn cheaper(out_h: usize, out_w: usize) -> Self {
+        let products = |t: Tile| out_h.div_ceil(t.side()) * out_w.div_ceil(t.side()) * t.products();
+        if products(Tile::F4) < products(Tile::F2) {
+            Tile::F4
+        } else {
+            Tile::F2
+        }
+    }
+
+    /// A thread's scratch for bands of at most `rows` block rows of `blocks_w` blocks.
+    fn scratch(self, blocks_w: usize, rows: usize) -> Scratch {
+        match self {
+            Tile::F2 => Scratch::F2(Lines::new(blocks_w, rows)),
+            Tile::F4 => Scratch::F4(winograd4::Lines::new(blocks_w, rows)),
+        }
+    }
+}
+
+/// A thread's scratch for either tiling's transforms.
+enum Scratch {
+    F2(Lines),
+    F4(winograd4::Lines),
+}
+
 /// A pointer handed to the threads, each of which writes its own disjoint part.
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
+pub(crate) struct Shared(pub(crate) *mut f32);
 // SAFETY: every use writes disjoint elements from each thread (see the callers).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
@@ -103,14 +156,14 @@ impl Shared {
     ///
     /// # Safety
     /// As for `pointer::add`.
-    unsafe fn at(self, n: usize) -> *mut f32 {
+    pub(crate) unsafe fn at(self, n: usize) -> *mut f32 {
         // SAFETY: the caller's.
         unsafe { self.0.add(n) }
     }
 }
 
 /// [`each`](super::planes::each) with a scratch of each thread's own, made by `make`.
-fn each_with<S>(
+pub(crate) fn each_with<S>(
     parallel: bool,
     count: usize,
     make: impl Fn() -> S + Sync + Send,
@@ -225,8 +278,9 @@ fn combine<#[cfg(feature = "simd")] S: macerator::Simd>(
     }
 }
 
-/// A thread's scratch for the transforms of one block row: the input's four rows split into
-/// even and odd columns, and the intermediate sums, each `blocks_w + 1` long.
+/// A thread's scratch for the transforms of a band of block rows: the input's four rows of one
+/// block row split into even and odd columns (`blocks_w + 1` long), and the intermediate sums
+/// of the whole band (16 lines of `rows · blocks_w`, at least `blocks_w + 1`).
 struct Lines {
     even: [Vec<f32>; 4],
     odd: [Vec<f32>; 4],
@@ -234,21 +288,27 @@ struct Lines {
 }
 
 impl Lines {
-    fn new(blocks_w: usize) -> Self {
+    /// Scratch for bands of at most `rows` block rows of `blocks_w` blocks.
+    fn new(blocks_w: usize, rows: usize) -> Self {
         let line = || alloc::vec![0.0f32; blocks_w + 1];
+        let band = (rows * blocks_w).max(blocks_w + 1);
         Self {
             even: core::array::from_fn(|_| line()),
             odd: core::array::from_fn(|_| line()),
-            sums: core::array::from_fn(|_| line()),
+            sums: core::array::from_fn(|_| alloc::vec![0.0f32; band]),
         }
     }
 }
 
 /// `V[ξ]` of one input plane into `v` (`[16, ins, stride / ins]`: this channel's row of each
 /// `ξ` at `channel_row`), columns `column..` from the blocks of block rows `rows`
-/// (`blocks_w` blocks a row). Each step runs along a whole block row, so it vectorises.
+/// (`blocks_w` blocks a row). One call a plane and band, compiled for the widest SIMD the CPU
+/// has: `·B` runs along each block row into the band's sums, then `Bᵀ·` along the whole band
+/// (the plane's blocks lie side by side in `V`), so short rows (7 or 14 wide) still fill the
+/// vectors and the dispatch is paid once a plane.
 #[allow(clippy::too_many_arguments)]
-fn transform_input(
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn transform_input<#[cfg(feature = "simd")] S: macerator::Simd>(
     plane: &[f32],
     g: &Geometry,
     rows: core::ops::Range<usize>,
@@ -260,20 +320,24 @@ fn transform_input(
     lines: &mut Lines,
 ) {
     let bw = blocks_w;
-    let mut col = column;
-    for by in rows {
+    let nb = rows.len() * bw;
+    let Lines { even, odd, sums } = lines;
+    let pad = g.padding[1];
+    // Columns k in [lo, hi) have both x = 2k and 2k + 1 inside the row.
+    let hi = (bw + 1).min((g.in_w + pad) / 2);
+    let lo = pad.div_ceil(2).min(hi);
+    for (j, by) in rows.enumerate() {
         // Input row 2·by + r - pad_h, its columns x - pad_w for x in 0..2·bw + 2, zero in the
         // padding, split into even and odd x.
         for r in 0..4 {
             let iy = (2 * by + r) as isize - g.padding[0] as isize;
-            let (even, odd) = (&mut lines.even[r], &mut lines.odd[r]);
+            let (e, o) = (&mut even[r][..=bw], &mut odd[r][..=bw]);
             if iy < 0 || iy >= g.in_h as isize {
-                even.fill(0.0);
-                odd.fill(0.0);
+                e.fill(0.0);
+                o.fill(0.0);
                 continue;
             }
             let row = &plane[iy as usize * g.in_w..(iy as usize + 1) * g.in_w];
-            let pad = g.padding[1];
             let at = |x: usize| {
                 let ix = x as isize - pad as isize;
                 if ix >= 0 && (ix as usize) < g.in_w {
@@ -282,58 +346,81 @@ fn transform_input(
                     0.0
                 }
             };
-            // Columns k in [lo, hi) have both x = 2k and 2k + 1 inside the row.
-            let hi = (bw + 1).min((g.in_w + pad) / 2);
-            let lo = pad.div_ceil(2).min(hi);
             for k in (0..lo).chain(hi..=bw) {
-                even[k] = at(2 * k);
-                odd[k] = at(2 * k + 1);
+                e[k] = at(2 * k);
+                o[k] = at(2 * k + 1);
             }
             let inside = &row[2 * lo - pad..2 * hi - pad];
-            split(inside, &mut even[lo..hi], &mut odd[lo..hi]);
+            for ((pair, e), o) in inside
+                .chunks_exact(2)
+                .zip(e[lo..hi].iter_mut())
+                .zip(o[lo..hi].iter_mut())
+            {
+                *e = pair[0];
+                *o = pair[1];
+            }
         }
         // ·B along each row: block bx of row r reads d0..d3 = even[bx], odd[bx], even[bx + 1],
-        // odd[bx + 1]; sums[4r + c] holds column c of the result.
+        // odd[bx + 1]; sums[4r + c] holds column c of the result, block row j at j·bw.
         for r in 0..4 {
-            let four: &mut [Vec<f32>; 4] = (&mut lines.sums[4 * r..4 * r + 4]).try_into().unwrap();
-            let [s0, s1, s2, s3] = four;
-            row_pass(
-                &lines.even[r][..=bw],
-                &lines.odd[r][..=bw],
-                &mut s0[..bw],
-                &mut s1[..bw],
-                &mut s2[..bw],
-                &mut s3[..bw],
-            );
+            let (e0, e1) = (&even[r][..bw], &even[r][1..=bw]);
+            let (o0, o1) = (&odd[r][..bw], &odd[r][1..=bw]);
+            let at = j * bw;
+            let s0 = &mut sums[4 * r][at..at + bw];
+            for k in 0..bw {
+                s0[k] = e0[k] - e1[k];
+            }
+            let s1 = &mut sums[4 * r + 1][at..at + bw];
+            for k in 0..bw {
+                s1[k] = o0[k] + e1[k];
+            }
+            let s2 = &mut sums[4 * r + 2][at..at + bw];
+            for k in 0..bw {
+                s2[k] = e1[k] - o0[k];
+            }
+            let s3 = &mut sums[4 * r + 3][at..at + bw];
+            for k in 0..bw {
+                s3[k] = o0[k] - o1[k];
+            }
         }
-        // Bᵀ· down each column, straight into V.
-        for c in 0..4 {
-            let t = |r: usize| &lines.sums[4 * r + c][..bw];
-            let row = |xi: usize| {
-                // SAFETY: the caller's v holds [16, ins, stride / ins]; this channel's row of
-                // each ξ, columns [col, col + bw), is written by this call alone.
-                unsafe {
-                    core::slice::from_raw_parts_mut(
-                        v.at(xi * stride + channel_row + col)
-                            .cast::<MaybeUninit<f32>>(),
-                        bw,
-                    )
-                }
-            };
-            column_pass(
-                [t(0), t(1), t(2), t(3)],
-                [row(c), row(4 + c), row(8 + c), row(12 + c)],
-            );
+    }
+    // Bᵀ· down each column, along the whole band, straight into V:
+    // `v = [t0 - t2, t1 + t2, t2 - t1, t1 - t3]`.
+    for c in 0..4 {
+        let [t0, t1, t2, t3] = [0, 1, 2, 3].map(|r| &sums[4 * r + c][..nb]);
+        let row = |xi: usize| {
+            // SAFETY: the caller's v holds [16, ins, stride / ins]; this channel's row of each
+            // ξ, columns [column, column + nb), is written by this call alone.
+            unsafe {
+                core::slice::from_raw_parts_mut(
+                    v.at(xi * stride + channel_row + column)
+                        .cast::<MaybeUninit<f32>>(),
+                    nb,
+                )
+            }
+        };
+        let (v0, v1, v2, v3) = (row(c), row(4 + c), row(8 + c), row(12 + c));
+        for k in 0..nb {
+            v0[k].write(t0[k] - t2[k]);
         }
-        col += bw;
+        for k in 0..nb {
+            v1[k].write(t1[k] + t2[k]);
+        }
+        for k in 0..nb {
+            v2[k].write(t2[k] - t1[k]);
+        }
+        for k in 0..nb {
+            v3[k].write(t1[k] - t3[k]);
+        }
     }
 }
 
 /// `V[ξ]` of block rows `rows` of `count` images of `x` (`[batch, ins, in_h, in_w]`) from image
-/// `first`, into `v` (`[16, ins, count·rows·blocks_w]`, replacing what it held; its capacity
-/// must hold that), the planes spread over every core where `parallel`.
+/// `first`, by `tile`, into `v` (`[products, ins, count·rows·blocks_w]`, replacing what it held;
+/// its capacity must hold that), the planes spread over every core where `parallel`.
 #[allow(clippy::too_many_arguments)]
 fn transform_inputs(
+    tile: Tile,
     x: &[f32],
     first: usize,
     count: usize,
@@ -347,42 +434,56 @@ fn transform_inputs(
     let per = rows.len() * blocks_w;
     let n = count * per;
     let plane_len = g.in_h * g.in_w;
+    let len = tile.products() * ins * n;
     v.clear();
-    assert!(
-        v.capacity() >= 16 * ins * n,
-        "winograd: V's buffer too small"
-    );
+    assert!(v.capacity() >= len, "winograd: V's buffer too small");
     let v_ptr = Shared(v.as_mut_ptr());
     each_with(
         parallel,
         count * ins,
-        || Lines::new(blocks_w),
-        |lines, job| {
+        || tile.scratch(blocks_w, rows.len()),
+        |scratch, job| {
             let (i, c) = (job / ins, job % ins);
             let at = ((first + i) * ins + c) * plane_len;
             let plane = &x[at..at + plane_len];
-            transform_input(
-                plane,
-                g,
-                rows.clone(),
-                blocks_w,
-                v_ptr,
-                ins * n,
-                c * n,
-                i * per,
-                lines,
-            );
+            let (stride, row, column) = (ins * n, c * n, i * per);
+            match scratch {
+                Scratch::F2(lines) => transform_input(
+                    plane,
+                    g,
+                    rows.clone(),
+                    blocks_w,
+                    v_ptr,
+                    stride,
+                    row,
+                    column,
+                    lines,
+                ),
+                Scratch::F4(lines) => winograd4::transform_input(
+                    plane,
+                    g,
+                    rows.clone(),
+                    blocks_w,
+                    v_ptr,
+                    stride,
+                    row,
+                    column,
+                    lines,
+                ),
+            }
         },
     );
     // SAFETY: every (ξ, channel, block) of the pass was written above, inside the capacity.
-    unsafe { v.set_len(16 * ins * n) };
+    unsafe { v.set_len(len) };
 }
 
 /// The output of block rows `rows` of one output plane from `M[ξ]` (`[16, outs, stride /
 /// outs]`, this channel's row at `channel_row`, columns from `column`), plus `bias`, into
-/// `out` (the plane). Each step runs along a whole block row, so it vectorises.
+/// `out` (the plane). One call a plane and band, compiled for the widest SIMD the CPU has:
+/// `Aᵀ·` along the whole band, then `·A` along each output row.
 #[allow(clippy::too_many_arguments)]
-fn transform_output(
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn transform_output<#[cfg(feature = "simd")] S: macerator::Simd>(
     m: &[f32],
     stride: usize,
     channel_row: usize,
@@ -395,25 +496,30 @@ fn transform_output(
     lines: &mut Lines,
 ) {
     let bw = blocks_w;
-    let mut col = column;
-    for by in rows {
-        let at = |xi: usize| &m[xi * stride + channel_row + col..][..bw];
-        // Aᵀ· down each column: sums[c] and sums[4 + c] are the two rows of column c.
-        for c in 0..4 {
-            let (tops, bottoms) = lines.sums.split_at_mut(4);
-            output_columns(
-                [at(c), at(4 + c), at(8 + c), at(12 + c)],
-                &mut tops[c][..bw],
-                &mut bottoms[c][..bw],
-            );
+    let nb = rows.len() * bw;
+    let at = |xi: usize| &m[xi * stride + channel_row + column..][..nb];
+    // Aᵀ· down each column: sums[c] and sums[4 + c] are the two rows of column c,
+    // `top = m0 + m1 + m2`, `bottom = m1 - m2 - m3`.
+    for c in 0..4 {
+        let [m0, m1, m2, m3] = [c, 4 + c, 8 + c, 12 + c].map(at);
+        let (tops, bottoms) = lines.sums.split_at_mut(4);
+        let (top, bottom) = (&mut tops[c][..nb], &mut bottoms[c][..nb]);
+        for k in 0..nb {
+            top[k] = m0[k] + m1[k] + m2[k];
         }
-        // ·A along each row, two outputs a block, with the bias.
+        for k in 0..nb {
+            bottom[k] = m1[k] - m2[k] - m3[k];
+        }
+    }
+    // ·A along each row, two outputs a block (`s0 + s1 + s2`, `s1 - s2 - s3`), with the bias;
+    // the odd last column dropped.
+    for (j, by) in rows.enumerate() {
         for r in 0..2 {
             let oy = 2 * by + r;
             if oy >= g.out_h {
                 continue;
             }
-            let s = |c: usize| &lines.sums[4 * r + c][..bw];
+            let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|c| &lines.sums[4 * r + c][j * bw..][..bw]);
             // SAFETY: out is this output plane ([out_h, out_w]); row oy is written by this call
             // alone.
             let line = unsafe {
@@ -422,99 +528,15 @@ fn transform_output(
                     g.out_w,
                 )
             };
-            output_row([s(0), s(1), s(2), s(3)], bias, line);
+            let pairs = line.len() / 2;
+            for (k, two) in line.chunks_exact_mut(2).enumerate() {
+                two[0].write(s0[k] + s1[k] + s2[k] + bias);
+                two[1].write(s1[k] - s2[k] - s3[k] + bias);
+            }
+            if line.len() % 2 == 1 {
+                line[2 * pairs].write(s0[pairs] + s1[pairs] + s2[pairs] + bias);
+            }
         }
-        col += bw;
-    }
-}
-
-// The transforms' inner loops, each along a block row, compiled for the widest SIMD the CPU has.
-
-/// `even[k] = src[2k]`, `odd[k] = src[2k + 1]`.
-#[cfg_attr(feature = "simd", macerator::with_simd)]
-fn split<#[cfg(feature = "simd")] S: macerator::Simd>(
-    src: &[f32],
-    even: &mut [f32],
-    odd: &mut [f32],
-) {
-    for ((pair, e), o) in src.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
-        *e = pair[0];
-        *o = pair[1];
-    }
-}
-
-/// ·B along a row of blocks: block k reads `e[k], o[k], e[k + 1], o[k + 1]`.
-#[cfg_attr(feature = "simd", macerator::with_simd)]
-fn row_pass<#[cfg(feature = "simd")] S: macerator::Simd>(
-    e: &[f32],
-    o: &[f32],
-    s0: &mut [f32],
-    s1: &mut [f32],
-    s2: &mut [f32],
-    s3: &mut [f32],
-) {
-    let n = s0.len();
-    let (e0, e1, o0, o1) = (&e[..n], &e[1..=n], &o[..n], &o[1..=n]);
-    let (s1, s2, s3) = (&mut s1[..n], &mut s2[..n], &mut s3[..n]);
-    for k in 0..n {
-        s0[k] = e0[k] - e1[k];
-        s1[k] = o0[k] + e1[k];
-        s2[k] = e1[k] - o0[k];
-        s3[k] = o0[k] - o1[k];
-    }
-}
-
-/// Bᵀ· down a column of four rows: `v = [t0 - t2, t1 + t2, t2 - t1, t1 - t3]`.
-#[cfg_attr(feature = "simd", macerator::with_simd)]
-fn column_pass<#[cfg(feature = "simd")] S: macerator::Simd>(
-    t: [&[f32]; 4],
-    v: [&mut [MaybeUninit<f32>]; 4],
-) {
-    let n = v[0].len();
-    let [t0, t1, t2, t3] = t.map(|t| &t[..n]);
-    let [v0, v1, v2, v3] = v;
-    let (v1, v2, v3) = (&mut v1[..n], &mut v2[..n], &mut v3[..n]);
-    for k in 0..n {
-        v0[k].write(t0[k] - t2[k]);
-        v1[k].write(t1[k] + t2[k]);
-        v2[k].write(t2[k] - t1[k]);
-        v3[k].write(t1[k] - t3[k]);
-    }
-}
-
-/// Aᵀ· down a column of four rows: `top = m0 + m1 + m2`, `bottom = m1 - m2 - m3`.
-#[cfg_attr(feature = "simd", macerator::with_simd)]
-fn output_columns<#[cfg(feature = "simd")] S: macerator::Simd>(
-    m: [&[f32]; 4],
-    top: &mut [f32],
-    bottom: &mut [f32],
-) {
-    let n = top.len();
-    let [m0, m1, m2, m3] = m.map(|m| &m[..n]);
-    let bottom = &mut bottom[..n];
-    for k in 0..n {
-        top[k] = m0[k] + m1[k] + m2[k];
-        bottom[k] = m1[k] - m2[k] - m3[k];
-    }
-}
-
-/// ·A along a row of blocks, into an output row (`line`, its odd last column dropped): block k
-/// writes `s0 + s1 + s2` and `s1 - s2 - s3`, plus the bias.
-#[cfg_attr(feature = "simd", macerator::with_simd)]
-fn output_row<#[cfg(feature = "simd")] S: macerator::Simd>(
-    s: [&[f32]; 4],
-    bias: f32,
-    line: &mut [MaybeUninit<f32>],
-) {
-    let pairs = line.len() / 2;
-    let [s0, s1, s2, s3] = s;
-    let (s0, s1, s2, s3) = (&s0[..pairs], &s1[..pairs], &s2[..pairs], &s3[..pairs]);
-    for (k, out) in line.chunks_exact_mut(2).enumerate() {
-        out[0].write(s0[k] + s1[k] + s2[k] + bias);
-        out[1].write(s1[k] - s2[k] - s3[k] + bias);
-    }
-    if line.len() % 2 == 1 {
-        line[2 * pairs].write(s[0][pairs] + s[1][pairs] + s[2][pairs] + bias);
     }
 }
 
@@ -533,7 +555,15 @@ pub(crate) fn forward(
     g: &Geometry,
     epilogue: &Epilogue,
 ) -> Vec<f32> {
-    let (blocks_h, blocks_w) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
+    // F(4×4, 3×3) where it saves products and its 36 transformed weight matrices fit the
+    // transformed buffers' budget: ResNet-18's 512-channel weights would take 36 MiB (16 by
+    // F(2×2, 3×3)), made while the step's activations are held, and its peak would grow.
+    let tile = match Tile::cheaper(g.out_h, g.out_w) {
+        Tile::F4 if winograd4::PRODUCTS * outs * ins > BUFFER_FLOATS => Tile::F2,
+        tile => tile,
+    };
+    let products = tile.products();
+    let (blocks_h, blocks_w) = (g.out_h.div_ceil(tile.side()), g.out_w.div_ceil(tile.side()));
     let per_image = blocks_h * blocks_w;
     let spatial = g.out_h * g.out_w;
     let out_len = outs * spatial;
@@ -542,16 +572,24 @@ pub(crate) fn forward(
         return out;
     }
     // Blocks a task's buffers hold, images a task, and block rows a band of one image.
-    let most = (BUFFER_FLOATS / (16 * (ins + outs))).max(1);
+    let most = (BUFFER_FLOATS / (products * (ins + outs))).max(1);
     let threads = threads();
     let images = if per_image >= MIN_BLOCKS {
         1
     } else {
-        MIN_BLOCKS
+        let most_images = MIN_BLOCKS
             .div_ceil(per_image)
             .min(batch.div_ceil(threads))
             .min(most / per_image)
-            .max(1)
+            .max(1);
+        // As many tasks a thread: three tasks of seven images on two threads would leave one
+        // thread with two of them, so take four of four.
+        let tasks = batch.div_ceil(most_images);
+        if tasks > threads {
+            batch.div_ceil(tasks.next_multiple_of(threads))
+        } else {
+            most_images
+        }
     };
     let band = if images == 1 {
         (most / blocks_w).clamp(1, blocks_h)
@@ -562,8 +600,11 @@ pub(crate) fn forward(
     // Tasks keep the threads busy, or else each task's steps spread over them.
     let outer = tasks >= threads;
     let inner = !outer;
-    let u = transform_weight(w, outs, ins, way, true);
-    let capacity = 16 * images * band.min(blocks_h) * blocks_w;
+    let u = match tile {
+        Tile::F2 => transform_weight(w, outs, ins, way, true),
+        Tile::F4 => winograd4::transform_weight(w, outs, ins, way, true),
+    };
+    let capacity = products * images * band.min(blocks_h) * blocks_w;
     let out_ptr = Shared(out.as_mut_ptr());
     // One run of consecutive tasks a thread, each run with its buffers made here, on the
     // calling thread: made on a worker they would come from its own malloc arena, which the
@@ -586,11 +627,21 @@ pub(crate) fn forward(
                 let rows = start..(start + band).min(blocks_h);
                 let n = count * rows.len() * blocks_w;
                 let per = rows.len() * blocks_w;
-                transform_inputs(x, first, count, ins, g, rows.clone(), blocks_w, v, inner);
+                transform_inputs(
+                    tile,
+                    x,
+                    first,
+                    count,
+                    ins,
+                    g,
+                    rows.clone(),
+                    blocks_w,
+                    v,
+                    inner,
+                );
                 m.clear();
-                let lines = || Lines::new(blocks_w);
                 let m_ptr = Shared(m.as_mut_ptr());
-                each(inner, 16, |xi| {
+                each(inner, products, |xi| {
                     // SAFETY: M[ξ] is [outs, n] row-major in m's capacity, written by this ξ alone;
                     // U[ξ] is [outs, ins] and V[ξ] [ins, n], row-major.
                     unsafe {
@@ -606,24 +657,23 @@ pub(crate) fn forward(
                     }
                 });
                 // SAFETY: every M[ξ] was written above.
-                unsafe { m.set_len(16 * outs * n) };
-                each_with(inner, count * outs, lines, |lines, job| {
+                unsafe { m.set_len(products * outs * n) };
+                let scratch = || tile.scratch(blocks_w, band);
+                each_with(inner, count * outs, scratch, |scratch, job| {
                     let (i, o) = (job / outs, job % outs);
                     // SAFETY: the plane of image first + i, channel o, lies inside out's capacity.
                     let plane = Shared(unsafe { out_ptr.at((first + i) * out_len + o * spatial) });
                     let b = bias.map_or(0.0, |b| b[o]);
-                    transform_output(
-                        &m,
-                        outs * n,
-                        o * n,
-                        i * per,
-                        g,
-                        rows.clone(),
-                        blocks_w,
-                        b,
-                        plane,
-                        lines,
-                    );
+                    let (stride, row, column) = (outs * n, o * n, i * per);
+                    let rows = rows.clone();
+                    match scratch {
+                        Scratch::F2(lines) => transform_output(
+                            &m, stride, row, column, g, rows, blocks_w, b, plane, lines,
+                        ),
+                        Scratch::F4(lines) => winograd4::transform_output(
+                            &m, stride, row, column, g, rows, blocks_w, b, plane, lines,
+                        ),
+                    }
                 });
             }
             if !epilogue.is_identity() {
@@ -683,7 +733,7 @@ pub(crate) fn weight_gradient(
     let capacity = 16 * images * band * blocks_w;
     let mut v: Vec<f32> = Vec::with_capacity(ins * capacity);
     let mut gt: Vec<f32> = Vec::with_capacity(outs * capacity);
-    let lines = || Lines::new(blocks_w);
+    let lines = || Lines::new(blocks_w, band);
     for first in (0..batch).step_by(images) {
         let count = images.min(batch - first);
         for start in (0..blocks_h).step_by(band) {
@@ -691,6 +741,7 @@ pub(crate) fn weight_gradient(
             let per = rows.len() * blocks_w;
             let n = count * per;
             transform_inputs(
+                Tile::F2,
                 x,
                 first,
                 count,
@@ -764,9 +815,12 @@ pub(crate) fn weight_gradient(
 
 /// `G'·γ·G'ᵀ` of the 2×2 blocks of one output-gradient plane into `gt` (`[16, outs, stride /
 /// outs]`, this channel's row at `channel_row`), columns from `column`, for block rows `rows`;
-/// the gradient is zero past the plane's odd last row and column.
+/// the gradient is zero past the plane's odd last row and column. One call a plane and band,
+/// compiled for the widest SIMD the CPU has: `·G'ᵀ` along each block row into the band's sums,
+/// then `G'·` along the whole band.
 #[allow(clippy::too_many_arguments)]
-fn transform_gradient(
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn transform_gradient<#[cfg(feature = "simd")] S: macerator::Simd>(
     plane: &[f32],
     g: &Geometry,
     rows: core::ops::Range<usize>,
@@ -778,60 +832,80 @@ fn transform_gradient(
     lines: &mut Lines,
 ) {
     let bw = blocks_w;
-    let mut col = column;
-    for by in rows {
+    let nb = rows.len() * bw;
+    let Lines { even, odd, sums } = lines;
+    let pairs = g.out_w / 2;
+    for (j, by) in rows.enumerate() {
         // The block row's two gradient rows, split into even and odd columns.
         for r in 0..2 {
-            let (even, odd) = (&mut lines.even[r], &mut lines.odd[r]);
+            let (e, o) = (&mut even[r][..bw], &mut odd[r][..bw]);
             let oy = 2 * by + r;
             if oy >= g.out_h {
-                even.fill(0.0);
-                odd.fill(0.0);
+                e.fill(0.0);
+                o.fill(0.0);
                 continue;
             }
             let row = &plane[oy * g.out_w..(oy + 1) * g.out_w];
-            let pairs = g.out_w / 2;
-            split(&row[..2 * pairs], &mut even[..pairs], &mut odd[..pairs]);
-            even[pairs..].fill(0.0);
-            odd[pairs..].fill(0.0);
+            for ((two, e), o) in row[..2 * pairs]
+                .chunks_exact(2)
+                .zip(e[..pairs].iter_mut())
+                .zip(o[..pairs].iter_mut())
+            {
+                *e = two[0];
+                *o = two[1];
+            }
+            e[pairs..].fill(0.0);
+            o[pairs..].fill(0.0);
             if g.out_w % 2 == 1 {
-                even[pairs] = row[2 * pairs];
+                e[pairs] = row[2 * pairs];
             }
         }
-        // ·G'ᵀ along each row: sums[4r + c] is column c of row r.
+        // ·G'ᵀ along each row: sums[4r + c] is column c of row r, block row j at j·bw.
         for r in 0..2 {
-            let (e, o) = (&lines.even[r][..bw], &lines.odd[r][..bw]);
-            let four: &mut [Vec<f32>; 4] = (&mut lines.sums[4 * r..4 * r + 4]).try_into().unwrap();
-            let [s0, s1, s2, s3] = four;
+            let (e, o) = (&even[r][..bw], &odd[r][..bw]);
+            let at = j * bw;
+            let s0 = &mut sums[4 * r][at..at + bw];
+            s0.copy_from_slice(e);
+            let s1 = &mut sums[4 * r + 1][at..at + bw];
             for k in 0..bw {
-                s0[k] = e[k];
                 s1[k] = 0.5 * (e[k] + o[k]);
+            }
+            let s2 = &mut sums[4 * r + 2][at..at + bw];
+            for k in 0..bw {
                 s2[k] = 0.5 * (e[k] - o[k]);
+            }
+            let s3 = &mut sums[4 * r + 3][at..at + bw];
+            for k in 0..bw {
                 s3[k] = -o[k];
             }
         }
-        // G'· down each column, straight into the transformed gradient.
-        for c in 0..4 {
-            let (t0, t1) = (&lines.sums[c][..bw], &lines.sums[4 + c][..bw]);
-            let row = |xi: usize| {
-                // SAFETY: gt holds [16, outs, stride / outs]; this channel's row of each ξ,
-                // columns [col, col + bw), is written by this call alone.
-                unsafe {
-                    core::slice::from_raw_parts_mut(
-                        gt.at(xi * stride + channel_row + col)
-                            .cast::<MaybeUninit<f32>>(),
-                        bw,
-                    )
-                }
-            };
-            let (r0, r1, r2, r3) = (row(c), row(4 + c), row(8 + c), row(12 + c));
-            for k in 0..bw {
-                r0[k].write(t0[k]);
-                r1[k].write(0.5 * (t0[k] + t1[k]));
-                r2[k].write(0.5 * (t0[k] - t1[k]));
-                r3[k].write(-t1[k]);
+    }
+    // G'· down each column, along the whole band, straight into the transformed gradient.
+    for c in 0..4 {
+        let (t0, t1) = (&sums[c][..nb], &sums[4 + c][..nb]);
+        let row = |xi: usize| {
+            // SAFETY: gt holds [16, outs, stride / outs]; this channel's row of each ξ,
+            // columns [column, column + nb), is written by this call alone.
+            unsafe {
+                core::slice::from_raw_parts_mut(
+                    gt.at(xi * stride + channel_row + column)
+                        .cast::<MaybeUninit<f32>>(),
+                    nb,
+                )
             }
+        };
+        let (r0, r1, r2, r3) = (row(c), row(4 + c), row(8 + c), row(12 + c));
+        for k in 0..nb {
+            r0[k].write(t0[k]);
         }
-        col += bw;
+        for k in 0..nb {
+            r1[k].write(0.5 * (t0[k] + t1[k]));
+        }
+        for k in 0..nb {
+            r2[k].write(0.5 * (t0[k] - t1[k]));
+        }
+        for k in 0..nb {
+            r3[k].write(-t1[k]);
+        }
     }
 }
