@@ -117,12 +117,16 @@ impl Tile {
         }
     }
 
-    /// The one with fewer products over an `out_h × out_w` plane (blocks hanging over its edge
-    /// count whole), F(2×2, 3×3) on a tie: F(4×4, 3×3) from 7 × 7 up, F(2×2, 3×3) where the
-    /// plane is two or six wide.
-    fn cheaper(out_h: usize, out_w: usize) -> Self {
+    /// The tiling of a convolution of `ins` to `outs` channels onto an `out_h × out_w` plane:
+    /// F(4×4, 3×3) where it needs fewer products over the plane (blocks hanging over its edge
+    /// count whole: from 7 × 7 up, not where the plane is two or six wide) and its 36
+    /// transformed weight matrices fit the transformed buffers' budget; else F(2×2, 3×3).
+    /// ResNet-18's 512-channel weights would take 36 MiB (16 by F(2×2, 3×3)), made while a
+    /// training step's activations are held, and its peak would grow.
+    fn of(out_h: usize, out_w: usize, ins: usize, outs: usize) -> Self {
         let products = |t: Tile| out_h.div_ceil(t.side()) * out_w.div_ceil(t.side()) * t.products();
-        if products(Tile::F4) < products(Tile::F2) {
+        let fits = winograd4::PRODUCTS * outs * ins <= BUFFER_FLOATS;
+        if fits && products(Tile::F4) < products(Tile::F2) {
             Tile::F4
         } else {
             Tile::F2
@@ -159,6 +163,45 @@ impl Shared {
     pub(crate) unsafe fn at(self, n: usize) -> *mut f32 {
         // SAFETY: the caller's.
         unsafe { self.0.add(n) }
+    }
+
+    /// The `len` elements from `start` on, to write into.
+    ///
+    /// # Safety
+    /// They lie inside the allocation, and no other thread touches them while the slice lives.
+    pub(crate) unsafe fn row<'a>(self, start: usize, len: usize) -> &'a mut [MaybeUninit<f32>] {
+        // SAFETY: the caller's.
+        unsafe { core::slice::from_raw_parts_mut(self.at(start).cast::<MaybeUninit<f32>>(), len) }
+    }
+}
+
+/// The nine taps of output channel `o`'s filters, tap-major (`taps` is `[9, ins]`), from `w`
+/// read as `way` says: the first step of both tilings' weight transforms.
+pub(crate) fn filter_taps(
+    w: &[f32],
+    o: usize,
+    outs: usize,
+    ins: usize,
+    way: Weight,
+    taps: &mut [f32],
+) {
+    for i in 0..ins {
+        for tap in 0..9 {
+            taps[tap * ins + i] = match way {
+                Weight::Forward => w[(o * ins + i) * 9 + tap],
+                Weight::Transposed => w[(i * outs + o) * 9 + 8 - tap],
+            };
+        }
+    }
+}
+
+/// `even[k] = src[2k]`, `odd[k] = src[2k + 1]`, for the pairs of `src` (inlined into the
+/// transforms, so compiled for their SIMD).
+#[inline(always)]
+fn split(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    for ((pair, e), o) in src.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
+        *e = pair[0];
+        *o = pair[1];
     }
 }
 
@@ -202,14 +245,7 @@ fn transform_weight(w: &[f32], outs: usize, ins: usize, way: Weight, parallel: b
     // then G·g by column (`[3, 4, ins]`).
     let scratch = || (alloc::vec![0.0f32; 9 * ins], alloc::vec![0.0f32; 12 * ins]);
     each_with(parallel, outs, scratch, |(taps, t), o| {
-        for i in 0..ins {
-            for tap in 0..9 {
-                taps[tap * ins + i] = match way {
-                    Weight::Forward => w[(o * ins + i) * 9 + tap],
-                    Weight::Transposed => w[(i * outs + o) * 9 + 8 - tap],
-                };
-            }
-        }
+        filter_taps(w, o, outs, ins, way, taps);
         let tap = |r: usize, c: usize| &taps[(r * 3 + c) * ins..][..ins];
         // G·g down each column c (its four rows side by side in t): g0, ½(g0 + g1 + g2),
         // ½(g0 - g1 + g2), g2.
@@ -226,17 +262,9 @@ fn transform_weight(w: &[f32], outs: usize, ins: usize, way: Weight, parallel: b
         // ·Gᵀ along each row r of G·g, straight into U[4r..4r + 4].
         for r in 0..4 {
             let row = |c: usize| &t[(c * 4 + r) * ins..][..ins];
-            let out = |c: usize| {
-                // SAFETY: u has 16·plane floats of capacity; row (ξ, o) is written by the task
-                // of output channel o alone.
-                unsafe {
-                    core::slice::from_raw_parts_mut(
-                        dst.at((r * 4 + c) * plane + o * ins)
-                            .cast::<MaybeUninit<f32>>(),
-                        ins,
-                    )
-                }
-            };
+            // SAFETY: u has 16·plane floats of capacity; row (ξ, o) is written by the task of
+            // output channel o alone.
+            let out = |c: usize| unsafe { dst.row((r * 4 + c) * plane + o * ins, ins) };
             copy(row(0), out(0));
             combine([row(0), row(1), row(2)], out(1), out(2));
             copy(row(2), out(3));
@@ -350,15 +378,11 @@ fn transform_input<#[cfg(feature = "simd")] S: macerator::Simd>(
                 e[k] = at(2 * k);
                 o[k] = at(2 * k + 1);
             }
-            let inside = &row[2 * lo - pad..2 * hi - pad];
-            for ((pair, e), o) in inside
-                .chunks_exact(2)
-                .zip(e[lo..hi].iter_mut())
-                .zip(o[lo..hi].iter_mut())
-            {
-                *e = pair[0];
-                *o = pair[1];
-            }
+            split(
+                &row[2 * lo - pad..2 * hi - pad],
+                &mut e[lo..hi],
+                &mut o[lo..hi],
+            );
         }
         // ·B along each row: block bx of row r reads d0..d3 = even[bx], odd[bx], even[bx + 1],
         // odd[bx + 1]; sums[4r + c] holds column c of the result, block row j at j·bw.
@@ -388,17 +412,9 @@ fn transform_input<#[cfg(feature = "simd")] S: macerator::Simd>(
     // `v = [t0 - t2, t1 + t2, t2 - t1, t1 - t3]`.
     for c in 0..4 {
         let [t0, t1, t2, t3] = [0, 1, 2, 3].map(|r| &sums[4 * r + c][..nb]);
-        let row = |xi: usize| {
-            // SAFETY: the caller's v holds [16, ins, stride / ins]; this channel's row of each
-            // ξ, columns [column, column + nb), is written by this call alone.
-            unsafe {
-                core::slice::from_raw_parts_mut(
-                    v.at(xi * stride + channel_row + column)
-                        .cast::<MaybeUninit<f32>>(),
-                    nb,
-                )
-            }
-        };
+        // SAFETY: the caller's v holds [16, ins, stride / ins]; this channel's row of each ξ,
+        // columns [column, column + nb), is written by this call alone.
+        let row = |xi: usize| unsafe { v.row(xi * stride + channel_row + column, nb) };
         let (v0, v1, v2, v3) = (row(c), row(4 + c), row(8 + c), row(12 + c));
         for k in 0..nb {
             v0[k].write(t0[k] - t2[k]);
@@ -522,12 +538,7 @@ fn transform_output<#[cfg(feature = "simd")] S: macerator::Simd>(
             let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|c| &lines.sums[4 * r + c][j * bw..][..bw]);
             // SAFETY: out is this output plane ([out_h, out_w]); row oy is written by this call
             // alone.
-            let line = unsafe {
-                core::slice::from_raw_parts_mut(
-                    out.at(oy * g.out_w).cast::<MaybeUninit<f32>>(),
-                    g.out_w,
-                )
-            };
+            let line = unsafe { out.row(oy * g.out_w, g.out_w) };
             let pairs = line.len() / 2;
             for (k, two) in line.chunks_exact_mut(2).enumerate() {
                 two[0].write(s0[k] + s1[k] + s2[k] + bias);
@@ -555,13 +566,7 @@ pub(crate) fn forward(
     g: &Geometry,
     epilogue: &Epilogue,
 ) -> Vec<f32> {
-    // F(4×4, 3×3) where it saves products and its 36 transformed weight matrices fit the
-    // transformed buffers' budget: ResNet-18's 512-channel weights would take 36 MiB (16 by
-    // F(2×2, 3×3)), made while the step's activations are held, and its peak would grow.
-    let tile = match Tile::cheaper(g.out_h, g.out_w) {
-        Tile::F4 if winograd4::PRODUCTS * outs * ins > BUFFER_FLOATS => Tile::F2,
-        tile => tile,
-    };
+    let tile = Tile::of(g.out_h, g.out_w, ins, outs);
     let products = tile.products();
     let (blocks_h, blocks_w) = (g.out_h.div_ceil(tile.side()), g.out_w.div_ceil(tile.side()));
     let per_image = blocks_h * blocks_w;
@@ -846,14 +851,7 @@ fn transform_gradient<#[cfg(feature = "simd")] S: macerator::Simd>(
                 continue;
             }
             let row = &plane[oy * g.out_w..(oy + 1) * g.out_w];
-            for ((two, e), o) in row[..2 * pairs]
-                .chunks_exact(2)
-                .zip(e[..pairs].iter_mut())
-                .zip(o[..pairs].iter_mut())
-            {
-                *e = two[0];
-                *o = two[1];
-            }
+            split(&row[..2 * pairs], &mut e[..pairs], &mut o[..pairs]);
             e[pairs..].fill(0.0);
             o[pairs..].fill(0.0);
             if g.out_w % 2 == 1 {
@@ -883,17 +881,9 @@ fn transform_gradient<#[cfg(feature = "simd")] S: macerator::Simd>(
     // G'· down each column, along the whole band, straight into the transformed gradient.
     for c in 0..4 {
         let (t0, t1) = (&sums[c][..nb], &sums[4 + c][..nb]);
-        let row = |xi: usize| {
-            // SAFETY: gt holds [16, outs, stride / outs]; this channel's row of each ξ,
-            // columns [column, column + nb), is written by this call alone.
-            unsafe {
-                core::slice::from_raw_parts_mut(
-                    gt.at(xi * stride + channel_row + column)
-                        .cast::<MaybeUninit<f32>>(),
-                    nb,
-                )
-            }
-        };
+        // SAFETY: gt holds [16, outs, stride / outs]; this channel's row of each ξ, columns
+        // [column, column + nb), is written by this call alone.
+        let row = |xi: usize| unsafe { gt.row(xi * stride + channel_row + column, nb) };
         let (r0, r1, r2, r3) = (row(c), row(4 + c), row(8 + c), row(12 + c));
         for k in 0..nb {
             r0[k].write(t0[k]);

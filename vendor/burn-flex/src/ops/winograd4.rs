@@ -22,7 +22,7 @@ use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
 use super::depthwise::Geometry;
-use super::winograd::{Shared, Weight, each_with};
+use super::winograd::{Shared, Weight, each_with, filter_taps};
 
 /// Products a channel pair a tile (6 × 6).
 pub(crate) const PRODUCTS: usize = 36;
@@ -63,24 +63,11 @@ pub(crate) fn transform_weight(
     // (`[6, 3, ins]`).
     let scratch = || (alloc::vec![0.0f32; 9 * ins], alloc::vec![0.0f32; 18 * ins]);
     each_with(parallel, outs, scratch, |(taps, t), o| {
-        for i in 0..ins {
-            for tap in 0..9 {
-                taps[tap * ins + i] = match way {
-                    Weight::Forward => w[(o * ins + i) * 9 + tap],
-                    Weight::Transposed => w[(i * outs + o) * 9 + 8 - tap],
-                };
-            }
-        }
-        let rows: [&mut [MaybeUninit<f32>]; PRODUCTS] = core::array::from_fn(|xi| {
-            // SAFETY: u has 36·plane floats of capacity; row (ξ, o) is written by the task of
-            // output channel o alone.
-            unsafe {
-                core::slice::from_raw_parts_mut(
-                    dst.at(xi * plane + o * ins).cast::<MaybeUninit<f32>>(),
-                    ins,
-                )
-            }
-        });
+        filter_taps(w, o, outs, ins, way, taps);
+        // SAFETY: u has 36·plane floats of capacity; row (ξ, o) is written by the task of
+        // output channel o alone.
+        let rows: [&mut [MaybeUninit<f32>]; PRODUCTS] =
+            core::array::from_fn(|xi| unsafe { dst.row(xi * plane + o * ins, ins) });
         weight_channel(taps, t, rows);
     });
     // SAFETY: every (ξ, o, i) was written above.
@@ -232,17 +219,10 @@ pub(crate) fn transform_input<#[cfg(feature = "simd")] S: macerator::Simd>(
     // Bᵀ· down each column, along the whole band, straight into V.
     for c in 0..6 {
         let [t0, t1, t2, t3, t4, t5] = [0, 1, 2, 3, 4, 5].map(|r| &sums[6 * r + c][..nb]);
-        let [v0, v1, v2, v3, v4, v5] = [0, 1, 2, 3, 4, 5].map(|r| {
-            // SAFETY: the caller's v holds [36, ins, stride / ins]; this channel's row of each
-            // ξ, columns [column, column + nb), is written by this call alone.
-            unsafe {
-                core::slice::from_raw_parts_mut(
-                    v.at((6 * r + c) * stride + channel_row + column)
-                        .cast::<MaybeUninit<f32>>(),
-                    nb,
-                )
-            }
-        });
+        // SAFETY: the caller's v holds [36, ins, stride / ins]; this channel's row of each ξ,
+        // columns [column, column + nb), is written by this call alone.
+        let [v0, v1, v2, v3, v4, v5] = [0, 1, 2, 3, 4, 5]
+            .map(|r| unsafe { v.row((6 * r + c) * stride + channel_row + column, nb) });
         for k in 0..nb {
             v0[k].write(4.0 * t0[k] - 5.0 * t2[k] + t4[k]);
             v1[k].write(t3[k] + t4[k] - 4.0 * (t1[k] + t2[k]));
@@ -278,10 +258,10 @@ pub(crate) fn transform_output<#[cfg(feature = "simd")] S: macerator::Simd>(
     // Aᵀ· down each column c: sums[6i + c] is row i of column c.
     for c in 0..6 {
         let [m0, m1, m2, m3, m4, m5] = [0, 1, 2, 3, 4, 5].map(|r| at(6 * r + c));
-        let (o0, rest) = lines.sums[c..].split_first_mut().expect("36 lines");
-        let (o1, rest) = rest[5..].split_first_mut().expect("36 lines");
-        let (o2, rest) = rest[5..].split_first_mut().expect("36 lines");
-        let o3 = &mut rest[5];
+        let [o0, o1, o2, o3] = lines
+            .sums
+            .get_disjoint_mut([c, 6 + c, 12 + c, 18 + c])
+            .expect("four distinct lines of 36");
         let (o0, o1, o2, o3) = (&mut o0[..nb], &mut o1[..nb], &mut o2[..nb], &mut o3[..nb]);
         for k in 0..nb {
             let (plus12, minus12) = (m1[k] + m2[k], m1[k] - m2[k]);
@@ -305,12 +285,7 @@ pub(crate) fn transform_output<#[cfg(feature = "simd")] S: macerator::Simd>(
                 [0, 1, 2, 3, 4, 5].map(|c| &lines.sums[6 * i + c][j * tw..][..tw]);
             // SAFETY: out is this output plane ([out_h, out_w]); row oy is written by this call
             // alone.
-            let line = unsafe {
-                core::slice::from_raw_parts_mut(
-                    out.at(oy * g.out_w).cast::<MaybeUninit<f32>>(),
-                    g.out_w,
-                )
-            };
+            let line = unsafe { out.row(oy * g.out_w, g.out_w) };
             let four = |k: usize| {
                 let (plus12, minus12) = (s1[k] + s2[k], s1[k] - s2[k]);
                 let (plus34, minus34) = (s3[k] + s4[k], s3[k] - s4[k]);
