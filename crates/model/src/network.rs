@@ -151,11 +151,7 @@ impl Network {
         let lone = x.dims()[0] < rayon::current_num_threads();
         let pass = || self.embed_features(self.backbone.features(x));
         if lone {
-            // Fewer images than threads: each layer splits its one image over the threads.
-            // From a thread outside rayon's pool every such split is a hand-over (the caller
-            // sleeps, the pool's threads wake) many times a forward pass; run on one of the
-            // pool's threads, the whole pass hands work over by stealing instead.
-            return rayon::scope(|_| pass());
+            return with_the_pool_spinning(pass);
         }
         pass()
     }
@@ -242,9 +238,119 @@ impl Network {
     }
 }
 
+/// Runs `work` on one of rayon's threads while every other thread of the pool spins, taking
+/// the work `work` splits off as soon as it is offered, until `work` returns.
+///
+/// For a pass over fewer images than threads: each layer splits its one image over the
+/// threads, a hundred-odd hand-overs a forward pass. From a thread outside the pool each is a
+/// hand-over to sleeping threads; inside the pool, rayon's idle threads still fall asleep
+/// between layers, and waking them (a futex call, the scheduler) cost about a sixth of
+/// MobileNetV2's batch-1 pass (`perf`, docs/performance.md). Spinning, as ONNX Runtime's
+/// pool does, keeps them awake for the length of the pass only.
+///
+/// One pass at a time spins, and only one started from outside the pool: a spinner runs
+/// nested in whatever its thread was waiting on, so two passes each spinning on the other's
+/// thread would wait for each other. The others run as they did before (on the pool, threads
+/// handed work by stealing).
+fn with_the_pool_spinning<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SPINNING: AtomicBool = AtomicBool::new(false);
+    /// Sets its flag when dropped, whether `work` returned or panicked.
+    struct SetOnDrop<'a>(&'a AtomicBool, bool);
+    impl Drop for SetOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(self.1, Ordering::Release);
+        }
+    }
+    let outside = rayon::current_thread_index().is_none();
+    if !outside
+        || SPINNING
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+    {
+        return rayon::scope(|_| work());
+    }
+    let _release = SetOnDrop(&SPINNING, false);
+    let done = AtomicBool::new(false);
+    rayon::scope(|scope| {
+        let owner = rayon::current_thread_index();
+        let done = &done;
+        scope.spawn_broadcast(move |_, context| {
+            // The thread running `work` runs its copy while it waits inside `work` (or at the
+            // scope's end): it must not spin there.
+            if Some(context.index()) == owner {
+                return;
+            }
+            while !done.load(Ordering::Acquire) {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let _stop = SetOnDrop(done, true);
+        work()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Passes started together from several threads outside the pool, and from inside it,
+    /// each splitting its work over the pool, all finish with their own results: only one
+    /// spins at a time, so none waits on another's spinner.
+    #[test]
+    fn spinning_passes_from_many_threads_all_finish() {
+        use rayon::prelude::*;
+        let pass = |seed: u64| {
+            with_the_pool_spinning(|| {
+                (0..200_000u32)
+                    .into_par_iter()
+                    .with_max_len(1_000)
+                    .map(|i| (u64::from(i) * seed) % 7)
+                    .sum::<u64>()
+            })
+        };
+        let expected = |seed: u64| (0..200_000u64).map(|i| (i * seed) % 7).sum::<u64>();
+        // Passes that waited on each other would hang: a watchdog fails the test instead.
+        let (finished, watchdog) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            run_together(pass, expected);
+            finished.send(()).unwrap();
+        });
+        match watchdog.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the passes did not finish within a minute: they wait on each other")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("a pass gave a wrong result (its panic is printed above)")
+            }
+        }
+    }
+
+    fn run_together(pass: impl Fn(u64) -> u64 + Sync, expected: impl Fn(u64) -> u64 + Sync) {
+        use rayon::prelude::*;
+        let (pass, expected) = (&pass, &expected);
+        std::thread::scope(|threads| {
+            let handles: Vec<_> = (1..=6u64)
+                .map(|seed| {
+                    threads.spawn(move || {
+                        for round in 0..300 {
+                            let s = seed + round;
+                            assert_eq!(pass(s), expected(s));
+                        }
+                    })
+                })
+                .collect();
+            // From inside the pool too (a pass run by a parallel loop over images).
+            let inside: Vec<u64> = (1..=8u64).into_par_iter().map(pass).collect();
+            assert_eq!(inside, (1..=8).map(expected).collect::<Vec<_>>());
+            for h in handles {
+                h.join().unwrap();
+            }
+        });
+    }
 
     #[test]
     fn checkpoint_round_trip_keeps_outputs() {

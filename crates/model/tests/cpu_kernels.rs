@@ -389,6 +389,9 @@ fn dense_on_planes_of_several_tiles_matches_the_reference() {
         (1, 12, 3, 130, 101, 3, 1, [(1, 1), (1, 1)]),
         (2, 3, 4, 250, 233, 7, 2, [(3, 3), (3, 3)]),
         (3, 8, 2, 140, 117, 3, 1, [(0, 1), (1, 0)]),
+        // A stem at batch 1: its output rows cut into tiles over the threads, each with a
+        // column buffer of its own.
+        (1, 3, 10, 61, 57, 3, 2, [(0, 1), (0, 1)]),
     ];
     for (i, (batch, channels_in, channels_out, h, w, kernel, stride, padding)) in
         cases.into_iter().enumerate()

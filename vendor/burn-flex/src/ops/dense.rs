@@ -566,8 +566,19 @@ pub(crate) fn forward(
     let spatial = g.out_h * g.out_w;
     let out_len = channels_out * spatial;
     let plan = Plan::new(g, k, batch);
-    if plan.direct && batch < threads() && batch * spatial >= threads() * MIN_TILE_COLUMNS {
-        return forward_column_tiles(x, w, bias, batch, channels_in, channels_out, g, epilogue);
+    if let Some(tiles) = output_tiles(g, &plan, batch, channels_out) {
+        return forward_tiles(
+            &tiles,
+            x,
+            w,
+            bias,
+            batch,
+            channels_in,
+            channels_out,
+            g,
+            &plan,
+            epilogue,
+        );
     }
     let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
     if out_len == 0 {
@@ -677,13 +688,87 @@ const TILE_FLOATS: usize = 1 << 16;
 /// Fewest columns a tile of a 1×1 convolution's GEMM gets.
 const MIN_TILE_COLUMNS: usize = 128;
 
-/// [`forward`] of a 1×1 convolution (a `direct` plan) over fewer images than threads: instead
-/// of one GEMM an image with the threads inside it (the bias and the epilogue then on the
-/// calling thread alone, over planes long out of cache), every image's columns are cut into
-/// tiles of at most [`TILE_FLOATS`] outputs, and each thread writes the bias, runs the GEMM and
-/// applies the epilogue to whole tiles.
+/// One task of [`forward_tiles`]: output channels `channels` of image `image`, on output
+/// columns `columns` (whole output rows where the image has a column buffer).
+struct OutputTile {
+    image: usize,
+    channels: Range<usize>,
+    columns: Range<usize>,
+}
+
+/// How [`forward`] cuts the work over fewer images than threads into [`OutputTile`]s, so that
+/// every thread writes the bias, builds its columns, runs a GEMM on one thread and applies the
+/// epilogue to outputs still in its cache. Instead, one GEMM an image would take the threads
+/// (gemm's own split, which leaves one thread idle on a small plane), with the bias, the
+/// epilogue and any column buffer built around it on fewer threads or one.
+///
+/// - A 1×1 convolution read where it lies (a `direct` plan): column tiles of at most
+///   [`TILE_FLOATS`] outputs; on planes too small for two of [`MIN_TILE_COLUMNS`] columns
+///   (MobileNetV2's 14×14 and 7×7 stages), blocks of output channels over the whole plane.
+/// - Any other: tiles of whole output rows, each with a column buffer of its own (the stems,
+///   whose three input channels left the buffer to one thread).
+///
+/// `None` where the tiles would be too few or too narrow to keep the threads busy.
+fn output_tiles(
+    g: &Geometry,
+    plan: &Plan,
+    batch: usize,
+    channels_out: usize,
+) -> Option<Vec<OutputTile>> {
+    let threads = threads();
+    if batch >= threads || plan.images != 1 || channels_out == 0 {
+        return None;
+    }
+    let spatial = g.out_h * g.out_w;
+    // At least two tiles a thread over the batch, so that the last one does not wait alone.
+    let per_image = (2 * threads).div_ceil(batch);
+    let mut tiles = Vec::new();
+    let mut push = |channels: Range<usize>, columns: Range<usize>| {
+        for image in 0..batch {
+            tiles.push(OutputTile {
+                image,
+                channels: channels.clone(),
+                columns: columns.clone(),
+            });
+        }
+    };
+    if plan.direct {
+        let width = (TILE_FLOATS / channels_out)
+            .min(spatial.div_ceil(per_image))
+            .max(MIN_TILE_COLUMNS)
+            .next_multiple_of(16);
+        if spatial >= 2 * MIN_TILE_COLUMNS || batch * spatial.div_ceil(width) >= threads {
+            for c0 in (0..spatial).step_by(width) {
+                push(0..channels_out, c0..(c0 + width).min(spatial));
+            }
+        } else {
+            // gemm's micro-kernel takes the output channels six at a time.
+            let block = channels_out.div_ceil(per_image).next_multiple_of(6);
+            for c0 in (0..channels_out).step_by(block) {
+                push(c0..(c0 + block).min(channels_out), 0..spatial);
+            }
+        }
+    } else {
+        let rows = g
+            .out_h
+            .div_ceil(per_image)
+            .max(MIN_TILE_COLUMNS.div_ceil(g.out_w.max(1)))
+            .min(plan.rows)
+            .max(1);
+        for r0 in (0..g.out_h).step_by(rows) {
+            push(
+                0..channels_out,
+                r0 * g.out_w..(r0 + rows).min(g.out_h) * g.out_w,
+            );
+        }
+    }
+    (tiles.len() >= threads).then_some(tiles)
+}
+
+/// [`forward`] over the [`output_tiles`] of fewer images than threads.
 #[allow(clippy::too_many_arguments)]
-fn forward_column_tiles(
+fn forward_tiles(
+    tiles: &[OutputTile],
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
@@ -691,55 +776,57 @@ fn forward_column_tiles(
     channels_in: usize,
     channels_out: usize,
     g: &Geometry,
+    plan: &Plan,
     epilogue: &Epilogue,
 ) -> Vec<f32> {
+    let k = channels_in * g.kernel[0] * g.kernel[1];
     let spatial = g.out_h * g.out_w;
     let out_len = channels_out * spatial;
-    // At least two tiles a thread over the batch, so that the last one does not wait alone.
-    let per_image = (2 * threads()).div_ceil(batch);
-    let width = (TILE_FLOATS / channels_out.max(1))
-        .min(spatial.div_ceil(per_image))
-        .max(MIN_TILE_COLUMNS)
-        .next_multiple_of(16);
-    let tiles = spatial.div_ceil(width);
+    let in_len = channels_in * g.in_h * g.in_w;
     let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
     let dst = super::SendMutPtr::new(out.as_mut_ptr());
-    let tile = |t: usize| {
-        let (b, c0) = (t / tiles, (t % tiles) * width);
-        let n = width.min(spatial - c0);
-        let at = b * out_len + c0;
-        // SAFETY: tile `t` writes columns [c0, c0 + n) of every row of image b's
-        // [cout, spatial] output and nothing else, so tiles never overlap; everything read
-        // back was written first (the bias, then the GEMM).
+    let widest = tiles.iter().map(|t| t.columns.len()).max().unwrap_or(0);
+    let scratch = || Vec::<f32>::with_capacity(if plan.direct { 0 } else { k * widest });
+    let tile = |col: &mut Vec<f32>, t: &OutputTile| {
+        let (n, c0) = (t.columns.len(), t.columns.start);
+        let x_b = &x[t.image * in_len..(t.image + 1) * in_len];
+        let columns = if plan.direct {
+            (x_b[c0..].as_ptr(), 1, spatial as isize)
+        } else {
+            let rows = c0 / g.out_w..t.columns.end / g.out_w;
+            col.resize(k * n, 0.0);
+            im2col(x_b, channels_in, g, rows, col, n, 0);
+            (col.as_ptr(), 1, n as isize)
+        };
+        let at = t.image * out_len + t.channels.start * spatial + c0;
+        // SAFETY: tile `t` writes columns [c0, c0 + n) of rows `t.channels` of image
+        // `t.image`'s [cout, spatial] output and nothing else, so tiles never overlap;
+        // everything read back was written first (the bias, then the GEMM).
         unsafe {
             let d = dst.ptr_add(at);
             if let Some(bias) = bias {
-                for (co, &v) in bias.iter().enumerate() {
-                    core::slice::from_raw_parts_mut(d.add(co * spatial), n).fill(v);
+                for (r, &v) in bias[t.channels.clone()].iter().enumerate() {
+                    core::slice::from_raw_parts_mut(d.add(r * spatial), n).fill(v);
                 }
             }
             gemm(
-                (channels_out, n, channels_in),
+                (t.channels.len(), n, k),
                 d,
                 spatial,
                 bias.is_some(),
-                (w.as_ptr(), 1, channels_in as isize),
-                (
-                    x.as_ptr().add(b * channels_in * spatial + c0),
-                    1,
-                    spatial as isize,
-                ),
+                (w[t.channels.start * k..].as_ptr(), 1, k as isize),
+                columns,
                 gemm::Parallelism::None,
             );
             if !epilogue.is_identity() {
-                for co in 0..channels_out {
-                    let row = core::slice::from_raw_parts_mut(d.add(co * spatial), n);
-                    epilogue.apply(row, at + co * spatial);
+                for r in 0..t.channels.len() {
+                    let row = core::slice::from_raw_parts_mut(d.add(r * spatial), n);
+                    epilogue.apply(row, at + r * spatial);
                 }
             }
         }
     };
-    super::planes::each(true, batch * tiles, tile);
+    super::planes::each_with(tiles.len(), scratch, |col, i| tile(col, &tiles[i]));
     // SAFETY: the tiles cover every column of every row of every image.
     unsafe { out.set_len(batch * out_len) };
     out

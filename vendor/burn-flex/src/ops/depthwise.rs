@@ -28,7 +28,7 @@ use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
 use super::fused::Epilogue;
-use super::planes::{collect_chunks_with, for_each_chunk_with};
+use super::planes::{collect_chunks_with, copy_row, for_each_chunk_with};
 
 /// The shape of one convolution (depthwise here, dense in `dense.rs`): `padding` is the padding
 /// before each axis; the padding after, which may differ (TensorFlow's "same"), is where the
@@ -172,12 +172,15 @@ impl Layout {
         }
     }
 
-    /// `(offset into the input scratch, weight)` of every tap for one channel's filter.
-    fn forward_taps(&self, filter: &[f32]) -> Vec<(usize, f32)> {
-        self.taps
-            .iter()
-            .map(|t| (t.phase * self.plane + t.shift, filter[t.index]))
-            .collect()
+    /// `(offset into the input scratch, weight)` of every tap for one channel's filter, into
+    /// `taps` (a thread's scratch: no allocation a plane).
+    fn forward_taps(&self, filter: &[f32], taps: &mut Vec<(usize, f32)>) {
+        taps.clear();
+        taps.extend(
+            self.taps
+                .iter()
+                .map(|t| (t.phase * self.plane + t.shift, filter[t.index])),
+        );
     }
 }
 
@@ -204,12 +207,19 @@ pub(crate) fn forward(
     collect_chunks_with(
         total,
         out_plane,
-        || (vec![0.0; layout.scratch_len], vec![0.0; layout.flat_len]),
-        |(input, flat), bc, out| {
+        || {
+            let taps = Vec::with_capacity(k);
+            (
+                vec![0.0; layout.scratch_len],
+                vec![0.0; layout.flat_len],
+                taps,
+            )
+        },
+        |(input, flat, taps), bc, out| {
             let c = bc % channels;
             fill_phases(input, &x[bc * in_plane..(bc + 1) * in_plane], g, &layout);
-            let taps = layout.forward_taps(&w[c * k..(c + 1) * k]);
-            accumulate(flat, input, &taps, bias.map_or(0.0, |b| b[c]));
+            layout.forward_taps(&w[c * k..(c + 1) * k], taps);
+            accumulate(flat, input, taps, bias.map_or(0.0, |b| b[c]));
             for (oh, row) in out.chunks_exact_mut(g.out_w).enumerate() {
                 write_all(row, &flat[oh * layout.wq..][..g.out_w]);
             }
@@ -257,7 +267,7 @@ pub(crate) fn transpose(
             let c = bc % channels;
             let src = &grad[bc * out_plane..(bc + 1) * out_plane];
             for (oh, row) in src.chunks_exact(g.out_w).enumerate() {
-                spread[lead + oh * wq..][..g.out_w].copy_from_slice(row);
+                copy_row(&mut spread[lead + oh * wq..][..g.out_w], row);
             }
             let filter = &w[c * k..(c + 1) * k];
             let b = bias.map_or(0.0, |b| b[c]);
@@ -321,7 +331,7 @@ pub(crate) fn weight_gradient(
                 fill_phases(input, &x[bc * in_plane..(bc + 1) * in_plane], g, &layout);
                 let src = &grad[bc * out_plane..(bc + 1) * out_plane];
                 for (oh, row) in src.chunks_exact(g.out_w).enumerate() {
-                    spread[oh * layout.wq..][..g.out_w].copy_from_slice(row);
+                    copy_row(&mut spread[oh * layout.wq..][..g.out_w], row);
                 }
                 for t in &layout.taps {
                     let offset = t.phase * layout.plane + t.shift;
@@ -342,14 +352,23 @@ pub(crate) fn weight_gradient(
 
 /// Writes `src` into the not yet initialised `dst` of the same length.
 fn write_all(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        d.write(*s);
-    }
+    // SAFETY: `MaybeUninit<f32>` has f32's layout, and every bit pattern is one.
+    let src = unsafe { &*(src as *const [f32] as *const [MaybeUninit<f32>]) };
+    copy_row(dst, src);
 }
 
 /// Copies one input plane into the phase planes. Only positions inside the input are written:
 /// the padding around them was zeroed when the scratch was made and no plane writes there.
-fn fill_phases(scratch: &mut [f32], x: &[f32], g: &Geometry, layout: &Layout) {
+///
+/// Compiled for the widest SIMD (the stride-2 deinterleave, from SSE's four lanes to
+/// AVX-512's sixteen).
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn fill_phases<#[cfg(feature = "simd")] S: macerator::Simd>(
+    scratch: &mut [f32],
+    x: &[f32],
+    g: &Geometry,
+    layout: &Layout,
+) {
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
     let (hq, wq) = (layout.hq, layout.wq);
@@ -367,7 +386,7 @@ fn fill_phases(scratch: &mut [f32], x: &[f32], g: &Geometry, layout: &Layout) {
                 let dst = &mut scratch[base + i * wq + j0..base + i * wq + j1];
                 let first = sw * j0 + rw - pw;
                 if sw == 1 {
-                    dst.copy_from_slice(&src_row[first..first + dst.len()]);
+                    copy_row(dst, &src_row[first..first + dst.len()]);
                 } else if sw == 2 {
                     // Pairs, so that the compiler can deinterleave whole vectors; the last
                     // element may have no partner.
