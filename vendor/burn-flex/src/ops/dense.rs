@@ -607,39 +607,21 @@ pub(crate) fn forward(
                 let w_mat = (w.as_ptr(), 1, k as isize);
                 let columns = (col_ptr, 1, ld as isize);
                 if images == 1 {
-                    // Straight into the image's output: columns [offset, offset + n) of each row,
-                    // the bias written there first and accumulated onto.
-                    if let Some(bias) = bias {
-                        for (co, &v) in bias.iter().enumerate() {
-                            dst[co * spatial + offset..co * spatial + offset + n]
-                                .fill(MaybeUninit::new(v));
-                        }
-                    }
+                    // Straight into the image's output: columns [offset, offset + n) of each row.
                     // SAFETY: dst is [cout, spatial] row-major, written in columns
-                    // [offset, offset + n) (read only where the bias was written first); w is
-                    // [cout, k] and col [k, n], row-major.
+                    // [offset, offset + n) only; w is [cout, k] and col [k, n], row-major.
                     unsafe {
-                        let d = dst.as_mut_ptr().add(offset).cast::<f32>();
-                        gemm(
+                        write_outputs(
+                            dst.as_mut_ptr().add(offset).cast::<f32>(),
+                            first * out_len + offset,
                             (channels_out, n, k),
-                            d,
                             spatial,
-                            bias.is_some(),
+                            bias,
                             w_mat,
                             columns,
                             plan.par,
+                            epilogue,
                         );
-                    }
-                    if !epilogue.is_identity() {
-                        for co in 0..channels_out {
-                            let at = co * spatial + offset;
-                            // SAFETY: the GEMM wrote [at, at + n) above.
-                            let written = unsafe {
-                                &mut *(&mut dst[at..at + n] as *mut [MaybeUninit<f32>]
-                                    as *mut [f32])
-                            };
-                            epilogue.apply(written, first * out_len + at);
-                        }
                     }
                 } else {
                     tmp.resize(channels_out * n, 0.0);
@@ -800,36 +782,63 @@ fn forward_tiles(
         };
         let at = t.image * out_len + t.channels.start * spatial + c0;
         // SAFETY: tile `t` writes columns [c0, c0 + n) of rows `t.channels` of image
-        // `t.image`'s [cout, spatial] output and nothing else, so tiles never overlap;
-        // everything read back was written first (the bias, then the GEMM).
+        // `t.image`'s [cout, spatial] output and nothing else, so tiles never overlap.
         unsafe {
-            let d = dst.ptr_add(at);
-            if let Some(bias) = bias {
-                for (r, &v) in bias[t.channels.clone()].iter().enumerate() {
-                    core::slice::from_raw_parts_mut(d.add(r * spatial), n).fill(v);
-                }
-            }
-            gemm(
+            write_outputs(
+                dst.ptr_add(at),
+                at,
                 (t.channels.len(), n, k),
-                d,
                 spatial,
-                bias.is_some(),
+                bias.map(|b| &b[t.channels.clone()]),
                 (w[t.channels.start * k..].as_ptr(), 1, k as isize),
                 columns,
                 gemm::Parallelism::None,
+                epilogue,
             );
-            if !epilogue.is_identity() {
-                for r in 0..t.channels.len() {
-                    let row = core::slice::from_raw_parts_mut(d.add(r * spatial), n);
-                    epilogue.apply(row, at + r * spatial);
-                }
-            }
         }
     };
-    super::planes::each_with(tiles.len(), scratch, |col, i| tile(col, &tiles[i]));
+    super::planes::each_with(true, tiles.len(), scratch, |col, i| tile(col, &tiles[i]));
     // SAFETY: the tiles cover every column of every row of every image.
     unsafe { out.set_len(batch * out_len) };
     out
+}
+
+/// Writes `rows` output rows at `d`, `spatial` apart, on columns `[0, n)`: the bias first where
+/// there is one (`rows` of it) and the GEMM of `w` (`[rows, k]`) by `columns` (`[k, n]`)
+/// accumulated onto it, or the GEMM alone, then the epilogue over each row; `at` is `d`'s
+/// index in the whole output, which the epilogue's residual is read at.
+///
+/// # Safety
+/// `d` must be valid for writes of `rows` rows of `n` floats `spatial` apart that no other
+/// thread touches meanwhile, and `w` and `columns` must stay inside their buffers for the
+/// sizes given.
+#[allow(clippy::too_many_arguments)]
+unsafe fn write_outputs(
+    d: *mut f32,
+    at: usize,
+    (rows, n, k): (usize, usize, usize),
+    spatial: usize,
+    bias: Option<&[f32]>,
+    w: (*const f32, isize, isize),
+    columns: (*const f32, isize, isize),
+    par: gemm::Parallelism,
+    epilogue: &Epilogue,
+) {
+    // SAFETY: the caller's; every row is read back only after the bias or the GEMM wrote it.
+    unsafe {
+        if let Some(bias) = bias {
+            for (r, &v) in bias.iter().enumerate() {
+                core::slice::from_raw_parts_mut(d.add(r * spatial), n).fill(v);
+            }
+        }
+        gemm((rows, n, k), d, spatial, bias.is_some(), w, columns, par);
+        if !epilogue.is_identity() {
+            for r in 0..rows {
+                let row = core::slice::from_raw_parts_mut(d.add(r * spatial), n);
+                epilogue.apply(row, at + r * spatial);
+            }
+        }
+    }
 }
 
 /// The input gradient (a transposed convolution): `grad` `[batch, cout, out_h, out_w]`, `w`

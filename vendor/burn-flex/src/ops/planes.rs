@@ -62,23 +62,22 @@ pub(super) fn each(parallel: bool, count: usize, f: impl Fn(usize) + Sync + Send
     (0..count).for_each(f);
 }
 
-/// `f(scratch, i)` for `i` in `0..count`, on every core where rayon is on, each thread with a
-/// scratch of its own made by `make`.
-pub(super) fn each_with<S>(
+/// [`each`] with a scratch of each thread's own, made by `make`.
+pub(crate) fn each_with<S>(
+    parallel: bool,
     count: usize,
     make: impl Fn() -> S + Sync + Send,
     f: impl Fn(&mut S, usize) + Sync + Send,
 ) {
     #[cfg(feature = "rayon")]
-    {
+    if parallel {
         use rayon::prelude::*;
         (0..count).into_par_iter().for_each_init(make, f);
+        return;
     }
-    #[cfg(not(feature = "rayon"))]
-    {
-        let mut s = make();
-        (0..count).for_each(|i| f(&mut s, i));
-    }
+    let _ = parallel;
+    let mut scratch = make();
+    (0..count).for_each(|i| f(&mut scratch, i));
 }
 
 /// A new vector of `total` elements written chunk by chunk, without zeroing it first:

@@ -29,7 +29,7 @@ use core::mem::MaybeUninit;
 use super::dense::{gemm, threads};
 use super::depthwise::Geometry;
 use super::fused::Epilogue;
-use super::planes::each;
+use super::planes::{each, each_with};
 use super::winograd4;
 
 /// Fewest channels in and out: below them the GEMMs are too thin to gain from the transforms.
@@ -203,24 +203,6 @@ fn split(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
         *e = pair[0];
         *o = pair[1];
     }
-}
-
-/// [`each`](super::planes::each) with a scratch of each thread's own, made by `make`.
-pub(crate) fn each_with<S>(
-    parallel: bool,
-    count: usize,
-    make: impl Fn() -> S + Sync + Send,
-    f: impl Fn(&mut S, usize) + Sync + Send,
-) {
-    #[cfg(feature = "rayon")]
-    if parallel {
-        use rayon::prelude::*;
-        (0..count).into_par_iter().for_each_init(make, f);
-        return;
-    }
-    let _ = parallel;
-    let mut scratch = make();
-    (0..count).for_each(|i| f(&mut scratch, i));
 }
 
 /// `f(i, item)` for every item, on every core where `parallel` and rayon is on.

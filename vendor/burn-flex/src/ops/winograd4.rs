@@ -22,7 +22,8 @@ use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
 use super::depthwise::Geometry;
-use super::winograd::{Shared, Weight, each_with, filter_taps};
+use super::planes::each_with;
+use super::winograd::{Shared, Weight, filter_taps};
 
 /// Products a channel pair a tile (6 × 6).
 pub(crate) const PRODUCTS: usize = 36;
