@@ -70,10 +70,17 @@ const LAYERS: &[(&str, usize, usize, usize, usize)] = &[
 
 fn main() {
     model::allocator::keep_freed_memory();
-    rayon::scope(|_| run());
+    // BATCH=16 times the layers over 16 images (the default is one, the search service's query,
+    // whose pass runs on a pool thread); a batch runs from the main thread, as `embed` runs it.
+    let batch = std::env::var("BATCH").map_or(1, |s| s.parse().unwrap());
+    if batch == 1 {
+        rayon::scope(|_| run(batch));
+    } else {
+        run(batch);
+    }
 }
 
-fn run() {
+fn run(batch: usize) {
     let device = Device::flex();
     println!("| layer | in → out, side, stride | µs | GFLOP/s |");
     println!("|---|---|---|---|");
@@ -90,7 +97,7 @@ fn run() {
             _ => (3, 1),
         };
         let x: Tensor<4> = Tensor::random(
-            [1, cin, side, side],
+            [batch, cin, side, side],
             Distribution::Normal(0.0, 1.0),
             &device,
         );
@@ -118,7 +125,7 @@ fn run() {
         }
         let us = start.elapsed().as_secs_f64() * 1e6 / steps as f64;
         let out_side = side.div_ceil(stride);
-        let flops = 2.0 * (cout * out_side * out_side * (cin / groups) * k * k) as f64;
+        let flops = 2.0 * (batch * cout * out_side * out_side * (cin / groups) * k * k) as f64;
         *totals.entry(kind).or_default() += us;
         println!(
             "| {kind} | {cin} → {cout}, {side}, {stride} | {us:.0} | {:.1} |",

@@ -35,6 +35,20 @@ pub trait FusedConvBackend: Backend {
         options: ConvOptions<2>,
         clamp: Option<(f32, f32)>,
     ) -> FloatTensor<Self>;
+
+    /// An inverted residual's expansion (1×1) then depthwise convolution, each with its bias and
+    /// clamp ([`expand_depthwise_fused`]).
+    #[allow(clippy::too_many_arguments)]
+    fn expand_depthwise_clamp(
+        x: FloatTensor<Self>,
+        expand: FloatTensor<Self>,
+        expand_bias: FloatTensor<Self>,
+        expand_clamp: Option<(f32, f32)>,
+        depthwise: FloatTensor<Self>,
+        depthwise_bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        depthwise_clamp: Option<(f32, f32)>,
+    ) -> FloatTensor<Self>;
 }
 
 impl FusedConvBackend for burn::backend::Flex {
@@ -66,6 +80,28 @@ impl FusedConvBackend for burn::backend::Flex {
             clamp,
         )
     }
+
+    fn expand_depthwise_clamp(
+        x: FloatTensor<Self>,
+        expand: FloatTensor<Self>,
+        expand_bias: FloatTensor<Self>,
+        expand_clamp: Option<(f32, f32)>,
+        depthwise: FloatTensor<Self>,
+        depthwise_bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        depthwise_clamp: Option<(f32, f32)>,
+    ) -> FloatTensor<Self> {
+        burn::backend::flex::ops::fused::expand_depthwise_fused(
+            x,
+            expand,
+            expand_bias,
+            expand_clamp,
+            depthwise,
+            depthwise_bias,
+            options,
+            depthwise_clamp,
+        )
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -89,6 +125,21 @@ impl FusedConvBackend for burn::backend::Cube {
         clamp: Option<(f32, f32)>,
     ) -> FloatTensor<Self> {
         composed::<Self>(x, weight, bias, Some(residual), options, clamp)
+    }
+
+    fn expand_depthwise_clamp(
+        x: FloatTensor<Self>,
+        expand: FloatTensor<Self>,
+        expand_bias: FloatTensor<Self>,
+        expand_clamp: Option<(f32, f32)>,
+        depthwise: FloatTensor<Self>,
+        depthwise_bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        depthwise_clamp: Option<(f32, f32)>,
+    ) -> FloatTensor<Self> {
+        let one = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let y = composed::<Self>(x, expand, expand_bias, None, one, expand_clamp);
+        composed::<Self>(y, depthwise, depthwise_bias, None, options, depthwise_clamp)
     }
 }
 
@@ -126,11 +177,7 @@ pub fn conv2d_fused(
         let y = burn::tensor::module::conv2d(x, weight, Some(bias), options);
         return activation.after_residual(y, residual);
     }
-    let clamp = match activation {
-        Activation::None => None,
-        Activation::Relu => Some((0.0, f32::INFINITY)),
-        Activation::Relu6 => Some((0.0, 6.0)),
-    };
+    let clamp = clamp_of(activation);
     let (x, weight, bias) = (
         x.into_dispatch(),
         weight.into_dispatch(),
@@ -142,4 +189,43 @@ pub fn conv2d_fused(
             Dispatch::conv2d_bias_residual_clamp(x, weight, bias, r.into_dispatch(), options, clamp)
         }
     })
+}
+
+/// The clamp that stands for an activation.
+fn clamp_of(activation: Activation) -> Option<(f32, f32)> {
+    match activation {
+        Activation::None => None,
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Relu6 => Some((0.0, 6.0)),
+    }
+}
+
+/// One of [`expand_depthwise_fused`]'s two convolutions: weight, bias, activation.
+pub struct ConvParts {
+    pub weight: Tensor<4>,
+    pub bias: Tensor<1>,
+    pub activation: Activation,
+}
+
+/// `depthwise(expand(x))`, each `activation(conv2d(·, weight) + bias)`, for inference (not
+/// under autodiff): `expand` a 1×1 convolution, `depthwise` one over its channels with
+/// `options`. On the CPU the expanded activation is computed a band of rows at a time and never
+/// written out whole (`vendor/burn-flex/src/ops/expand_depthwise.rs`); elsewhere, and where the
+/// bands would not pay, the two fused convolutions one after the other.
+pub fn expand_depthwise_fused(
+    x: Tensor<4>,
+    expand: ConvParts,
+    depthwise: ConvParts,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::expand_depthwise_clamp(
+        x.into_dispatch(),
+        expand.weight.into_dispatch(),
+        expand.bias.into_dispatch(),
+        clamp_of(expand.activation),
+        depthwise.weight.into_dispatch(),
+        depthwise.bias.into_dispatch(),
+        options,
+        clamp_of(depthwise.activation),
+    ))
 }

@@ -6,7 +6,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 
-use crate::fused::conv2d_fused;
+use crate::fused::{ConvParts, conv2d_fused, expand_depthwise_fused};
 
 /// Activation after a [`ConvBn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,22 +155,45 @@ impl ConvBn {
         activation: Activation,
     ) -> Tensor<4> {
         let [_, _, height, width] = x.dims();
+        if let Some((parts, options)) = self.inference(x.device().is_autodiff(), [height, width]) {
+            let (weight, bias) = (parts.weight, parts.bias);
+            return conv2d_fused(x, weight, bias, residual, options, activation);
+        }
+        activation.after_residual(self.bn.forward(self.conv.forward(x)), residual)
+    }
+
+    /// The weight and bias the convolution runs with when the batch norm is an affine map
+    /// (folded, or with its running statistics: Burn's `BatchNorm` takes its inference path
+    /// everywhere but under autodiff in training), with the unit's activation and the options
+    /// for an input of `[height, width]`; `None` where the batch norm trains.
+    pub fn inference(
+        &self,
+        autodiff: bool,
+        [height, width]: [usize; 2],
+    ) -> Option<(ConvParts, ConvOptions<2>)> {
         let options = self.conv_options(height, width);
-        if self.folded {
+        let (weight, bias) = if self.folded {
             let weight = self.conv.weight.val();
             let bias = match &self.conv.bias {
                 Some(bias) => bias.val(),
                 None => Tensor::zeros([weight.dims()[0]], &weight.device()),
             };
-            return conv2d_fused(x, weight, bias, residual, options, activation);
-        }
-        if !(x.device().is_autodiff() && self.bn.training.is_enabled()) {
-            // Batch norm with its running statistics (when Burn's `BatchNorm` takes its
-            // inference path): an affine map, folded into the convolution.
-            let (weight, bias) = self.folded_weight_and_bias();
-            return conv2d_fused(x, weight, bias, residual, options, activation);
-        }
-        activation.after_residual(self.bn.forward(self.conv.forward(x)), residual)
+            (weight, bias)
+        } else if !(autodiff && self.bn.training.is_enabled()) {
+            // Folded into the convolution on the fly.
+            self.folded_weight_and_bias()
+        } else {
+            return None;
+        };
+        let activation = self.activation;
+        Some((
+            ConvParts {
+                weight,
+                bias,
+                activation,
+            },
+            options,
+        ))
     }
 
     /// The convolution's weight and bias with the batch norm's running statistics and affine
@@ -260,12 +283,24 @@ impl InvertedResidual {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = match &self.expand {
-            Some(expand) => expand.forward(x.clone()),
-            None => x.clone(),
+            Some(expand) if !x.device().is_autodiff() => {
+                // Inference: the expansion and the depthwise convolution in bands of rows.
+                let [_, _, height, width] = x.dims();
+                let (e, _) = expand
+                    .inference(false, [height, width])
+                    .expect("not autodiff");
+                let (d, options) = self
+                    .depthwise
+                    .inference(false, [height, width])
+                    .expect("not autodiff");
+                expand_depthwise_fused(x.clone(), e, d, options)
+            }
+            Some(expand) => self.depthwise.forward(expand.forward(x.clone())),
+            None => self.depthwise.forward(x.clone()),
         };
         let shortcut = self.residual.then_some(x);
         self.project
-            .forward_residual(self.depthwise.forward(y), shortcut, self.project.activation)
+            .forward_residual(y, shortcut, self.project.activation)
     }
 }
 

@@ -966,3 +966,75 @@ fn fused_convolutions_match_the_reference() {
         }
     }
 }
+
+/// An inverted residual's expansion and depthwise convolution in bands of rows
+/// (`model::fused::expand_depthwise_fused`, `vendor/burn-flex/src/ops/expand_depthwise.rs`)
+/// against the two fused convolutions one after the other (checked against the reference
+/// above): 3×3 and 5×5, strides 1 and 2, symmetric and TensorFlow-"same" padding, two bands an
+/// image and a plane of several bands by the cache budget (top, middle and bottom bands); and
+/// the two cases that decline the bands and run the two convolutions as they are: a lone image,
+/// and a 5×5 at stride 1 on a small plane, whose bands would overlap too much. ReLU6 after both,
+/// on inputs that make it clip.
+#[test]
+fn expand_depthwise_in_bands_matches_the_two_convolutions() {
+    use model::fused::{ConvParts, conv2d_fused, expand_depthwise_fused};
+    use model::layers::Activation;
+    let device = Device::flex();
+    let mut rng = Lcg(47);
+    // (batch, channels in, expanded, h, w, kernel, stride, padding)
+    let cases = [
+        (2, 5, 12, 15, 13, 3, 1, [(1, 1), (1, 1)]),
+        (2, 4, 10, 41, 37, 3, 2, [(0, 1), (0, 1)]),
+        (1, 4, 10, 19, 17, 3, 2, [(0, 1), (0, 1)]),
+        (3, 6, 18, 23, 29, 5, 2, [(2, 2), (2, 2)]),
+        (2, 3, 9, 11, 9, 5, 1, [(2, 2), (2, 2)]),
+        (2, 8, 64, 120, 130, 3, 1, [(1, 1), (1, 1)]),
+        (5, 4, 24, 28, 28, 3, 2, [(0, 1), (0, 1)]),
+    ];
+    for (batch, cin, expanded, h, w, kernel, stride, padding) in cases {
+        let what =
+            format!("batch {batch}, {cin} → {expanded}, {h}×{w}, {kernel}×{kernel}/{stride}");
+        let x = rng.values(batch * cin * h * w);
+        let x: Vec<f64> = x.iter().map(|v| 4.0 * v).collect();
+        let w1 = rng.values(expanded * cin);
+        let b1 = rng.values(expanded);
+        let w2 = rng.values(expanded * kernel * kernel);
+        let b2 = rng.values(expanded);
+        let one = |values: &[f64]| {
+            let data: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            Tensor::<1>::from_data(TensorData::new(data, [values.len()]), &device)
+        };
+        let parts = || {
+            (
+                ConvParts {
+                    weight: tensor(&w1, [expanded, cin, 1, 1], &device),
+                    bias: one(&b1),
+                    activation: Activation::Relu6,
+                },
+                ConvParts {
+                    weight: tensor(&w2, [expanded, 1, kernel, kernel], &device),
+                    bias: one(&b2),
+                    activation: Activation::Relu6,
+                },
+            )
+        };
+        let options = ConvOptions::new_with_padding([stride, stride], padding, [1, 1], expanded);
+        let input = || tensor(&x, [batch, cin, h, w], &device);
+        let (e, d) = parts();
+        let got = expand_depthwise_fused(input(), e, d, options.clone());
+        let (e, d) = parts();
+        let pointwise = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let y = conv2d_fused(input(), e.weight, e.bias, None, pointwise, e.activation);
+        let expected = conv2d_fused(y, d.weight, d.bias, None, options, d.activation);
+        assert_eq!(got.dims(), expected.dims(), "{what}");
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        let expected = expected.into_data().try_to_vec::<f32>().unwrap();
+        for (j, (a, e)) in got.iter().zip(&expected).enumerate() {
+            assert!(
+                (a - e).abs() <= 1e-4 * 7.0,
+                "{what}: [{j}] {a}, expected {e}"
+            );
+        }
+        assert!(got.contains(&6.0), "ReLU6 never clipped: {what}");
+    }
+}

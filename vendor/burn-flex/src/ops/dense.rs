@@ -450,7 +450,7 @@ fn gather(
 /// # Safety
 /// Every pointer with its strides must stay inside its buffer for the sizes given.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn gemm(
+pub(crate) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     ldd: usize,
@@ -524,7 +524,7 @@ fn for_each_task<T: Send, S: Send>(
 }
 
 /// The threads tasks are spread over.
-pub(super) fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     #[cfg(feature = "rayon")]
     return rayon::current_num_threads();
     #[cfg(not(feature = "rayon"))]

@@ -203,33 +203,68 @@ pub(crate) fn forward(
     if total == 0 {
         return Vec::new();
     }
-    let layout = Layout::new(g);
     collect_chunks_with(
         total,
         out_plane,
-        || {
-            let taps = Vec::with_capacity(k);
-            (
-                vec![0.0; layout.scratch_len],
-                vec![0.0; layout.flat_len],
-                taps,
-            )
-        },
-        |(input, flat, taps), bc, out| {
+        || PlaneFilter::new(g),
+        |filter, bc, out| {
             let c = bc % channels;
-            fill_phases(input, &x[bc * in_plane..(bc + 1) * in_plane], g, &layout);
-            layout.forward_taps(&w[c * k..(c + 1) * k], taps);
-            accumulate(flat, input, taps, bias.map_or(0.0, |b| b[c]));
-            for (oh, row) in out.chunks_exact_mut(g.out_w).enumerate() {
-                write_all(row, &flat[oh * layout.wq..][..g.out_w]);
-            }
+            let x_plane = &x[bc * in_plane..(bc + 1) * in_plane];
+            filter.run(
+                g,
+                x_plane,
+                &w[c * k..(c + 1) * k],
+                bias.map_or(0.0, |b| b[c]),
+                out,
+            );
             if !epilogue.is_identity() {
-                // SAFETY: every element of the plane was written just above.
+                // SAFETY: `run` wrote every element of the plane.
                 let plane = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 epilogue.apply(plane, bc * out_plane);
             }
         },
     )
+}
+
+/// One channel plane of the forward convolution, with the scratch its [`Layout`] needs: the
+/// zero-padded phase planes, the flat output rows and the taps (a thread's, reused plane after
+/// plane of one geometry).
+pub(super) struct PlaneFilter {
+    layout: Layout,
+    input: Vec<f32>,
+    flat: Vec<f32>,
+    taps: Vec<(usize, f32)>,
+}
+
+impl PlaneFilter {
+    pub(super) fn new(g: &Geometry) -> Self {
+        let layout = Layout::new(g);
+        Self {
+            input: vec![0.0; layout.scratch_len],
+            flat: vec![0.0; layout.flat_len],
+            taps: Vec::with_capacity(g.kernel[0] * g.kernel[1]),
+            layout,
+        }
+    }
+
+    /// `out = conv(x_plane, filter) + bias` (`g.out_h · g.out_w`, every element written) for an
+    /// input plane of `g.in_h · g.in_w`, `g` the geometry the filter was made for.
+    pub(super) fn run(
+        &mut self,
+        g: &Geometry,
+        x_plane: &[f32],
+        filter: &[f32],
+        bias: f32,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let layout = &self.layout;
+        fill_phases(&mut self.input, x_plane, g, layout);
+        layout.forward_taps(filter, &mut self.taps);
+        accumulate(&mut self.flat, &self.input, &self.taps, bias);
+        for (oh, row) in out.chunks_exact_mut(g.out_w).enumerate() {
+            write_all(row, &self.flat[oh * layout.wq..][..g.out_w]);
+        }
+    }
 }
 
 /// The input gradient: `dx[b, c] = conv_transpose(grad[b, c], w[c]) + bias[c]`, `grad` of the

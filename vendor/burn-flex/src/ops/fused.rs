@@ -17,6 +17,7 @@ use crate::{Flex, FlexTensor};
 
 use super::conv_backward;
 use super::dense;
+use super::expand_depthwise;
 
 /// What a fused convolution does to each output element after its bias.
 #[derive(Debug, Clone, Copy, Default)]
@@ -126,4 +127,63 @@ pub fn conv2d_fused(
         y = Flex::float_clamp(y, lo.into(), hi.into());
     }
     y
+}
+
+/// An inverted residual's expansion and depthwise convolution, for inference:
+/// `clamp(depthwise(clamp(conv2d(x, expand) + expand_bias, clamp1)) + dw_bias, clamp2)`, where
+/// `expand` is a 1×1 convolution (`[expanded, cin, 1, 1]`, stride 1, no padding) and `dw` a
+/// depthwise one over the expanded channels with `options`. In bands of rows that keep the
+/// expanded activation in cache (`expand_depthwise.rs`) where the f32 kernels take it and the
+/// bands pay; otherwise the two fused convolutions one after the other, with the same result
+/// to rounding.
+#[allow(clippy::too_many_arguments)]
+pub fn expand_depthwise_fused(
+    x: FlexTensor,
+    expand: FlexTensor,
+    expand_bias: FlexTensor,
+    clamp1: Option<(f32, f32)>,
+    dw: FlexTensor,
+    dw_bias: FlexTensor,
+    options: ConvOptions<2>,
+    clamp2: Option<(f32, f32)>,
+) -> FlexTensor {
+    let (xs, es) = (x.layout().shape().clone(), expand.layout().shape().clone());
+    let pointwise = conv_backward::all_f32_4d(&[&x, &expand])
+        && es[2] == 1
+        && es[3] == 1
+        && es[1] == xs[1]
+        && expand_bias.dtype() == DType::F32
+        && expand_bias.layout().num_elements() == es[0];
+    let expanded = es[0];
+    if pointwise
+        && dw_bias.dtype() == DType::F32
+        && dw_bias.layout().num_elements() == expanded
+        && conv_backward::all_f32_4d(&[&dw])
+        && options.groups == expanded
+        && expanded > 1
+        && dw.layout().shape()[..2] == [expanded, 1]
+    {
+        let (x, expand, expand_bias) = (
+            x.to_contiguous(),
+            expand.to_contiguous(),
+            expand_bias.to_contiguous(),
+        );
+        let (dw, dw_bias) = (dw.to_contiguous(), dw_bias.to_contiguous());
+        let ds = dw.layout().shape();
+        let g = super::depthwise::Geometry::of_conv([xs[2], xs[3]], [ds[2], ds[3]], &options);
+        if let Some(y) = expand_depthwise::forward(
+            x.storage(),
+            (expand.storage(), expand_bias.storage(), clamp1),
+            (dw.storage(), dw_bias.storage(), clamp2),
+            xs[0],
+            xs[1],
+            expanded,
+            &g,
+        ) {
+            return super::planes::f32_tensor(y, &[xs[0], expanded, g.out_h, g.out_w]);
+        }
+    }
+    let one = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    let y = conv2d_fused(x, expand, Some(expand_bias), one, None, clamp1);
+    conv2d_fused(y, dw, Some(dw_bias), options, None, clamp2)
 }

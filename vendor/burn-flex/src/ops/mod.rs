@@ -102,6 +102,7 @@ pub mod deform_conv;
 mod dense;
 mod depthwise;
 pub mod expand;
+mod expand_depthwise;
 #[cfg(feature = "fft")]
 pub mod fft;
 pub mod flip;
