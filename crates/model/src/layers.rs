@@ -196,6 +196,20 @@ impl ConvBn {
         ))
     }
 
+    /// A 1×1 convolution at stride 1 without padding: one output position an input position.
+    pub fn is_pointwise(&self) -> bool {
+        let c = &self.conv;
+        c.kernel_size == [1, 1]
+            && c.stride == [1, 1]
+            && c.groups == 1
+            && matches!(
+                c.padding,
+                PaddingConfig2d::Valid
+                    | PaddingConfig2d::Same
+                    | PaddingConfig2d::Explicit(0, 0, 0, 0)
+            )
+    }
+
     /// The convolution's weight and bias with the batch norm's running statistics and affine
     /// parameters folded in: `w·γ/σ` and `β − μ·γ/σ` (plus the convolution's own bias, scaled).
     ///
@@ -283,7 +297,7 @@ impl InvertedResidual {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = match &self.expand {
-            Some(expand) if !x.device().is_autodiff() => {
+            Some(expand) if !x.device().is_autodiff() && expand.is_pointwise() => {
                 // Inference: the expansion and the depthwise convolution in bands of rows.
                 let [_, _, height, width] = x.dims();
                 let (e, _) = expand
@@ -346,6 +360,27 @@ mod tests {
         (0..n)
             .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 / 500.0) - 1.0)
             .collect()
+    }
+
+    /// The expansions of the mobile blocks take the banded path; anything that is not one
+    /// output position an input position does not.
+    #[test]
+    fn only_pointwise_convolutions_count_as_expansions() {
+        let device = Device::flex();
+        assert!(ConvBnConfig::new(16, 96, 1).init(&device).is_pointwise());
+        assert!(
+            !ConvBnConfig::new(16, 96, 1)
+                .stride(2)
+                .init(&device)
+                .is_pointwise()
+        );
+        assert!(!ConvBnConfig::new(16, 96, 3).init(&device).is_pointwise());
+        assert!(
+            !ConvBnConfig::new(16, 16, 1)
+                .depthwise()
+                .init(&device)
+                .is_pointwise()
+        );
     }
 
     /// With running statistics, the on-the-fly fold gives the output and the gradients of
