@@ -813,7 +813,7 @@ fn forward_tiles(
 /// thread touches meanwhile, and `w` and `columns` must stay inside their buffers for the
 /// sizes given.
 #[allow(clippy::too_many_arguments)]
-unsafe fn write_outputs(
+pub(crate) unsafe fn write_outputs(
     d: *mut f32,
     at: usize,
     (rows, n, k): (usize, usize, usize),

@@ -211,7 +211,6 @@ pub(crate) fn forward(
             let c = bc % channels;
             let x_plane = &x[bc * in_plane..(bc + 1) * in_plane];
             filter.run(
-                g,
                 x_plane,
                 &w[c * k..(c + 1) * k],
                 bias.map_or(0.0, |b| b[c]),
@@ -230,6 +229,7 @@ pub(crate) fn forward(
 /// zero-padded phase planes, the flat output rows and the taps (a thread's, reused plane after
 /// plane of one geometry).
 pub(super) struct PlaneFilter {
+    g: Geometry,
     layout: Layout,
     input: Vec<f32>,
     flat: Vec<f32>,
@@ -240,6 +240,7 @@ impl PlaneFilter {
     pub(super) fn new(g: &Geometry) -> Self {
         let layout = Layout::new(g);
         Self {
+            g: *g,
             input: vec![0.0; layout.scratch_len],
             flat: vec![0.0; layout.flat_len],
             taps: Vec::with_capacity(g.kernel[0] * g.kernel[1]),
@@ -247,17 +248,16 @@ impl PlaneFilter {
         }
     }
 
-    /// `out = conv(x_plane, filter) + bias` (`g.out_h · g.out_w`, every element written) for an
-    /// input plane of `g.in_h · g.in_w`, `g` the geometry the filter was made for.
+    /// `out = conv(x_plane, filter) + bias` (`out_h · out_w`, every element written) for an
+    /// input plane of `in_h · in_w`, in the geometry the filter was made for.
     pub(super) fn run(
         &mut self,
-        g: &Geometry,
         x_plane: &[f32],
         filter: &[f32],
         bias: f32,
         out: &mut [MaybeUninit<f32>],
     ) {
-        let layout = &self.layout;
+        let (g, layout) = (&self.g, &self.layout);
         fill_phases(&mut self.input, x_plane, g, layout);
         layout.forward_taps(filter, &mut self.taps);
         accumulate(&mut self.flat, &self.input, &self.taps, bias);

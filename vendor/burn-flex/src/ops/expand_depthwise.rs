@@ -16,7 +16,7 @@
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
-use super::dense::{gemm, threads};
+use super::dense::{threads, write_outputs};
 use super::depthwise::{Geometry, PlaneFilter};
 use super::fused::Epilogue;
 
@@ -55,31 +55,33 @@ pub(crate) fn forward(
         let rows = r0..(r0 + band.rows).min(g.out_h);
         let (lo, hi) = band.input_rows(g, rows.clone());
         let n = (hi - lo) * g.in_w;
-        // The expanded rows lo..hi of every channel: `[expanded, n]`.
+        // The expanded rows lo..hi of every channel, `[expanded, n]`: bias, GEMM and clamp
+        // written straight into the scratch, which is never zeroed.
         e.clear();
-        e.resize(expanded * n, 0.0);
-        for (row, &b) in e.chunks_exact_mut(n.max(1)).zip(b1) {
-            row.fill(b);
-        }
+        e.reserve(expanded * n);
         let x_rows = &x[image * cin * in_plane + lo * g.in_w..];
-        // SAFETY: e is [expanded, n] row-major; w1 is [expanded, cin] row-major; x_rows holds
-        // `cin` planes `in_plane` apart, each with n floats from the band's first row on.
-        unsafe {
-            gemm(
-                (expanded, n, cin),
-                e.as_mut_ptr(),
-                n,
-                true,
-                (w1.as_ptr(), 1, cin as isize),
-                (x_rows.as_ptr(), 1, in_plane as isize),
-                gemm::Parallelism::None,
-            );
-        }
         let expand_epilogue = Epilogue {
             residual: None,
             clamp: clamp1,
         };
-        expand_epilogue.apply(e, 0);
+        // SAFETY: e has room for [expanded, n] row-major and nothing else touches it;
+        // write_outputs writes every element before `set_len` exposes them; w1 is
+        // [expanded, cin] row-major; x_rows holds `cin` planes `in_plane` apart, each with n
+        // floats from the band's first row on.
+        unsafe {
+            write_outputs(
+                e.as_mut_ptr(),
+                0,
+                (expanded, n, cin),
+                n,
+                Some(b1),
+                (w1.as_ptr(), 1, cin as isize),
+                (x_rows.as_ptr(), 1, in_plane as isize),
+                gemm::Parallelism::None,
+                &expand_epilogue,
+            );
+            e.set_len(expanded * n);
+        }
         let bg = Geometry {
             in_h: hi - lo,
             out_h: rows.len(),
@@ -99,7 +101,6 @@ pub(crate) fn forward(
             let out_rows: &mut [MaybeUninit<f32>] =
                 unsafe { core::slice::from_raw_parts_mut(dst.ptr_add(at).cast(), len) };
             filter.run(
-                &bg,
                 &e[c * n..(c + 1) * n],
                 &w2[c * k..(c + 1) * k],
                 b2[c],
@@ -134,8 +135,7 @@ impl Band {
         if batch < threads() || g.out_h == 0 || g.out_w == 0 || g.in_h == 0 || expanded == 0 {
             return None;
         }
-        let reach = g.dilation[0] * (g.kernel[0] - 1) + 1;
-        let rows_in = |rows: usize| ((rows - 1) * g.stride[0] + reach).min(g.in_h);
+        let rows_in = |rows: usize| ((rows - 1) * g.stride[0] + reach(g)).min(g.in_h);
         let fit = BAND_FLOATS / (expanded * g.in_w).max(1);
         let mut rows = (1..=g.out_h)
             .take_while(|&r| rows_in(r) <= fit)
@@ -161,11 +161,15 @@ impl Band {
 
     /// The input rows `[lo, hi)` that the output rows `rows` read (padding left out).
     fn input_rows(&self, g: &Geometry, rows: core::ops::Range<usize>) -> (usize, usize) {
-        let reach = g.dilation[0] * (g.kernel[0] - 1) + 1;
         let first = rows.start * g.stride[0];
-        let last = (rows.end - 1) * g.stride[0] + reach;
+        let last = (rows.end - 1) * g.stride[0] + reach(g);
         let lo = first.saturating_sub(g.padding[0]).min(g.in_h);
         let hi = last.saturating_sub(g.padding[0]).min(g.in_h).max(lo);
         (lo, hi)
     }
+}
+
+/// Input rows one output row's filter spans (dilation included).
+fn reach(g: &Geometry) -> usize {
+    g.dilation[0] * (g.kernel[0] - 1) + 1
 }
