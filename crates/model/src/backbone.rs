@@ -7,8 +7,10 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::store::{ApplyResult, KeyRemapper, ModuleSnapshot, PytorchStore};
+use burn::tensor::Gradients;
 use data::{Normalization, Preprocess};
 
 use crate::efficientnet_lite::EfficientNetLite;
@@ -203,6 +205,22 @@ impl Backbone {
         }
     }
 
+    /// The ImageNet classifier over pooled features `[B, D]`: logits `[B, 1000]`, with the
+    /// classifier held fixed (no gradient reaches its weights, only the features): a
+    /// training-time probe of where the features lie among ImageNet's classes.
+    pub fn class_logits(&self, features: Tensor<2>) -> Tensor<2> {
+        let classifier = match self {
+            Backbone::MobileNetV2(m) => &m.classifier,
+            Backbone::EfficientNetLite(m) => &m.classifier,
+            Backbone::ResNet(m) => &m.fc,
+        };
+        burn::tensor::module::linear(
+            features,
+            classifier.weight.val().detach(),
+            classifier.bias.as_ref().map(|b| b.val().detach()),
+        )
+    }
+
     /// Loads a PyTorch checkpoint in the family's own key layout (torchvision or
     /// EfficientNet-Lite), returning what was applied. Fails, naming the file, when any of the
     /// network's tensors is missing from it or has the wrong shape.
@@ -311,6 +329,28 @@ impl Backbone {
             .collect()
     }
 
+    /// Each block's parameter gradients, in block order (as [`Backbone::freeze_early`]
+    /// counts them), taken out of `grads`: what stays there is the rest of the backbone's
+    /// (stem, final convolution or last stage's pooling, classifier). For a learning rate a
+    /// block (layer-wise decay): an optimiser stepped once a group leaves the parameters
+    /// without gradients, and their state, as they were.
+    pub fn block_gradients(&self, grads: &mut Gradients) -> Vec<GradientsParams> {
+        fn each<T: Module>(grads: &mut Gradients, blocks: &[T]) -> Vec<GradientsParams> {
+            blocks
+                .iter()
+                .map(|b| GradientsParams::from_module(grads, b))
+                .collect()
+        }
+        match self {
+            Backbone::MobileNetV2(m) => each(grads, &m.blocks),
+            Backbone::EfficientNetLite(m) => each(grads, &m.blocks),
+            Backbone::ResNet(m) => [&m.layer1, &m.layer2, &m.layer3, &m.layer4]
+                .into_iter()
+                .flat_map(|layer| each(grads, layer))
+                .collect(),
+        }
+    }
+
     /// Freezes the stem and all but the last `trainable` blocks; the final conv (or last
     /// stage) and the classifier stay trainable. `trainable >= num_blocks()` freezes nothing
     /// but the stem.
@@ -381,5 +421,34 @@ mod tests {
         let resnet = Backbone::new(BackboneKind::ResNet(18), &device);
         let err = resnet.last_blocks_at(&[2]).unwrap_err().to_string();
         assert!(err.contains("stride 2"), "{err}");
+    }
+
+    /// The classifier over pooled features gives the network's own logits, and sends no
+    /// gradient to the classifier's weights; each block's gradients are taken apart, and
+    /// only the rest (stem, final convolution) is left behind.
+    #[test]
+    fn class_logits_and_block_gradients() {
+        let ad = Device::flex().autodiff();
+        let net = Backbone::new(BackboneKind::MobileNetV2, &ad);
+        let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &ad);
+        let features = net.features(x.clone());
+        let (a, b) = (net.logits(x), net.class_logits(features));
+        a.clone().into_data().assert_approx_eq::<f32>(
+            &b.clone().into_data(),
+            burn::tensor::Tolerance::relative(1e-5),
+        );
+        let mut grads = b.sum().backward();
+        let blocks = net.block_gradients(&mut grads);
+        assert_eq!(blocks.len(), net.num_blocks());
+        assert!(blocks.iter().all(|g| !g.is_empty()));
+        let rest = GradientsParams::from_module(&mut grads, &net);
+        let Backbone::MobileNetV2(m) = &net else {
+            unreachable!()
+        };
+        let classifier = GradientsParams::from_module(&mut a.sum().backward(), &m.classifier);
+        assert_eq!(classifier.len(), 2, "the classifier trains through logits");
+        // Left: the stem's and the final convolution's weights and batch norms, nothing of
+        // the classifier's.
+        assert_eq!(rest.len(), 2 * 3);
     }
 }

@@ -85,6 +85,11 @@ pub struct OptimizerConfig {
     pub momentum: f64,
     /// Linear warm-up length, in epochs (fractional allowed), then cosine decay to zero.
     pub warmup_epochs: f64,
+    /// Layer-wise learning rates (Clark et al., ELECTRA, ICLR 2020; Bao et al., BEiT, ICLR
+    /// 2022): backbone block `i` of `n` trains at `lr_backbone · layer_decay^(n − 1 − i)`,
+    /// the final convolution and classifier at `lr_backbone`. Below 1 the early blocks move
+    /// less (the usual use); above 1, more. Absent: one rate for the whole backbone.
+    pub layer_decay: Option<f64>,
 }
 
 impl Default for OptimizerConfig {
@@ -97,6 +102,7 @@ impl Default for OptimizerConfig {
             weight_decay: 1e-4,
             momentum: 0.9,
             warmup_epochs: 1.0,
+            layer_decay: None,
         }
     }
 }
@@ -119,6 +125,24 @@ impl Default for FreezeConfig {
             backbone_epochs: 1,
             trainable_blocks: 4,
             batch_norm: true,
+        }
+    }
+}
+
+/// `[distill_classes]`: KL(teacher ‖ student) between class probabilities at a temperature,
+/// times the temperature squared (so its gradients keep their size as it changes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassDistillConfig {
+    pub weight: f64,
+    pub temperature: f64,
+}
+
+impl Default for ClassDistillConfig {
+    fn default() -> Self {
+        Self {
+            weight: 1.0,
+            temperature: 2.0,
         }
     }
 }
@@ -249,6 +273,11 @@ pub struct TrainConfig {
     /// Weight of the distillation term: squared distance between the fine-tuned backbone's
     /// normalised features and the frozen pretrained backbone's, on the same batch.
     pub distill_weight: f64,
+    /// Class-probability distillation across renderings (`[distill_classes]`): the pretrained
+    /// classifier's ImageNet probabilities for each photo are the target of the same
+    /// classifier (held fixed) over the fine-tuned features of its view as trained, a
+    /// rendering or the photo (Hinton et al., 2015). Absent: none.
+    pub distill_classes: Option<ClassDistillConfig>,
     /// WiSE-FT: the model validated and saved each epoch is `wise_ft · fine-tuned +
     /// (1 − wise_ft) · pretrained`, backbone weight by weight (the head as trained); training
     /// goes on from the fine-tuned weights. Absent: the fine-tuned weights themselves.
@@ -297,6 +326,7 @@ impl Default for TrainConfig {
             optimizer: OptimizerConfig::default(),
             freeze: FreezeConfig::default(),
             distill_weight: 0.0,
+            distill_classes: None,
             wise_ft: None,
             soup_from_epoch: None,
             augment: AugmentConfig::default(),
@@ -376,6 +406,30 @@ impl TrainConfig {
                 bail!("{name} must be a finite number, 0 or more (got {value})");
             }
         }
+        if let Some(d) = o.layer_decay
+            && !(d.is_finite() && d > 0.0)
+        {
+            bail!("optimizer.layer_decay must be a finite number above 0 (got {d})");
+        }
+        if let Some(c) = &self.distill_classes {
+            if !(c.weight.is_finite() && c.weight >= 0.0) {
+                bail!(
+                    "distill_classes.weight must be a finite number, 0 or more (got {})",
+                    c.weight
+                );
+            }
+            if !(c.temperature.is_finite() && c.temperature > 0.0) {
+                bail!(
+                    "distill_classes.temperature must be a finite number above 0 (got {})",
+                    c.temperature
+                );
+            }
+            if !self.pretrained {
+                bail!(
+                    "distill_classes distils the pretrained classifier: it needs pretrained = true"
+                );
+            }
+        }
         if let Some(a) = self.wise_ft
             && !(0.0..=1.0).contains(&a)
         {
@@ -452,6 +506,10 @@ mod tests {
             "optimizer.lr_head=-0.1",
             "optimizer.lr_loss=nan",
             "distill_weight=-1",
+            "optimizer.layer_decay=0",
+            "optimizer.layer_decay=inf",
+            "distill_classes.temperature=0",
+            "distill_classes.weight=-1",
         ] {
             let e = TrainConfig::parse(text, &[bad.into()]).unwrap_err();
             let key = bad.split('=').next().unwrap();

@@ -139,8 +139,19 @@ impl Learner {
         };
         // The teacher sees each view as a photo, before any sketch-like rendering.
         if let (Some(t), Some(photo)) = (teacher, batch.photos) {
-            let target = l2_normalize(t.features(photo)).autodiff();
-            if let Some(gap) = distillation(l2_normalize(features), target, &batch.drawing) {
+            let taught = t.features(photo);
+            if let Some(c) = &config.distill_classes {
+                let target = t.class_logits(taught.clone()).autodiff();
+                let student = self.model.backbone.class_logits(features.clone());
+                let kl = class_divergence(student, target, c.temperature);
+                if let Some(kl) = mean_over_photos(kl, &batch.drawing) {
+                    loss = loss + kl.mul_scalar(c.weight);
+                }
+            }
+            let target = l2_normalize(taught).autodiff();
+            if config.distill_weight > 0.0
+                && let Some(gap) = distillation(l2_normalize(features), target, &batch.drawing)
+            {
                 loss = loss + gap.mul_scalar(config.distill_weight);
             }
         }
@@ -151,6 +162,13 @@ impl Learner {
         let mut grads = loss.backward();
         let mut model = self.model;
         if let Some(lr) = rates.backbone {
+            if let Some(decay) = config.optimizer.layer_decay {
+                let blocks = model.backbone.block_gradients(&mut grads);
+                let block_lrs = block_rates(lr, decay, blocks.len());
+                for (g, rate) in blocks.into_iter().zip(block_lrs) {
+                    model.backbone = self.opt_backbone.step(rate, model.backbone, g);
+                }
+            }
             let g = GradientsParams::from_module(&mut grads, &model.backbone);
             model.backbone = self.opt_backbone.step(lr, model.backbone, g);
         }
@@ -201,6 +219,14 @@ impl Learner {
     }
 }
 
+/// The learning rate of each of `n` blocks under layer-wise decay: `peak · decay^(n − 1 − i)`
+/// for block `i`, the last at `peak`.
+fn block_rates(peak: f64, decay: f64, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| peak * decay.powi((n - 1 - i) as i32))
+        .collect()
+}
+
 /// Weights larger than this mean training diverged (pretrained weights stay below 100; a run
 /// that blew up but stayed finite reached 1e38 and embedded like noise).
 pub const DIVERGED_WEIGHT: f32 = 1e6;
@@ -236,8 +262,24 @@ pub fn check_weights<M: Module>(module: &M) -> Result<()> {
 /// teacher's for its photo, over the batch's photos (images of a drawings folder left out);
 /// `None` when the batch holds only drawings.
 fn distillation(features: Tensor<2>, target: Tensor<2>, drawing: &[bool]) -> Option<Tensor<1>> {
+    mean_over_photos((features - target).powf_scalar(2.0).sum_dim(1), drawing)
+}
+
+/// Each row's KL(teacher ‖ student) between class probabilities at temperature `t`, times
+/// `t²`: `[B, 1]`.
+fn class_divergence(student: Tensor<2>, teacher: Tensor<2>, t: f64) -> Tensor<2> {
+    use burn::tensor::activation::log_softmax;
+    let log_q = log_softmax(student.div_scalar(t), 1);
+    let log_p = log_softmax(teacher.div_scalar(t), 1);
+    (log_p.clone().exp() * (log_p - log_q))
+        .sum_dim(1)
+        .mul_scalar(t * t)
+}
+
+/// The mean of per-image values `[B, 1]` over the batch's photos (images of a drawings folder
+/// left out); `None` when the batch holds only drawings.
+fn mean_over_photos(gaps: Tensor<2>, drawing: &[bool]) -> Option<Tensor<1>> {
     let photos = drawing.iter().filter(|d| !**d).count();
-    let gaps = (features - target).powf_scalar(2.0).sum_dim(1);
     if photos == drawing.len() {
         return Some(gaps.mean());
     }
@@ -253,6 +295,7 @@ fn distillation(features: Tensor<2>, target: Tensor<2>, drawing: &[bool]) -> Opt
 mod tests {
     use super::*;
     use burn::module::Param;
+    use burn::tensor::Distribution;
 
     /// Drawings add nothing to the distillation term; photos are averaged.
     #[test]
@@ -267,6 +310,111 @@ mod tests {
         assert_eq!(value(&[false, true, false]), Some(1.0));
         assert!((value(&[false; 3]).unwrap() - 52.0 / 3.0).abs() < 1e-5);
         assert_eq!(value(&[true; 3]), None);
+    }
+
+    /// Every float parameter of a module, flattened in visiting order.
+    fn flat_weights<M: Module>(module: &M) -> Vec<f32> {
+        struct Collect(Vec<f32>);
+        impl burn::module::ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                self.0
+                    .extend(param.val().into_data().try_to_vec::<f32>().unwrap());
+            }
+        }
+        let mut c = Collect(Vec::new());
+        module.visit(&mut c);
+        c.0
+    }
+
+    /// Summed absolute change of every parameter between two versions of a module.
+    fn change<M: Module>(before: &M, after: &M) -> f64 {
+        let (a, b) = (flat_weights(before), flat_weights(after));
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs() as f64).sum()
+    }
+
+    /// The class term is zero for identical logits, KL(p ‖ q)·t² otherwise, worked by hand
+    /// for two classes.
+    #[test]
+    fn class_divergence_by_hand() {
+        let device = Device::flex();
+        let t = |v: [f32; 4]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [2, 2]), &device);
+        let kl = class_divergence(t([0.0, 2.0, 1.0, 1.0]), t([0.0, 2.0, 0.0, 2.0]), 2.0);
+        let kl = kl.into_data().try_to_vec::<f32>().unwrap();
+        assert!(kl[0].abs() < 1e-6, "{kl:?}");
+        // Teacher at t = 2: p = softmax(0, 1) = (0.2689, 0.7311); student q = (0.5, 0.5).
+        let p = [1.0 / (1.0 + 1f64.exp()), 1.0 / (1.0 + (-1f64).exp())];
+        let want = 4.0 * p.iter().map(|p| p * (p / 0.5).ln()).sum::<f64>();
+        assert!(
+            (kl[1] as f64 - want).abs() < 1e-5,
+            "{} against {want}",
+            kl[1]
+        );
+    }
+
+    /// With `layer_decay`, block `i` of `n` moves by `decay^(n − 1 − i)` times what it moves
+    /// at the one backbone rate (AdamW's first step is linear in its rate), and the final
+    /// convolution by the same.
+    #[test]
+    fn layer_decay_scales_each_blocks_step() {
+        let ad = Device::flex().autodiff();
+        let text = "backbone = \"mobilenet_v2\"\npretrained = false";
+        let plain = TrainConfig::parse(text, &["freeze.trainable_blocks=100".into()]).unwrap();
+        let decayed = TrainConfig::parse(
+            text,
+            &[
+                "freeze.trainable_blocks=100".into(),
+                "optimizer.layer_decay=0.8".into(),
+            ],
+        )
+        .unwrap();
+        let start = Learner::new(&plain, 2, 32, &ad)
+            .unwrap()
+            .for_epoch(&plain, 1);
+        let copy = |l: &Learner, c: &TrainConfig| Learner {
+            model: l.model.clone(),
+            arcface: l.arcface.clone(),
+            opt_backbone: c.optimizer.build(),
+            opt_head: c.optimizer.build(),
+            opt_loss: c.optimizer.build(),
+            device: ad.clone(),
+            soup: None,
+        };
+        let views = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &ad);
+        let rates = Rates {
+            backbone: Some(1e-2),
+            head: 1e-3,
+            loss: 1e-2,
+        };
+        let stepped = |c: &TrainConfig| {
+            let batch = Batch {
+                views: views.clone(),
+                photos: None,
+                labels: vec![0, 0, 1, 1],
+                drawing: vec![false; 4],
+                styles: Vec::new(),
+            };
+            copy(&start, c).step(batch, None, c, &rates).unwrap().0
+        };
+        let (a, b) = (stepped(&plain), stepped(&decayed));
+        let blocks = |l: &Learner| match &l.model.backbone {
+            Backbone::MobileNetV2(m) => (m.blocks.clone(), m.head.clone()),
+            _ => unreachable!(),
+        };
+        let ((before, head0), (after_a, head_a), (after_b, head_b)) =
+            (blocks(&start), blocks(&a), blocks(&b));
+        let n = before.len();
+        for i in [0, n / 2, n - 1] {
+            let ratio = change(&before[i], &after_b[i]) / change(&before[i], &after_a[i]);
+            let want = 0.8f64.powi((n - 1 - i) as i32);
+            assert!(
+                (ratio / want - 1.0).abs() < 1e-2,
+                "block {i}: {ratio} against {want}"
+            );
+        }
+        let ratio = change(&head0, &head_b) / change(&head0, &head_a);
+        assert!((ratio - 1.0).abs() < 1e-2, "final convolution: {ratio}");
+        assert_eq!(block_rates(1.0, 0.5, 3), [0.25, 0.5, 1.0]);
     }
 
     /// A model whose weights blew up but stayed finite is caught, and so is NaN; a pretrained

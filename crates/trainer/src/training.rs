@@ -110,7 +110,7 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
         None
     };
     // The teacher only runs forward: its batch norms folded into the convolutions.
-    let teacher = (config.distill_weight > 0.0)
+    let teacher = (config.distill_weight > 0.0 || config.distill_classes.is_some())
         .then(|| pretrained.clone().map(Backbone::fold_batch_norm))
         .flatten();
     let teacher = teacher.as_ref();
