@@ -401,7 +401,13 @@ impl TrainConfig {
             ("optimizer.weight_decay", o.weight_decay),
             ("optimizer.warmup_epochs", o.warmup_epochs),
             ("distill_weight", self.distill_weight),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            self.distill_classes
+                .as_ref()
+                .map(|c| ("distill_classes.weight", c.weight)),
+        ) {
             if !(value.is_finite() && value >= 0.0) {
                 bail!("{name} must be a finite number, 0 or more (got {value})");
             }
@@ -412,12 +418,6 @@ impl TrainConfig {
             bail!("optimizer.layer_decay must be a finite number above 0 (got {d})");
         }
         if let Some(c) = &self.distill_classes {
-            if !(c.weight.is_finite() && c.weight >= 0.0) {
-                bail!(
-                    "distill_classes.weight must be a finite number, 0 or more (got {})",
-                    c.weight
-                );
-            }
             if !(c.temperature.is_finite() && c.temperature > 0.0) {
                 bail!(
                     "distill_classes.temperature must be a finite number above 0 (got {})",

@@ -148,11 +148,11 @@ impl Learner {
                     loss = loss + kl.mul_scalar(c.weight);
                 }
             }
-            let target = l2_normalize(taught).autodiff();
-            if config.distill_weight > 0.0
-                && let Some(gap) = distillation(l2_normalize(features), target, &batch.drawing)
-            {
-                loss = loss + gap.mul_scalar(config.distill_weight);
+            if config.distill_weight > 0.0 {
+                let target = l2_normalize(taught).autodiff();
+                if let Some(gap) = distillation(l2_normalize(features), target, &batch.drawing) {
+                    loss = loss + gap.mul_scalar(config.distill_weight);
+                }
             }
         }
         let value = loss.clone().into_scalar::<f32>() as f64;
