@@ -329,25 +329,54 @@ impl Backbone {
             .collect()
     }
 
-    /// Each block's parameter gradients, in block order (as [`Backbone::freeze_early`]
-    /// counts them), taken out of `grads`: what stays there is the rest of the backbone's
-    /// (stem, final convolution or last stage's pooling, classifier). For a learning rate a
-    /// block (layer-wise decay): an optimiser stepped once a group leaves the parameters
-    /// without gradients, and their state, as they were.
-    pub fn block_gradients(&self, grads: &mut Gradients) -> Vec<GradientsParams> {
+    /// The stem's parameter gradients and then each block's, in block order (as
+    /// [`Backbone::freeze_early`] counts them), taken out of `grads`: what stays there is the
+    /// rest of the backbone's (final convolution or last stage's pooling, classifier). For a
+    /// learning rate a layer (layer-wise decay): an optimiser stepped once a group leaves the
+    /// parameters without gradients, and their state, as they were. A frozen stem's group is
+    /// empty.
+    pub fn layer_gradients(&self, grads: &mut Gradients) -> Vec<GradientsParams> {
         fn each<T: Module>(grads: &mut Gradients, blocks: &[T]) -> Vec<GradientsParams> {
             blocks
                 .iter()
                 .map(|b| GradientsParams::from_module(grads, b))
                 .collect()
         }
+        let (stem, blocks) = match self {
+            Backbone::MobileNetV2(m) => (
+                GradientsParams::from_module(grads, &m.stem),
+                each(grads, &m.blocks),
+            ),
+            Backbone::EfficientNetLite(m) => (
+                GradientsParams::from_module(grads, &m.stem),
+                each(grads, &m.blocks),
+            ),
+            Backbone::ResNet(m) => (
+                GradientsParams::from_module(grads, &m.stem),
+                [&m.layer1, &m.layer2, &m.layer3, &m.layer4]
+                    .into_iter()
+                    .flat_map(|layer| each(grads, layer))
+                    .collect(),
+            ),
+        };
+        std::iter::once(stem).chain(blocks).collect()
+    }
+
+    /// Lets the stem train again after [`Backbone::freeze_early`] froze it.
+    pub fn unfreeze_stem(self) -> Self {
         match self {
-            Backbone::MobileNetV2(m) => each(grads, &m.blocks),
-            Backbone::EfficientNetLite(m) => each(grads, &m.blocks),
-            Backbone::ResNet(m) => [&m.layer1, &m.layer2, &m.layer3, &m.layer4]
-                .into_iter()
-                .flat_map(|layer| each(grads, layer))
-                .collect(),
+            Backbone::MobileNetV2(mut m) => {
+                m.stem = m.stem.unfreeze();
+                Backbone::MobileNetV2(m)
+            }
+            Backbone::EfficientNetLite(mut m) => {
+                m.stem = m.stem.unfreeze();
+                Backbone::EfficientNetLite(m)
+            }
+            Backbone::ResNet(mut m) => {
+                m.stem = m.stem.unfreeze();
+                Backbone::ResNet(m)
+            }
         }
     }
 
@@ -424,10 +453,11 @@ mod tests {
     }
 
     /// The classifier over pooled features gives the network's own logits, and sends no
-    /// gradient to the classifier's weights; each block's gradients are taken apart, and
-    /// only the rest (stem, final convolution) is left behind.
+    /// gradient to the classifier's weights;
+    /// the stem's and each block's gradients are taken apart, and only the rest (final
+    /// convolution) is left behind.
     #[test]
-    fn class_logits_and_block_gradients() {
+    fn class_logits_and_layer_gradients() {
         let ad = Device::flex().autodiff();
         let net = Backbone::new(BackboneKind::MobileNetV2, &ad);
         let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &ad);
@@ -438,17 +468,21 @@ mod tests {
             burn::tensor::Tolerance::relative(1e-5),
         );
         let mut grads = b.sum().backward();
-        let blocks = net.block_gradients(&mut grads);
-        assert_eq!(blocks.len(), net.num_blocks());
-        assert!(blocks.iter().all(|g| !g.is_empty()));
+        let layers = net.layer_gradients(&mut grads);
+        assert_eq!(layers.len(), 1 + net.num_blocks());
+        assert!(layers.iter().all(|g| !g.is_empty()));
+        assert_eq!(
+            layers[0].len(),
+            3,
+            "the stem: convolution, batch norm's scale and shift"
+        );
         let rest = GradientsParams::from_module(&mut grads, &net);
         let Backbone::MobileNetV2(m) = &net else {
             unreachable!()
         };
         let classifier = GradientsParams::from_module(&mut a.sum().backward(), &m.classifier);
         assert_eq!(classifier.len(), 2, "the classifier trains through logits");
-        // Left: the stem's and the final convolution's weights and batch norms, nothing of
-        // the classifier's.
-        assert_eq!(rest.len(), 2 * 3);
+        // Left: the final convolution's weights and batch norm, nothing of the classifier's.
+        assert_eq!(rest.len(), 3);
     }
 }

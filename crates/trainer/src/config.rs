@@ -117,6 +117,9 @@ pub struct FreezeConfig {
     pub trainable_blocks: usize,
     /// Keep batch-norm running statistics frozen (P×K batches are small and class-skewed).
     pub batch_norm: bool,
+    /// Keep the stem (the first convolution) frozen while blocks train; `false` trains it
+    /// with them, under `layer_decay` at one step of decay above the first block.
+    pub stem: bool,
 }
 
 impl Default for FreezeConfig {
@@ -125,6 +128,7 @@ impl Default for FreezeConfig {
             backbone_epochs: 1,
             trainable_blocks: 4,
             batch_norm: true,
+            stem: true,
         }
     }
 }

@@ -91,6 +91,7 @@ impl Learner {
             backbone.freeze()
         } else {
             let b = backbone.unfreeze().freeze_early(f.trainable_blocks);
+            let b = if f.stem { b } else { b.unfreeze_stem() };
             if f.batch_norm {
                 b.freeze_batch_norm_stats()
             } else {
@@ -163,9 +164,9 @@ impl Learner {
         let mut model = self.model;
         if let Some(lr) = rates.backbone {
             if let Some(decay) = config.optimizer.layer_decay {
-                let blocks = model.backbone.block_gradients(&mut grads);
-                let block_lrs = block_rates(lr, decay, blocks.len());
-                for (g, rate) in blocks.into_iter().zip(block_lrs) {
+                let layers = model.backbone.layer_gradients(&mut grads);
+                let layer_lrs = layer_rates(lr, decay, layers.len());
+                for (g, rate) in layers.into_iter().zip(layer_lrs) {
                     model.backbone = self.opt_backbone.step(rate, model.backbone, g);
                 }
             }
@@ -219,9 +220,9 @@ impl Learner {
     }
 }
 
-/// The learning rate of each of `n` blocks under layer-wise decay: `peak · decay^(n − 1 − i)`
-/// for block `i`, the last at `peak`.
-fn block_rates(peak: f64, decay: f64, n: usize) -> Vec<f64> {
+/// The learning rate of each of `n` layers (the stem, then the blocks) under layer-wise decay:
+/// `peak · decay^(n − 1 − i)` for layer `i`, the last block at `peak`.
+fn layer_rates(peak: f64, decay: f64, n: usize) -> Vec<f64> {
     (0..n)
         .map(|i| peak * decay.powi((n - 1 - i) as i32))
         .collect()
@@ -353,17 +354,22 @@ mod tests {
     }
 
     /// With `layer_decay`, block `i` of `n` moves by `decay^(n − 1 − i)` times what it moves
-    /// at the one backbone rate (AdamW's first step is linear in its rate), and the final
-    /// convolution by the same.
+    /// at the one backbone rate (AdamW's first step is linear in its rate), a trained stem by
+    /// `decay^n`, and the final convolution by the same.
     #[test]
     fn layer_decay_scales_each_blocks_step() {
         let ad = Device::flex().autodiff();
         let text = "backbone = \"mobilenet_v2\"\npretrained = false";
-        let plain = TrainConfig::parse(text, &["freeze.trainable_blocks=100".into()]).unwrap();
+        let all = [
+            "freeze.trainable_blocks=100".into(),
+            "freeze.stem=false".into(),
+        ];
+        let plain = TrainConfig::parse(text, &all).unwrap();
         let decayed = TrainConfig::parse(
             text,
             &[
-                "freeze.trainable_blocks=100".into(),
+                all[0].clone(),
+                all[1].clone(),
                 "optimizer.layer_decay=0.8".into(),
             ],
         )
@@ -394,16 +400,30 @@ mod tests {
                 drawing: vec![false; 4],
                 styles: Vec::new(),
             };
-            copy(&start, c).step(batch, None, c, &rates).unwrap().0
+            let learner = copy(&start, c).for_epoch(c, 1);
+            learner.step(batch, None, c, &rates).unwrap().0
         };
         let (a, b) = (stepped(&plain), stepped(&decayed));
+        // By default the stem stays frozen while every block trains.
+        let still = stepped(&TrainConfig::parse(text, &all[..1]).unwrap());
         let blocks = |l: &Learner| match &l.model.backbone {
-            Backbone::MobileNetV2(m) => (m.blocks.clone(), m.head.clone()),
+            Backbone::MobileNetV2(m) => (m.blocks.clone(), m.head.clone(), m.stem.clone()),
             _ => unreachable!(),
         };
-        let ((before, head0), (after_a, head_a), (after_b, head_b)) =
+        let ((before, head0, stem0), (after_a, head_a, stem_a), (after_b, head_b, stem_b)) =
             (blocks(&start), blocks(&a), blocks(&b));
         let n = before.len();
+        assert_eq!(
+            change(&stem0, &blocks(&still).2),
+            0.0,
+            "a frozen stem moved"
+        );
+        let ratio = change(&stem0, &stem_b) / change(&stem0, &stem_a);
+        let want = 0.8f64.powi(n as i32);
+        assert!(
+            (ratio / want - 1.0).abs() < 1e-2,
+            "stem: {ratio} against {want}"
+        );
         for i in [0, n / 2, n - 1] {
             let ratio = change(&before[i], &after_b[i]) / change(&before[i], &after_a[i]);
             let want = 0.8f64.powi((n - 1 - i) as i32);
@@ -414,7 +434,7 @@ mod tests {
         }
         let ratio = change(&head0, &head_b) / change(&head0, &head_a);
         assert!((ratio - 1.0).abs() < 1e-2, "final convolution: {ratio}");
-        assert_eq!(block_rates(1.0, 0.5, 3), [0.25, 0.5, 1.0]);
+        assert_eq!(layer_rates(1.0, 0.5, 3), [0.25, 0.5, 1.0]);
     }
 
     /// A model whose weights blew up but stayed finite is caught, and so is NaN; a pretrained
