@@ -36,10 +36,11 @@ pub trait FusedConvBackend: Backend {
         clamp: Option<(f32, f32)>,
     ) -> FloatTensor<Self>;
 
-    /// An inverted residual's expansion (1×1) then depthwise convolution, each with its bias and
-    /// clamp ([`expand_depthwise_fused`]).
+    /// An inverted residual: expansion (1×1), depthwise convolution and projection (1×1), each
+    /// with its bias and clamp, the block's input added where `residual`
+    /// ([`inverted_residual_fused`]).
     #[allow(clippy::too_many_arguments)]
-    fn expand_depthwise_clamp(
+    fn inverted_residual_clamp(
         x: FloatTensor<Self>,
         expand: FloatTensor<Self>,
         expand_bias: FloatTensor<Self>,
@@ -48,6 +49,10 @@ pub trait FusedConvBackend: Backend {
         depthwise_bias: FloatTensor<Self>,
         options: ConvOptions<2>,
         depthwise_clamp: Option<(f32, f32)>,
+        project: FloatTensor<Self>,
+        project_bias: FloatTensor<Self>,
+        project_clamp: Option<(f32, f32)>,
+        residual: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -81,7 +86,7 @@ impl FusedConvBackend for burn::backend::Flex {
         )
     }
 
-    fn expand_depthwise_clamp(
+    fn inverted_residual_clamp(
         x: FloatTensor<Self>,
         expand: FloatTensor<Self>,
         expand_bias: FloatTensor<Self>,
@@ -90,16 +95,24 @@ impl FusedConvBackend for burn::backend::Flex {
         depthwise_bias: FloatTensor<Self>,
         options: ConvOptions<2>,
         depthwise_clamp: Option<(f32, f32)>,
+        project: FloatTensor<Self>,
+        project_bias: FloatTensor<Self>,
+        project_clamp: Option<(f32, f32)>,
+        residual: bool,
     ) -> FloatTensor<Self> {
-        burn::backend::flex::ops::fused::expand_depthwise_fused(
+        use burn::backend::flex::ops::fused::{ConvStep, inverted_residual_fused};
+        let step = |weight, bias, clamp| ConvStep {
+            weight,
+            bias,
+            clamp,
+        };
+        inverted_residual_fused(
             x,
-            expand,
-            expand_bias,
-            expand_clamp,
-            depthwise,
-            depthwise_bias,
+            step(expand, expand_bias, expand_clamp),
+            step(depthwise, depthwise_bias, depthwise_clamp),
             options,
-            depthwise_clamp,
+            step(project, project_bias, project_clamp),
+            residual,
         )
     }
 }
@@ -127,7 +140,7 @@ impl FusedConvBackend for burn::backend::Cube {
         composed::<Self>(x, weight, bias, Some(residual), options, clamp)
     }
 
-    fn expand_depthwise_clamp(
+    fn inverted_residual_clamp(
         x: FloatTensor<Self>,
         expand: FloatTensor<Self>,
         expand_bias: FloatTensor<Self>,
@@ -136,10 +149,16 @@ impl FusedConvBackend for burn::backend::Cube {
         depthwise_bias: FloatTensor<Self>,
         options: ConvOptions<2>,
         depthwise_clamp: Option<(f32, f32)>,
+        project: FloatTensor<Self>,
+        project_bias: FloatTensor<Self>,
+        project_clamp: Option<(f32, f32)>,
+        residual: bool,
     ) -> FloatTensor<Self> {
         let one = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-        let y = composed::<Self>(x, expand, expand_bias, None, one, expand_clamp);
-        composed::<Self>(y, depthwise, depthwise_bias, None, options, depthwise_clamp)
+        let shortcut = residual.then(|| x.clone());
+        let y = composed::<Self>(x, expand, expand_bias, None, one.clone(), expand_clamp);
+        let y = composed::<Self>(y, depthwise, depthwise_bias, None, options, depthwise_clamp);
+        composed::<Self>(y, project, project_bias, shortcut, one, project_clamp)
     }
 }
 
@@ -200,25 +219,29 @@ fn clamp_of(activation: Activation) -> Option<(f32, f32)> {
     }
 }
 
-/// One of [`expand_depthwise_fused`]'s two convolutions: weight, bias, activation.
+/// One of [`inverted_residual_fused`]'s convolutions: weight, bias, activation.
 pub struct ConvParts {
     pub weight: Tensor<4>,
     pub bias: Tensor<1>,
     pub activation: Activation,
 }
 
-/// `depthwise(expand(x))`, each `activation(conv2d(·, weight) + bias)`, for inference (not
-/// under autodiff): `expand` a 1×1 convolution, `depthwise` one over its channels with
-/// `options`. On the CPU the expanded activation is computed a band of rows at a time and never
-/// written out whole (`vendor/burn-flex/src/ops/expand_depthwise.rs`); elsewhere, and where the
-/// bands would not pay, the two fused convolutions one after the other.
-pub fn expand_depthwise_fused(
+/// An inverted residual for inference (not under autodiff): `project(depthwise(expand(x)))`,
+/// each `activation(conv2d(·, weight) + bias)`, the block's input added before the projection's
+/// activation where `residual`: `expand` and `project` 1×1 convolutions, `depthwise` one over
+/// the expanded channels with `options`. On the CPU the expanded activation and the depthwise's
+/// output are computed a band of rows at a time and never written out whole
+/// (`vendor/burn-flex/src/ops/expand_depthwise.rs`); elsewhere, and where the bands would not
+/// pay, the three fused convolutions one after the other.
+pub fn inverted_residual_fused(
     x: Tensor<4>,
     expand: ConvParts,
     depthwise: ConvParts,
     options: ConvOptions<2>,
+    project: ConvParts,
+    residual: bool,
 ) -> Tensor<4> {
-    Tensor::from_dispatch(Dispatch::expand_depthwise_clamp(
+    Tensor::from_dispatch(Dispatch::inverted_residual_clamp(
         x.into_dispatch(),
         expand.weight.into_dispatch(),
         expand.bias.into_dispatch(),
@@ -227,5 +250,9 @@ pub fn expand_depthwise_fused(
         depthwise.bias.into_dispatch(),
         options,
         clamp_of(depthwise.activation),
+        project.weight.into_dispatch(),
+        project.bias.into_dispatch(),
+        clamp_of(project.activation),
+        residual,
     ))
 }

@@ -6,7 +6,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 
-use crate::fused::{ConvParts, conv2d_fused, expand_depthwise_fused};
+use crate::fused::{ConvParts, conv2d_fused, inverted_residual_fused};
 
 /// Activation after a [`ConvBn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -297,8 +297,12 @@ impl InvertedResidual {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = match &self.expand {
-            Some(expand) if !x.device().is_autodiff() && expand.is_pointwise() => {
-                // Inference: the expansion and the depthwise convolution in bands of rows.
+            Some(expand)
+                if !x.device().is_autodiff()
+                    && expand.is_pointwise()
+                    && self.project.is_pointwise() =>
+            {
+                // Inference: the whole block in bands of rows.
                 let [_, _, height, width] = x.dims();
                 let (e, _) = expand
                     .inference(false, [height, width])
@@ -307,7 +311,12 @@ impl InvertedResidual {
                     .depthwise
                     .inference(false, [height, width])
                     .expect("not autodiff");
-                expand_depthwise_fused(x.clone(), e, d, options)
+                // A 1×1 convolution's options do not depend on the plane's size.
+                let (p, _) = self
+                    .project
+                    .inference(false, [height, width])
+                    .expect("not autodiff");
+                return inverted_residual_fused(x, e, d, options, p, self.residual);
             }
             Some(expand) => self.depthwise.forward(expand.forward(x.clone())),
             None => self.depthwise.forward(x.clone()),

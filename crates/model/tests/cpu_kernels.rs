@@ -967,74 +967,107 @@ fn fused_convolutions_match_the_reference() {
     }
 }
 
-/// An inverted residual's expansion and depthwise convolution in bands of rows
-/// (`model::fused::expand_depthwise_fused`, `vendor/burn-flex/src/ops/expand_depthwise.rs`)
-/// against the two fused convolutions one after the other (checked against the reference
-/// above): 3×3 and 5×5, strides 1 and 2, symmetric and TensorFlow-"same" padding, two bands an
-/// image and a plane of several bands by the cache budget (top, middle and bottom bands); and
-/// the two cases that decline the bands and run the two convolutions as they are: a lone image,
-/// and a 5×5 at stride 1 on a small plane, whose bands would overlap too much. ReLU6 after both,
-/// on inputs that make it clip.
+/// An inverted residual in bands of rows (`model::fused::inverted_residual_fused`,
+/// `vendor/burn-flex/src/ops/expand_depthwise.rs`: expansion, depthwise convolution and
+/// projection) against the three fused convolutions one after the other (checked against the
+/// reference above): 3×3 and 5×5, strides 1 and 2, symmetric and TensorFlow-"same" padding,
+/// with and without the block's input added, two bands an image and a plane of several bands
+/// by the cache budget (top, middle and bottom bands); and the two cases that decline the bands
+/// and run the convolutions as they are: a lone image, and a 5×5 at stride 1 on a small plane,
+/// whose bands would overlap too much. ReLU6 after the first two, on inputs that make it clip;
+/// the projection linear, as in both families.
 #[test]
-fn expand_depthwise_in_bands_matches_the_two_convolutions() {
-    use model::fused::{ConvParts, conv2d_fused, expand_depthwise_fused};
+fn inverted_residual_in_bands_matches_the_three_convolutions() {
+    use model::fused::{ConvParts, conv2d_fused, inverted_residual_fused};
     use model::layers::Activation;
     let device = Device::flex();
     let mut rng = Lcg(47);
-    // (batch, channels in, expanded, h, w, kernel, stride, padding)
+    // (batch, channels in, expanded, channels out, h, w, kernel, stride, padding)
     let cases = [
-        (2, 5, 12, 15, 13, 3, 1, [(1, 1), (1, 1)]),
-        (2, 4, 10, 41, 37, 3, 2, [(0, 1), (0, 1)]),
-        (1, 4, 10, 19, 17, 3, 2, [(0, 1), (0, 1)]),
-        (3, 6, 18, 23, 29, 5, 2, [(2, 2), (2, 2)]),
-        (2, 3, 9, 11, 9, 5, 1, [(2, 2), (2, 2)]),
-        (2, 8, 64, 120, 130, 3, 1, [(1, 1), (1, 1)]),
-        (5, 4, 24, 28, 28, 3, 2, [(0, 1), (0, 1)]),
+        (2, 5, 12, 5, 15, 13, 3, 1, [(1, 1), (1, 1)]),
+        (2, 4, 10, 7, 41, 37, 3, 2, [(0, 1), (0, 1)]),
+        (1, 4, 10, 6, 19, 17, 3, 2, [(0, 1), (0, 1)]),
+        (3, 6, 18, 9, 23, 29, 5, 2, [(2, 2), (2, 2)]),
+        (2, 3, 9, 3, 11, 9, 5, 1, [(2, 2), (2, 2)]),
+        (2, 8, 64, 8, 120, 130, 3, 1, [(1, 1), (1, 1)]),
+        (2, 8, 64, 11, 120, 130, 3, 1, [(1, 1), (1, 1)]),
+        (5, 4, 24, 6, 28, 28, 3, 2, [(0, 1), (0, 1)]),
     ];
-    for (batch, cin, expanded, h, w, kernel, stride, padding) in cases {
-        let what =
-            format!("batch {batch}, {cin} → {expanded}, {h}×{w}, {kernel}×{kernel}/{stride}");
+    for (batch, cin, expanded, cout, h, w, kernel, stride, padding) in cases {
+        let residual = cin == cout && stride == 1;
+        let what = format!(
+            "batch {batch}, {cin} → {expanded} → {cout}, {h}×{w}, {kernel}×{kernel}/{stride}"
+        );
         let x = rng.values(batch * cin * h * w);
         let x: Vec<f64> = x.iter().map(|v| 4.0 * v).collect();
         let w1 = rng.values(expanded * cin);
         let b1 = rng.values(expanded);
         let w2 = rng.values(expanded * kernel * kernel);
         let b2 = rng.values(expanded);
+        let w3 = rng.values(cout * expanded);
+        let b3 = rng.values(cout);
         let one = |values: &[f64]| {
             let data: Vec<f32> = values.iter().map(|&v| v as f32).collect();
             Tensor::<1>::from_data(TensorData::new(data, [values.len()]), &device)
         };
         let parts = || {
+            let part = |weight, bias: &[f64], activation| ConvParts {
+                weight,
+                bias: one(bias),
+                activation,
+            };
             (
-                ConvParts {
-                    weight: tensor(&w1, [expanded, cin, 1, 1], &device),
-                    bias: one(&b1),
-                    activation: Activation::Relu6,
-                },
-                ConvParts {
-                    weight: tensor(&w2, [expanded, 1, kernel, kernel], &device),
-                    bias: one(&b2),
-                    activation: Activation::Relu6,
-                },
+                part(
+                    tensor(&w1, [expanded, cin, 1, 1], &device),
+                    &b1,
+                    Activation::Relu6,
+                ),
+                part(
+                    tensor(&w2, [expanded, 1, kernel, kernel], &device),
+                    &b2,
+                    Activation::Relu6,
+                ),
+                part(
+                    tensor(&w3, [cout, expanded, 1, 1], &device),
+                    &b3,
+                    Activation::None,
+                ),
             )
         };
         let options = ConvOptions::new_with_padding([stride, stride], padding, [1, 1], expanded);
         let input = || tensor(&x, [batch, cin, h, w], &device);
-        let (e, d) = parts();
-        let got = expand_depthwise_fused(input(), e, d, options.clone());
-        let (e, d) = parts();
+        let (e, d, p) = parts();
+        let got = inverted_residual_fused(input(), e, d, options.clone(), p, residual);
+        let (e, d, p) = parts();
         let pointwise = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-        let y = conv2d_fused(input(), e.weight, e.bias, None, pointwise, e.activation);
-        let expected = conv2d_fused(y, d.weight, d.bias, None, options, d.activation);
+        let y = conv2d_fused(
+            input(),
+            e.weight,
+            e.bias,
+            None,
+            pointwise.clone(),
+            e.activation,
+        );
+        let y = conv2d_fused(y, d.weight, d.bias, None, options, d.activation);
+        let clipped = y
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+            .contains(&6.0);
+        assert!(clipped, "ReLU6 never clipped: {what}");
+        let shortcut = residual.then(input);
+        let expected = conv2d_fused(y, p.weight, p.bias, shortcut, pointwise, p.activation);
         assert_eq!(got.dims(), expected.dims(), "{what}");
         let got = got.into_data().try_to_vec::<f32>().unwrap();
         let expected = expected.into_data().try_to_vec::<f32>().unwrap();
+        // Each output sums `expanded` products of terms below 6 · 1 in size.
+        let tolerance = 1e-5 * 6.0 * expanded as f32;
         for (j, (a, e)) in got.iter().zip(&expected).enumerate() {
             assert!(
-                (a - e).abs() <= 1e-4 * 7.0,
+                (a - e).abs() <= tolerance.max(1e-4),
                 "{what}: [{j}] {a}, expected {e}"
             );
         }
-        assert!(got.contains(&6.0), "ReLU6 never clipped: {what}");
     }
 }

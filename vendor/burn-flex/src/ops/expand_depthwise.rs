@@ -1,17 +1,20 @@
-//! An inverted residual's expansion and depthwise convolution in bands of rows (lookalike), for
-//! inference: `clamp(depthwise(clamp(conv1x1(x, w1) + b1)) + b2)`, the expanded activation
-//! never written out whole.
+//! An inverted residual's expansion, depthwise convolution and projection in bands of rows
+//! (lookalike), for inference: `clamp(conv1x1(clamp(depthwise(clamp(conv1x1(x, w1) + b1)) + b2),
+//! w3) + b3 [+ x])`, neither the expanded activation nor the depthwise's output ever written
+//! out whole.
 //!
 //! Done one layer at a time over a batch, the expansion writes its output (6× the block's input
-//! channels, at the block's largest plane: 77 MB for MobileNetV2's second block at batch 16)
-//! and the depthwise convolution reads it back from memory. Here each task takes one image and
-//! one band of the depthwise's output rows: it expands only the input rows the band reads into
-//! a buffer that stays in the core's cache (GEMM, bias, clamp), then runs the depthwise filter
-//! over that buffer channel by channel (`depthwise::PlaneFilter`, on the band's own geometry:
-//! the rows above and below the buffer are padding where the plane has none). Bands overlap by
+//! channels, at the block's largest plane: 77 MB for MobileNetV2's second block at batch 16),
+//! the depthwise convolution reads it back from memory and writes as much again, and the
+//! projection reads that. Here each task takes one image and one band of the depthwise's
+//! output rows: it expands only the input rows the band reads into a buffer that stays in the
+//! core's cache (GEMM, bias, clamp), runs the depthwise filter over that buffer channel by
+//! channel (`depthwise::PlaneFilter`, on the band's own geometry: the rows above and below the
+//! buffer are padding where the plane has none) into a second buffer, and projects that (GEMM,
+//! bias, the block's input added, clamp) into the band's rows of the output. Bands overlap by
 //! the filter's reach less its stride, and those input rows are expanded twice; bands are as
-//! tall as the cache allows so that this stays small, and [`forward`] declines where it would not
-//! (and for fewer images than threads, which the lone image's tiles in `dense.rs` serve).
+//! tall as the cache allows so that this stays small, and [`forward`] declines where it would
+//! not (and for fewer images than threads, which the lone image's tiles in `dense.rs` serve).
 
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
@@ -27,16 +30,28 @@ const BAND_FLOATS: usize = 1 << 18;
 /// than the memory traffic it saves, and [`forward`] declines.
 const MOST_OVERLAP: f64 = 1.3;
 
+/// The block's 1×1 projection after its depthwise convolution.
+pub(crate) struct Projection<'a> {
+    /// `[channels_out, expanded]`.
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    pub clamp: Option<(f32, f32)>,
+    pub channels_out: usize,
+    /// Whether the block's input is added (it has the output's shape).
+    pub residual: bool,
+}
+
 /// The expansion `w1` (`[expanded, cin]`, bias `b1`, then `clamp1`) of `x` (`[batch, cin, in_h,
 /// in_w]`) followed by the depthwise convolution `w2` (`[expanded, kh·kw]`, bias `b2`, then
-/// `clamp2`) of geometry `g`; returns `[batch, expanded, out_h, out_w]`, or `None` for fewer
-/// images than threads or where the bands would overlap too much (the caller runs the two
-/// convolutions one after the other).
+/// `clamp2`) of geometry `g`, then the projection `p`; returns `[batch, p.channels_out, out_h,
+/// out_w]`, or `None` for fewer images than threads or where the bands would overlap too much
+/// (the caller runs the convolutions one after the other).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     x: &[f32],
     (w1, b1, clamp1): (&[f32], &[f32], Option<(f32, f32)>),
     (w2, b2, clamp2): (&[f32], &[f32], Option<(f32, f32)>),
+    p: &Projection,
     batch: usize,
     cin: usize,
     expanded: usize,
@@ -45,12 +60,18 @@ pub(crate) fn forward(
     let band = Band::choose(g, expanded, batch)?;
     let (in_plane, out_plane) = (g.in_h * g.in_w, g.out_h * g.out_w);
     let k = g.kernel[0] * g.kernel[1];
-    let total = batch * expanded * out_plane;
+    let channels = p.channels_out;
+    let total = batch * channels * out_plane;
     let mut out: Vec<f32> = Vec::with_capacity(total);
     let dst = super::SendMutPtr::new(out.as_mut_ptr());
     let tasks = batch * band.count;
-    let scratch = || Vec::<f32>::with_capacity(expanded * band.most_rows_in * g.in_w);
-    super::planes::each_with(true, tasks, scratch, |e, task| {
+    let scratch = || {
+        (
+            Vec::<f32>::with_capacity(expanded * band.most_rows_in * g.in_w),
+            Vec::<f32>::with_capacity(expanded * band.rows * g.out_w),
+        )
+    };
+    super::planes::each_with(true, tasks, scratch, |(e, d), task| {
         let (image, r0) = (task / band.count, (task % band.count) * band.rows);
         let rows = r0..(r0 + band.rows).min(g.out_h);
         let (lo, hi) = band.input_rows(g, rows.clone());
@@ -93,22 +114,46 @@ pub(crate) fn forward(
             residual: None,
             clamp: clamp2,
         };
+        // The depthwise's output rows of every channel, `[expanded, len]`, with bias and
+        // clamp, then projected.
         let len = rows.len() * g.out_w;
+        d.clear();
+        d.reserve(expanded * len);
+        let spare = d.spare_capacity_mut();
         for c in 0..expanded {
-            let at = (image * expanded + c) * out_plane + r0 * g.out_w;
-            // SAFETY: task (image, band) writes rows `rows` of image `image`'s planes and
-            // nothing else, so tasks never overlap; `at + len` is inside the output.
-            let out_rows: &mut [MaybeUninit<f32>] =
-                unsafe { core::slice::from_raw_parts_mut(dst.ptr_add(at).cast(), len) };
+            let rows_out = &mut spare[c * len..(c + 1) * len];
             filter.run(
                 &e[c * n..(c + 1) * n],
                 &w2[c * k..(c + 1) * k],
                 b2[c],
-                out_rows,
+                rows_out,
             );
             // SAFETY: `run` wrote every element of the rows.
-            let written = unsafe { &mut *(out_rows as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            let written = unsafe { &mut *(rows_out as *mut [MaybeUninit<f32>] as *mut [f32]) };
             dw_epilogue.apply(written, 0);
+        }
+        // SAFETY: every channel's rows were written above.
+        unsafe { d.set_len(expanded * len) };
+        let at = image * channels * out_plane + r0 * g.out_w;
+        let project_epilogue = Epilogue {
+            residual: p.residual.then_some(x),
+            clamp: p.clamp,
+        };
+        // SAFETY: task (image, band) writes rows `rows` of each of image `image`'s planes
+        // (`out_plane` apart) and nothing else; the weight is [channels, expanded] row-major
+        // and `d` [expanded, len]; with a residual, `x` has the output's shape.
+        unsafe {
+            write_outputs(
+                dst.ptr_add(at),
+                at,
+                (channels, len, expanded),
+                out_plane,
+                Some(p.bias),
+                (p.weight.as_ptr(), 1, expanded as isize),
+                (d.as_ptr(), 1, len as isize),
+                gemm::Parallelism::None,
+                &project_epilogue,
+            );
         }
     });
     // SAFETY: the bands cover every row of every plane of every image.

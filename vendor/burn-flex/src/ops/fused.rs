@@ -129,61 +129,86 @@ pub fn conv2d_fused(
     y
 }
 
-/// An inverted residual's expansion and depthwise convolution, for inference:
-/// `clamp(depthwise(clamp(conv2d(x, expand) + expand_bias, clamp1)) + dw_bias, clamp2)`, where
-/// `expand` is a 1×1 convolution (`[expanded, cin, 1, 1]`, stride 1, no padding) and `dw` a
-/// depthwise one over the expanded channels with `options`. In bands of rows that keep the
-/// expanded activation in cache (`expand_depthwise.rs`) where the f32 kernels take it and the
-/// bands pay; otherwise the two fused convolutions one after the other, with the same result
-/// to rounding.
-#[allow(clippy::too_many_arguments)]
-pub fn expand_depthwise_fused(
+/// One of [`inverted_residual_fused`]'s convolutions: weight, bias, and the clamp after them.
+pub struct ConvStep {
+    pub weight: FlexTensor,
+    pub bias: FlexTensor,
+    pub clamp: Option<(f32, f32)>,
+}
+
+/// An inverted residual, for inference: `clamp3(project(clamp2(depthwise(clamp1(expand(x) +
+/// b1)) + b2)) + b3 [+ x])`, where `expand` and `project` are 1×1 convolutions (stride 1, no
+/// padding) and `depthwise` one over the expanded channels with `options`; the block's input is
+/// added where `residual` says (it must then have the output's shape). In bands of rows that
+/// keep the expanded activation and the depthwise's output in cache (`expand_depthwise.rs`)
+/// where the f32 kernels take it and the bands pay; otherwise the three fused convolutions one
+/// after the other, with the same result to rounding.
+pub fn inverted_residual_fused(
     x: FlexTensor,
-    expand: FlexTensor,
-    expand_bias: FlexTensor,
-    clamp1: Option<(f32, f32)>,
-    dw: FlexTensor,
-    dw_bias: FlexTensor,
+    expand: ConvStep,
+    depthwise: ConvStep,
     options: ConvOptions<2>,
-    clamp2: Option<(f32, f32)>,
+    project: ConvStep,
+    residual: bool,
 ) -> FlexTensor {
-    let (xs, es) = (x.layout().shape().clone(), expand.layout().shape().clone());
-    let pointwise = conv_backward::all_f32_4d(&[&x, &expand])
-        && es[2] == 1
-        && es[3] == 1
-        && es[1] == xs[1]
-        && expand_bias.dtype() == DType::F32
-        && expand_bias.layout().num_elements() == es[0];
+    let (xs, es, ps) = (
+        x.layout().shape().clone(),
+        expand.weight.layout().shape().clone(),
+        project.weight.layout().shape().clone(),
+    );
     let expanded = es[0];
-    if pointwise
-        && dw_bias.dtype() == DType::F32
-        && dw_bias.layout().num_elements() == expanded
-        && conv_backward::all_f32_4d(&[&dw])
+    let pointwise = |w: &FlexTensor, b: &FlexTensor, cin: usize| {
+        let s = w.layout().shape();
+        conv_backward::all_f32_4d(&[w])
+            && s[1] == cin
+            && s[2] == 1
+            && s[3] == 1
+            && b.dtype() == DType::F32
+            && b.layout().num_elements() == s[0]
+    };
+    let (dw, db) = (&depthwise.weight, &depthwise.bias);
+    if conv_backward::all_f32_4d(&[&x])
+        && pointwise(&expand.weight, &expand.bias, xs[1])
+        && pointwise(&project.weight, &project.bias, expanded)
+        && db.dtype() == DType::F32
+        && db.layout().num_elements() == expanded
+        && conv_backward::all_f32_4d(&[dw])
         && options.groups == expanded
         && expanded > 1
         && dw.layout().shape()[..2] == [expanded, 1]
     {
-        let (x, expand, expand_bias) = (
-            x.to_contiguous(),
-            expand.to_contiguous(),
-            expand_bias.to_contiguous(),
-        );
-        let (dw, dw_bias) = (dw.to_contiguous(), dw_bias.to_contiguous());
         let ds = dw.layout().shape();
         let g = super::depthwise::Geometry::of_conv([xs[2], xs[3]], [ds[2], ds[3]], &options);
+        assert!(
+            !residual || [xs[1], xs[2], xs[3]] == [ps[0], g.out_h, g.out_w],
+            "inverted_residual_fused: the residual's shape must be the output's"
+        );
+        let x = x.to_contiguous();
+        let [(ew, eb), (dw, db), (pw, pb)] = [&expand, &depthwise, &project]
+            .map(|c| (c.weight.clone().to_contiguous(), c.bias.clone().to_contiguous()));
+        let projection = expand_depthwise::Projection {
+            weight: pw.storage(),
+            bias: pb.storage(),
+            clamp: project.clamp,
+            channels_out: ps[0],
+            residual,
+        };
         if let Some(y) = expand_depthwise::forward(
             x.storage(),
-            (expand.storage(), expand_bias.storage(), clamp1),
-            (dw.storage(), dw_bias.storage(), clamp2),
+            (ew.storage(), eb.storage(), expand.clamp),
+            (dw.storage(), db.storage(), depthwise.clamp),
+            &projection,
             xs[0],
             xs[1],
             expanded,
             &g,
         ) {
-            return super::planes::f32_tensor(y, &[xs[0], expanded, g.out_h, g.out_w]);
+            return super::planes::f32_tensor(y, &[xs[0], ps[0], g.out_h, g.out_w]);
         }
     }
     let one = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-    let y = conv2d_fused(x, expand, Some(expand_bias), one, None, clamp1);
-    conv2d_fused(y, dw, Some(dw_bias), options, None, clamp2)
+    let shortcut = residual.then(|| x.clone());
+    let y = conv2d_fused(x, expand.weight, Some(expand.bias), one.clone(), None, expand.clamp);
+    let y = conv2d_fused(y, depthwise.weight, Some(depthwise.bias), options, None, depthwise.clamp);
+    conv2d_fused(y, project.weight, Some(project.bias), one, shortcut, project.clamp)
 }
