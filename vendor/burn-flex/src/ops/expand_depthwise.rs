@@ -23,7 +23,8 @@ use super::dense::{threads, write_outputs};
 use super::depthwise::{Geometry, PlaneFilter};
 use super::fused::Epilogue;
 
-/// Most floats of expanded rows a task holds (1 MiB: half a core's L2 here).
+/// Most floats of expanded rows a task holds (1 MiB: half a core's L2 here; its buffer of the
+/// depthwise's output rows, the other half, is at most as large).
 const BAND_FLOATS: usize = 1 << 18;
 
 /// Most input rows, over all bands, against the plane's own: above it the overlap costs more
