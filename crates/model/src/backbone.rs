@@ -453,9 +453,8 @@ mod tests {
     }
 
     /// The classifier over pooled features gives the network's own logits, and sends no
-    /// gradient to the classifier's weights;
-    /// the stem's and each block's gradients are taken apart, and only the rest (final
-    /// convolution) is left behind.
+    /// gradient to the classifier's weights; the stem's and each block's gradients are taken
+    /// apart, and only the rest (final convolution) is left behind.
     #[test]
     fn class_logits_and_layer_gradients() {
         let ad = Device::flex().autodiff();

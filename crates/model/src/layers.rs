@@ -296,28 +296,28 @@ impl InvertedResidual {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if let Some(expand) = &self.expand
+            && !x.device().is_autodiff()
+            && expand.is_pointwise()
+            && self.project.is_pointwise()
+        {
+            // Inference: the whole block in bands of rows.
+            let [_, _, height, width] = x.dims();
+            let (e, _) = expand
+                .inference(false, [height, width])
+                .expect("not autodiff");
+            let (d, options) = self
+                .depthwise
+                .inference(false, [height, width])
+                .expect("not autodiff");
+            // A 1×1 convolution's options do not depend on the plane's size.
+            let (p, _) = self
+                .project
+                .inference(false, [height, width])
+                .expect("not autodiff");
+            return inverted_residual_fused(x, e, d, options, p, self.residual);
+        }
         let y = match &self.expand {
-            Some(expand)
-                if !x.device().is_autodiff()
-                    && expand.is_pointwise()
-                    && self.project.is_pointwise() =>
-            {
-                // Inference: the whole block in bands of rows.
-                let [_, _, height, width] = x.dims();
-                let (e, _) = expand
-                    .inference(false, [height, width])
-                    .expect("not autodiff");
-                let (d, options) = self
-                    .depthwise
-                    .inference(false, [height, width])
-                    .expect("not autodiff");
-                // A 1×1 convolution's options do not depend on the plane's size.
-                let (p, _) = self
-                    .project
-                    .inference(false, [height, width])
-                    .expect("not autodiff");
-                return inverted_residual_fused(x, e, d, options, p, self.residual);
-            }
             Some(expand) => self.depthwise.forward(expand.forward(x.clone())),
             None => self.depthwise.forward(x.clone()),
         };

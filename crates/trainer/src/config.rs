@@ -86,8 +86,9 @@ pub struct OptimizerConfig {
     /// Linear warm-up length, in epochs (fractional allowed), then cosine decay to zero.
     pub warmup_epochs: f64,
     /// Layer-wise learning rates (Clark et al., ELECTRA, ICLR 2020; Bao et al., BEiT, ICLR
-    /// 2022): backbone block `i` of `n` trains at `lr_backbone · layer_decay^(n − 1 − i)`,
-    /// the final convolution and classifier at `lr_backbone`. Below 1 the early blocks move
+    /// 2022): backbone block `i` of `n` trains at `lr_backbone · layer_decay^(n − 1 − i)`, a
+    /// trained stem (`freeze.stem = false`) at `lr_backbone · layer_decay^n`, the final
+    /// convolution and classifier at `lr_backbone`. Below 1 the early blocks move
     /// less (the usual use); above 1, more. Absent: one rate for the whole backbone.
     pub layer_decay: Option<f64>,
 }

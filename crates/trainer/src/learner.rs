@@ -166,8 +166,11 @@ impl Learner {
             if let Some(decay) = config.optimizer.layer_decay {
                 let layers = model.backbone.layer_gradients(&mut grads);
                 let layer_lrs = layer_rates(lr, decay, layers.len());
+                // A frozen layer's group is empty: no step to take.
                 for (g, rate) in layers.into_iter().zip(layer_lrs) {
-                    model.backbone = self.opt_backbone.step(rate, model.backbone, g);
+                    if !g.is_empty() {
+                        model.backbone = self.opt_backbone.step(rate, model.backbone, g);
+                    }
                 }
             }
             let g = GradientsParams::from_module(&mut grads, &model.backbone);

@@ -185,7 +185,7 @@ pub fn inverted_residual_fused(
         );
         let x = x.to_contiguous();
         let [(ew, eb), (dw, db), (pw, pb)] = [&expand, &depthwise, &project]
-            .map(|c| (c.weight.clone().to_contiguous(), c.bias.clone().to_contiguous()));
+            .map(|c| (c.weight.to_contiguous(), c.bias.to_contiguous()));
         let projection = expand_depthwise::Projection {
             weight: pw.storage(),
             bias: pb.storage(),
