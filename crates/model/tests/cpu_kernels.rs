@@ -260,6 +260,39 @@ fn pointwise_forward_and_gradients_match_the_reference() {
     }
 }
 
+/// A lone image's 1×1 convolutions deep enough for the one-thread kernel's products
+/// (`pointwise.rs`) to run over two blocks of 128 input channels, with output channels past a
+/// multiple of six and planes past a multiple of 16 and of 64 columns: small planes (channel
+/// blocks) and a large one (column tiles); then one deeper than the kernel takes, and a batch.
+#[test]
+fn deep_pointwise_products_match_the_reference() {
+    let mut rng = Lcg(31);
+    // (batch, channels in, channels out, h, w)
+    let cases = [
+        (1, 250, 13, 15, 11),
+        (1, 130, 25, 9, 9),
+        (1, 200, 7, 7, 7),
+        (1, 140, 11, 40, 37),
+        (1, 300, 5, 6, 6),
+        (3, 200, 17, 13, 5),
+    ];
+    for (i, (batch, channels_in, channels_out, h, w)) in cases.into_iter().enumerate() {
+        let case = Case {
+            batch,
+            channels_in,
+            channels_out,
+            groups: 1,
+            h,
+            w,
+            kernel: 1,
+            stride: 1,
+            padding: [(0, 0); 2],
+            dilation: 1,
+        };
+        check_with_bias(&case, &mut rng, i % 2 == 0);
+    }
+}
+
 /// Dense convolutions (one group): kernels 1 to 7, strides 1 to 3, paddings symmetric and not,
 /// dilation 1 and 2, batch 1 (the GEMM gets the threads) and several (images in parallel).
 #[test]

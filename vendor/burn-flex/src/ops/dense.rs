@@ -43,6 +43,7 @@ use super::conv_backward::{all_f32_4d, geometry};
 use super::depthwise::Geometry;
 use super::fused::Epilogue;
 use super::planes::{f32_tensor, valid_range};
+use super::pointwise;
 use super::winograd;
 
 /// Whether a convolution of `x` with `weight` (`[cout, cin/groups, kh, kw]`) and `bias` is one
@@ -784,7 +785,7 @@ fn forward_tiles(
         // SAFETY: tile `t` writes columns [c0, c0 + n) of rows `t.channels` of image
         // `t.image`'s [cout, spatial] output and nothing else, so tiles never overlap.
         unsafe {
-            write_outputs(
+            write_outputs_narrow(
                 dst.ptr_add(at),
                 at,
                 (t.channels.len(), n, k),
@@ -792,7 +793,6 @@ fn forward_tiles(
                 bias.map(|b| &b[t.channels.clone()]),
                 (w[t.channels.start * k..].as_ptr(), 1, k as isize),
                 columns,
-                gemm::Parallelism::None,
                 epilogue,
             );
         }
@@ -801,6 +801,61 @@ fn forward_tiles(
     // SAFETY: the tiles cover every column of every row of every image.
     unsafe { out.set_len(batch * out_len) };
     out
+}
+
+/// [`write_outputs`] on one thread for inference's narrow products (a lone image's tiles, an
+/// inverted residual's bands): by `pointwise::gemm` where the CPU has AVX-512 and the product
+/// is at most [`pointwise::DEEPEST`] deep, by the `gemm` crate otherwise.
+///
+/// # Safety
+/// As for [`write_outputs`]; `w` and `columns` have a column stride of 1.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn write_outputs_narrow(
+    d: *mut f32,
+    at: usize,
+    (rows, n, k): (usize, usize, usize),
+    spatial: usize,
+    bias: Option<&[f32]>,
+    w: (*const f32, isize, isize),
+    columns: (*const f32, isize, isize),
+    epilogue: &Epilogue,
+) {
+    debug_assert!(
+        w.1 == 1 && columns.1 == 1,
+        "write_outputs_narrow: rows read in place"
+    );
+    // SAFETY: the caller's; the epilogue reads each row after the product wrote it.
+    unsafe {
+        if k <= pointwise::DEEPEST
+            && pointwise::gemm(
+                (rows, n, k),
+                d,
+                spatial,
+                bias,
+                (w.0, w.2 as usize),
+                (columns.0, columns.2 as usize),
+            )
+        {
+            if !epilogue.is_identity() {
+                for r in 0..rows {
+                    let row = core::slice::from_raw_parts_mut(d.add(r * spatial), n);
+                    epilogue.apply(row, at + r * spatial);
+                }
+            }
+            return;
+        }
+        write_outputs(
+            d,
+            at,
+            (rows, n, k),
+            spatial,
+            bias,
+            w,
+            columns,
+            gemm::Parallelism::None,
+            epilogue,
+        );
+    }
 }
 
 /// Writes `rows` output rows at `d`, `spatial` apart, on columns `[0, n)`: the bias first where

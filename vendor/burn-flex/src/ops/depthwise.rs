@@ -106,6 +106,9 @@ impl Geometry {
 /// independent sums to hide the latency of the fused multiply-adds.
 const CHUNK: usize = 128;
 
+/// Outputs accumulated at once past the last whole chunk: one AVX-512 register.
+const LANES: usize = 16;
+
 /// One tap of the filter: which phase plane it reads, shifted by how much.
 #[derive(Clone, Copy)]
 struct Tap {
@@ -126,8 +129,11 @@ struct Layout {
     plane: usize,
     /// Phase planes: `stride_h·stride_w`.
     phases: usize,
-    /// Elements the flat output buffer computes (a whole number of chunks).
+    /// Elements the flat output buffer computes for the gradients (a whole number of chunks).
     flat_len: usize,
+    /// Elements the forward's flat output buffer computes: a whole number of [`LANES`], so a
+    /// small plane (7 × 7: 61 outputs) does not compute a whole chunk of 128.
+    forward_len: usize,
     /// Length of the input scratch: every read of every chunk stays inside.
     scratch_len: usize,
     /// The largest shift of a tap.
@@ -153,7 +159,8 @@ impl Layout {
                 });
             }
         }
-        let flat_len = ((g.out_h - 1) * wq + g.out_w).div_ceil(CHUNK) * CHUNK;
+        let needed = (g.out_h - 1) * wq + g.out_w;
+        let flat_len = needed.div_ceil(CHUNK) * CHUNK;
         let last_tap = taps
             .iter()
             .map(|t| t.phase * plane + t.shift)
@@ -166,6 +173,7 @@ impl Layout {
             plane,
             phases,
             flat_len,
+            forward_len: needed.div_ceil(LANES) * LANES,
             scratch_len: (phases * plane).max(last_tap + flat_len),
             reach: reach(0) * wq + reach(1),
             taps,
@@ -242,7 +250,7 @@ impl PlaneFilter {
         Self {
             g: *g,
             input: vec![0.0; layout.scratch_len],
-            flat: vec![0.0; layout.flat_len],
+            flat: vec![0.0; layout.forward_len],
             taps: Vec::with_capacity(g.kernel[0] * g.kernel[1]),
             layout,
         }
@@ -453,7 +461,8 @@ fn inside(r: usize, s: usize, pad: usize, size: usize, len: usize) -> (usize, us
     (i0.min(i1), i1)
 }
 
-/// `out[p] = bias + Σ w · input[p + offset]` over the taps, a chunk of outputs at a time.
+/// `out[p] = bias + Σ w · input[p + offset]` over the taps, a chunk of outputs at a time,
+/// then [`LANES`] at a time over what is left (`out`'s length is a whole number of them).
 #[cfg_attr(feature = "simd", macerator::with_simd)]
 fn accumulate<#[cfg(feature = "simd")] S: macerator::Simd>(
     out: &mut [f32],
@@ -461,12 +470,24 @@ fn accumulate<#[cfg(feature = "simd")] S: macerator::Simd>(
     taps: &[(usize, f32)],
     bias: f32,
 ) {
+    let tail_at = out.len() / CHUNK * CHUNK;
     for (n, out) in out.chunks_exact_mut(CHUNK).enumerate() {
         let p = n * CHUNK;
         let mut acc = [bias; CHUNK];
         for &(offset, weight) in taps {
             let src = &input[p + offset..p + offset + CHUNK];
             for l in 0..CHUNK {
+                acc[l] = num_traits::Float::mul_add(src[l], weight, acc[l]);
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+    for (n, out) in out[tail_at..].chunks_exact_mut(LANES).enumerate() {
+        let p = tail_at + n * LANES;
+        let mut acc = [bias; LANES];
+        for &(offset, weight) in taps {
+            let src = &input[p + offset..p + offset + LANES];
+            for l in 0..LANES {
                 acc[l] = num_traits::Float::mul_add(src[l], weight, acc[l]);
             }
         }

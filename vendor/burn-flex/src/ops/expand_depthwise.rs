@@ -19,7 +19,7 @@
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
-use super::dense::{threads, write_outputs};
+use super::dense::{threads, write_outputs_narrow};
 use super::depthwise::{Geometry, PlaneFilter};
 use super::fused::Epilogue;
 
@@ -91,7 +91,7 @@ pub(crate) fn forward(
         // [expanded, cin] row-major; x_rows holds `cin` planes `in_plane` apart, each with n
         // floats from the band's first row on.
         unsafe {
-            write_outputs(
+            write_outputs_narrow(
                 e.as_mut_ptr(),
                 0,
                 (expanded, n, cin),
@@ -99,7 +99,6 @@ pub(crate) fn forward(
                 Some(b1),
                 (w1.as_ptr(), 1, cin as isize),
                 (x_rows.as_ptr(), 1, in_plane as isize),
-                gemm::Parallelism::None,
                 &expand_epilogue,
             );
             e.set_len(expanded * n);
@@ -144,7 +143,7 @@ pub(crate) fn forward(
         // (`out_plane` apart) and nothing else; the weight is [channels, expanded] row-major
         // and `d` [expanded, len]; with a residual, `x` has the output's shape.
         unsafe {
-            write_outputs(
+            write_outputs_narrow(
                 dst.ptr_add(at),
                 at,
                 (channels, len, expanded),
@@ -152,7 +151,6 @@ pub(crate) fn forward(
                 Some(p.bias),
                 (p.weight.as_ptr(), 1, expanded as isize),
                 (d.as_ptr(), 1, len as isize),
-                gemm::Parallelism::None,
                 &project_epilogue,
             );
         }

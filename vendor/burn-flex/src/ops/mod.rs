@@ -117,6 +117,7 @@ pub mod matmul;
 mod max_pool;
 mod module;
 pub(crate) mod planes;
+mod pointwise;
 pub mod pool;
 mod qtensor;
 pub mod reduce;
