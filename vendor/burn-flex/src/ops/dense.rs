@@ -836,12 +836,7 @@ pub(crate) unsafe fn write_outputs_narrow(
                 (columns.0, columns.2 as usize),
             )
         {
-            if !epilogue.is_identity() {
-                for r in 0..rows {
-                    let row = core::slice::from_raw_parts_mut(d.add(r * spatial), n);
-                    epilogue.apply(row, at + r * spatial);
-                }
-            }
+            epilogue_rows(d, at, (rows, n), spatial, epilogue);
             return;
         }
         write_outputs(
@@ -887,12 +882,29 @@ pub(crate) unsafe fn write_outputs(
             }
         }
         gemm((rows, n, k), d, spatial, bias.is_some(), w, columns, par);
-        if !epilogue.is_identity() {
-            for r in 0..rows {
-                let row = core::slice::from_raw_parts_mut(d.add(r * spatial), n);
-                epilogue.apply(row, at + r * spatial);
-            }
-        }
+        epilogue_rows(d, at, (rows, n), spatial, epilogue);
+    }
+}
+
+/// The epilogue over `rows` written rows of `n` floats at `d`, `spatial` apart; `at` is `d`'s
+/// index in the whole output.
+///
+/// # Safety
+/// `d` must be valid for reads and writes of those rows, every element written.
+unsafe fn epilogue_rows(
+    d: *mut f32,
+    at: usize,
+    (rows, n): (usize, usize),
+    spatial: usize,
+    epilogue: &Epilogue,
+) {
+    if epilogue.is_identity() {
+        return;
+    }
+    for r in 0..rows {
+        // SAFETY: the caller's.
+        let row = unsafe { core::slice::from_raw_parts_mut(d.add(r * spatial), n) };
+        epilogue.apply(row, at + r * spatial);
     }
 }
 

@@ -471,23 +471,27 @@ fn accumulate<#[cfg(feature = "simd")] S: macerator::Simd>(
     bias: f32,
 ) {
     let tail_at = out.len() / CHUNK * CHUNK;
-    for (n, out) in out.chunks_exact_mut(CHUNK).enumerate() {
-        let p = n * CHUNK;
-        let mut acc = [bias; CHUNK];
+    let (chunks, tail) = out.split_at_mut(tail_at);
+    accumulate_blocks::<CHUNK>(chunks, input, 0, taps, bias);
+    accumulate_blocks::<LANES>(tail, input, tail_at, taps, bias);
+}
+
+/// [`accumulate`] over `out` (a whole number of blocks of `W`), whose first element is output
+/// `at`: each block's `W` sums in registers. Inlined into `accumulate`, so compiled for its SIMD.
+#[inline(always)]
+fn accumulate_blocks<const W: usize>(
+    out: &mut [f32],
+    input: &[f32],
+    at: usize,
+    taps: &[(usize, f32)],
+    bias: f32,
+) {
+    for (n, out) in out.chunks_exact_mut(W).enumerate() {
+        let p = at + n * W;
+        let mut acc = [bias; W];
         for &(offset, weight) in taps {
-            let src = &input[p + offset..p + offset + CHUNK];
-            for l in 0..CHUNK {
-                acc[l] = num_traits::Float::mul_add(src[l], weight, acc[l]);
-            }
-        }
-        out.copy_from_slice(&acc);
-    }
-    for (n, out) in out[tail_at..].chunks_exact_mut(LANES).enumerate() {
-        let p = tail_at + n * LANES;
-        let mut acc = [bias; LANES];
-        for &(offset, weight) in taps {
-            let src = &input[p + offset..p + offset + LANES];
-            for l in 0..LANES {
+            let src = &input[p + offset..p + offset + W];
+            for l in 0..W {
                 acc[l] = num_traits::Float::mul_add(src[l], weight, acc[l]);
             }
         }

@@ -113,17 +113,14 @@ mod avx512 {
                     // SAFETY: the tile lies inside the caller's operands (rows r0..r0 + rb,
                     // columns j0..j0 + width, depth k0..k0 + kb; masked past `width`).
                     unsafe {
-                        match (rb, width.div_ceil(16)) {
-                            (6, 4) => tile.run::<6, 4>(),
-                            (6, 3) => tile.run::<6, 3>(),
-                            (6, 2) => tile.run::<6, 2>(),
-                            (6, 1) => tile.run::<6, 1>(),
-                            (5, v) => tile.run_rows::<5>(v),
-                            (4, v) => tile.run_rows::<4>(v),
-                            (3, v) => tile.run_rows::<3>(v),
-                            (2, v) => tile.run_rows::<2>(v),
-                            (1, v) => tile.run_rows::<1>(v),
-                            _ => unreachable!("at most {MR} rows and 4 vectors"),
+                        let vectors = width.div_ceil(16);
+                        match rb {
+                            6 => tile.run_rows::<6>(vectors),
+                            5 => tile.run_rows::<5>(vectors),
+                            4 => tile.run_rows::<4>(vectors),
+                            3 => tile.run_rows::<3>(vectors),
+                            2 => tile.run_rows::<2>(vectors),
+                            _ => tile.run_rows::<1>(vectors),
                         }
                     }
                 }
