@@ -28,6 +28,15 @@ pub struct Learner {
     pub soup: Option<(Network, usize)>,
 }
 
+/// Reads every float parameter, which draws the initial values of those not yet drawn.
+struct Materialise;
+
+impl burn::module::ModuleVisitor for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        param.val();
+    }
+}
+
 /// One training batch: views (and, for distillation, the same views as photos) with labels.
 pub struct Batch {
     pub views: Tensor<4>,
@@ -72,6 +81,12 @@ impl Learner {
                 ad,
             )
         });
+        // Burn draws a parameter's initial values when it is first read: read them all now,
+        // in the order a first step reads them, while the caller holds the seeded generator.
+        model.visit(&mut Materialise);
+        if let Some(a) = &arcface {
+            a.visit(&mut Materialise);
+        }
         Ok(Self {
             model,
             arcface,

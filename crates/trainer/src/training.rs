@@ -82,11 +82,6 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
     let size = config.image_size.unwrap_or_else(|| kind.input_size());
     let train_size = config.train_image_size.unwrap_or(size);
     let preprocess = kind.preprocess_at(size);
-    // Seeds parameter initialisation (head, ArcFace centres, and a backbone trained from
-    // scratch), so that two runs of one config start from the same weights.
-    device.seed(config.seed);
-    ad.seed(config.seed);
-
     let mut folders = vec![config.train.clone()];
     folders.extend(config.extra_train.iter().cloned());
     let mut train_set = TrainingSet::load(&folders, &config.drawings_train, quiet)?;
@@ -103,7 +98,18 @@ pub fn train(config: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainOut
             validation.distinct_images()
         );
     }
-    let mut learner = Learner::new(config, train_set.classes.len(), size, &ad)?;
+    // Parameter initialisation (head, ArcFace centres, a backbone trained from scratch) draws
+    // from the backend's one process-wide generator, seeded here so that two runs of one
+    // config start from the same weights. The lock keeps another training in this process
+    // (tests run side by side) from reseeding it or drawing from it in between; `Learner::new`
+    // draws every initial value before it returns.
+    let mut learner = {
+        static INITIALISING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _alone = INITIALISING.lock().unwrap_or_else(|e| e.into_inner());
+        device.seed(config.seed);
+        ad.seed(config.seed);
+        Learner::new(config, train_set.classes.len(), size, &ad)?
+    };
     let pretrained: Option<Backbone> = if config.pretrained {
         Some(Network::pretrained(kind, &device)?.backbone.valid())
     } else {

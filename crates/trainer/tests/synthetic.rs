@@ -393,3 +393,29 @@ fn style_mixing_changes_the_run_and_repeats() {
     let err = run("bad", &["mixstyle.strides=[64]"]).unwrap_err();
     assert!(format!("{err:#}").contains("stride 64"), "{err:#}");
 }
+
+/// Two trainings side by side in one process (as the tests run, or a service's jobs) each
+/// match the same config run alone: parameter initialisation draws from the backend's one
+/// process-wide generator, so the two must not reseed it or draw from it in turn.
+#[test]
+fn runs_side_by_side_match_a_run_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_data(tmp.path());
+    let run = |name: &str| {
+        let out = tmp.path().join(name);
+        let config = TrainConfig::parse(&config_text(tmp.path(), &out, 1), &[]).unwrap();
+        trainer::training::train(&config, false, true).unwrap();
+        metrics_rows(&out)
+            .iter()
+            .map(|r| comparable(r))
+            .collect::<Vec<_>>()
+    };
+    let alone = run("alone");
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run("a"));
+        let b = s.spawn(|| run("b"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(a, alone);
+    assert_eq!(b, alone);
+}
