@@ -425,6 +425,10 @@ fn dense_on_planes_of_several_tiles_matches_the_reference() {
         // A stem at batch 1: its output rows cut into tiles over the threads, each with a
         // column buffer of its own.
         (1, 3, 10, 61, 57, 3, 2, [(0, 1), (0, 1)]),
+        // Stems at batch 1 on planes wide enough that each tile's column buffer is built a few
+        // rows at a time (the last chunk of a tile shorter), an odd width split into phases.
+        (1, 3, 10, 227, 225, 3, 2, [(0, 1), (0, 1)]),
+        (1, 3, 8, 230, 229, 7, 2, [(3, 3), (3, 3)]),
     ];
     for (i, (batch, channels_in, channels_out, h, w, kernel, stride, padding)) in
         cases.into_iter().enumerate()

@@ -42,7 +42,7 @@ use core::ops::Range;
 use super::conv_backward::{all_f32_4d, geometry};
 use super::depthwise::Geometry;
 use super::fused::Epilogue;
-use super::planes::{f32_tensor, valid_range};
+use super::planes::{copy_row, f32_tensor, valid_range};
 use super::pointwise;
 use super::winograd;
 
@@ -277,6 +277,11 @@ fn for_each_tap_row(
 
 /// Fills columns `[offset, offset + rows·out_w)` of `col` (rows of `ld` floats, one for each
 /// `(c, i, j)`) from the planes `x` (`[channels, in_h, in_w]`).
+///
+/// At a stride of 2 or more each input row a filter row reads is first split into its column
+/// phases (`phases`: every `stride`-th element, one run for each offset), once for all the
+/// taps of that filter row, so that every tap copies a contiguous run of a phase: read element
+/// by element, the stride-2 stems' columns took two fifths of their convolution's time.
 fn im2col(
     x: &[f32],
     channels: usize,
@@ -286,8 +291,11 @@ fn im2col(
     ld: usize,
     offset: usize,
 ) {
+    if g.stride[1] > 1 {
+        return im2col_strided(x, channels, g, rows, col, ld, offset);
+    }
     let [kh, kw] = g.kernel;
-    let (out_w, in_w, stride) = (g.out_w, g.in_w, g.stride[1]);
+    let (out_w, in_w) = (g.out_w, g.in_w);
     let n = rows.len() * out_w;
     let plane_len = g.in_h * in_w;
     for c in 0..channels {
@@ -305,15 +313,97 @@ fn im2col(
                     let src = &plane[iy * in_w..(iy + 1) * in_w];
                     d[..lo].fill(0.0);
                     d[hi..].fill(0.0);
-                    if stride == 1 {
-                        d[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
-                    } else {
-                        for (k, o) in d[lo..hi].iter_mut().enumerate() {
-                            *o = src[start + k * stride];
-                        }
-                    }
+                    d[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
                 });
             }
+        }
+    }
+}
+
+/// [`im2col`] at a column stride of 2 or more.
+fn im2col_strided(
+    x: &[f32],
+    channels: usize,
+    g: &Geometry,
+    rows: Range<usize>,
+    col: &mut [f32],
+    ld: usize,
+    offset: usize,
+) {
+    let [kh, kw] = g.kernel;
+    let (out_w, in_w, stride) = (g.out_w, g.in_w, g.stride[1]);
+    let plane_len = g.in_h * in_w;
+    let wq = in_w.div_ceil(stride);
+    let mut phases = vec![0.0f32; stride * wq];
+    // Each tap's output columns [lo, hi) inside the plane, and its first input column.
+    let taps: Vec<(usize, usize, usize)> = (0..kw)
+        .map(|j| {
+            let col_offset = (j * g.dilation[1]) as isize - g.padding[1] as isize;
+            let (lo, hi) = valid_range(out_w, in_w, stride, col_offset);
+            let start = ((lo * stride) as isize + col_offset).max(0) as usize;
+            (lo, hi, start)
+        })
+        .collect();
+    for c in 0..channels {
+        let plane = &x[c * plane_len..(c + 1) * plane_len];
+        for i in 0..kh {
+            let row_offset = (i * g.dilation[0]) as isize - g.padding[0] as isize;
+            for (t, oy) in rows.clone().enumerate() {
+                let iy = (oy * g.stride[0]) as isize + row_offset;
+                let inside = iy >= 0 && (iy as usize) < g.in_h;
+                if inside {
+                    let iy = iy as usize;
+                    split_phases(&plane[iy * in_w..(iy + 1) * in_w], stride, wq, &mut phases);
+                }
+                for (j, &(lo, hi, start)) in taps.iter().enumerate() {
+                    let r = (c * kh + i) * kw + j;
+                    let at = r * ld + offset + t * out_w;
+                    let d = &mut col[at..at + out_w];
+                    if !inside || lo >= hi {
+                        d.fill(0.0);
+                        continue;
+                    }
+                    d[..lo].fill(0.0);
+                    d[hi..].fill(0.0);
+                    let from = (start % stride) * wq + start / stride;
+                    copy_row(&mut d[lo..hi], &phases[from..from + hi - lo]);
+                }
+            }
+        }
+    }
+}
+
+/// Splits `src` into its `stride` column phases: `dst[p·wq + q] = src[q·stride + p]` (each
+/// phase's tail past the row left as it was). Compiled for the widest SIMD, where stride 2's
+/// deinterleave runs whole vectors.
+#[cfg_attr(feature = "simd", macerator::with_simd)]
+fn split_phases<#[cfg(feature = "simd")] S: macerator::Simd>(
+    src: &[f32],
+    stride: usize,
+    wq: usize,
+    dst: &mut [f32],
+) {
+    if stride == 2 {
+        let (even, odd) = dst.split_at_mut(wq);
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present.
+            unsafe { deinterleave_avx512(src, even, odd) };
+            return;
+        }
+        let pairs = src.chunks_exact(2);
+        if let Some(&v) = pairs.remainder().first() {
+            even[pairs.len()] = v;
+        }
+        for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+            *e = p[0];
+            *o = p[1];
+        }
+        return;
+    }
+    for (q, chunk) in src.chunks(stride).enumerate() {
+        for (p, &v) in chunk.iter().enumerate() {
+            dst[p * wq + q] = v;
         }
     }
 }
@@ -668,6 +758,10 @@ pub(crate) fn forward(
 /// the epilogue find it in the core's cache.
 const TILE_FLOATS: usize = 1 << 16;
 
+/// Columns a lone image's column buffer holds at a time where `pointwise::gemm` reads it (about
+/// four output rows of a stem: 48 KiB at 27 rows of the buffer).
+const CHUNK_COLUMNS: usize = 448;
+
 /// Fewest columns a tile of a 1×1 convolution's GEMM gets.
 const MIN_TILE_COLUMNS: usize = 128;
 
@@ -768,19 +862,23 @@ fn forward_tiles(
     let in_len = channels_in * g.in_h * g.in_w;
     let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
     let dst = super::SendMutPtr::new(out.as_mut_ptr());
+    // Output rows a column buffer holds: the whole tile, or, where the product reads it in
+    // place (no packing), a few rows at a time, built and multiplied while in the cache.
+    let chunk_rows = if k <= pointwise::DEEPEST && pointwise::available() {
+        (CHUNK_COLUMNS / g.out_w.max(1)).max(1)
+    } else {
+        g.out_h
+    };
     let widest = tiles.iter().map(|t| t.columns.len()).max().unwrap_or(0);
-    let scratch = || Vec::<f32>::with_capacity(if plan.direct { 0 } else { k * widest });
-    let tile = |col: &mut Vec<f32>, t: &OutputTile| {
-        let (n, c0) = (t.columns.len(), t.columns.start);
-        let x_b = &x[t.image * in_len..(t.image + 1) * in_len];
-        let columns = if plan.direct {
-            (x_b[c0..].as_ptr(), 1, spatial as isize)
+    let scratch = || {
+        Vec::<f32>::with_capacity(if plan.direct {
+            0
         } else {
-            let rows = c0 / g.out_w..t.columns.end / g.out_w;
-            col.resize(k * n, 0.0);
-            im2col(x_b, channels_in, g, rows, col, n, 0);
-            (col.as_ptr(), 1, n as isize)
-        };
+            k * widest.min(chunk_rows * g.out_w)
+        })
+    };
+    // Writes columns [c0, c0 + n) of tile `t`'s rows from `columns`.
+    let write = |t: &OutputTile, c0: usize, n: usize, columns: (*const f32, isize, isize)| {
         let at = t.image * out_len + t.channels.start * spatial + c0;
         // SAFETY: tile `t` writes columns [c0, c0 + n) of rows `t.channels` of image
         // `t.image`'s [cout, spatial] output and nothing else, so tiles never overlap.
@@ -795,6 +893,22 @@ fn forward_tiles(
                 columns,
                 epilogue,
             );
+        }
+    };
+    let tile = |col: &mut Vec<f32>, t: &OutputTile| {
+        let x_b = &x[t.image * in_len..(t.image + 1) * in_len];
+        if plan.direct {
+            let c0 = t.columns.start;
+            write(t, c0, t.columns.len(), (x_b[c0..].as_ptr(), 1, spatial as isize));
+            return;
+        }
+        let rows = t.columns.start / g.out_w..t.columns.end / g.out_w;
+        for r0 in rows.clone().step_by(chunk_rows) {
+            let chunk = r0..(r0 + chunk_rows).min(rows.end);
+            let n = chunk.len() * g.out_w;
+            col.resize(k * n, 0.0);
+            im2col(x_b, channels_in, g, chunk, col, n, 0);
+            write(t, r0 * g.out_w, n, (col.as_ptr(), 1, n as isize));
         }
     };
     super::planes::each_with(true, tiles.len(), scratch, |col, i| tile(col, &tiles[i]));
@@ -905,6 +1019,48 @@ unsafe fn epilogue_rows(
         // SAFETY: the caller's.
         let row = unsafe { core::slice::from_raw_parts_mut(d.add(r * spatial), n) };
         epilogue.apply(row, at + r * spatial);
+    }
+}
+
+/// `even[q] = src[2q]`, `odd[q] = src[2q + 1]`: sixteen pairs at a time by two permutes.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn deinterleave_avx512(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    use core::arch::x86_64::*;
+    let pairs = src.len() / 2;
+    assert!(
+        even.len() >= src.len().div_ceil(2) && odd.len() >= pairs,
+        "deinterleave: phases too short"
+    );
+    let take_even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let take_odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let mut q = 0;
+    // SAFETY: each block reads src[2q..2q + 32] and writes [q, q + 16) of both phases, all
+    // inside (2q + 32 ≤ 2·pairs ≤ src.len()).
+    unsafe {
+        while q + 16 <= pairs {
+            let a = _mm512_loadu_ps(src.as_ptr().add(2 * q));
+            let b = _mm512_loadu_ps(src.as_ptr().add(2 * q + 16));
+            _mm512_storeu_ps(
+                even.as_mut_ptr().add(q),
+                _mm512_permutex2var_ps(a, take_even, b),
+            );
+            _mm512_storeu_ps(
+                odd.as_mut_ptr().add(q),
+                _mm512_permutex2var_ps(a, take_odd, b),
+            );
+            q += 16;
+        }
+    }
+    for q in q..pairs {
+        even[q] = src[2 * q];
+        odd[q] = src[2 * q + 1];
+    }
+    if src.len() % 2 == 1 {
+        even[pairs] = src[2 * pairs];
     }
 }
 
