@@ -265,14 +265,22 @@ fn for_each_tap_row(
     mut visit: impl FnMut(usize, Option<usize>, usize, usize, usize),
 ) {
     let row_offset = (i * g.dilation[0]) as isize - g.padding[0] as isize;
-    let col_offset = (j * g.dilation[1]) as isize - g.padding[1] as isize;
-    let (lo, hi) = valid_range(g.out_w, g.in_w, g.stride[1], col_offset);
-    let start = ((lo * g.stride[1]) as isize + col_offset).max(0) as usize;
+    let (lo, hi, start) = tap_columns(g, j);
     for (t, oy) in rows.enumerate() {
         let iy = (oy * g.stride[0]) as isize + row_offset;
         let row = (iy >= 0 && (iy as usize) < g.in_h && lo < hi).then_some(iy as usize);
         visit(t, row, lo, hi, start);
     }
+}
+
+/// Where filter column `j` meets each input row: output columns `[lo, hi)` inside the plane,
+/// reading from input column `start` on (every `stride`-th one).
+#[inline(always)]
+fn tap_columns(g: &Geometry, j: usize) -> (usize, usize, usize) {
+    let col_offset = (j * g.dilation[1]) as isize - g.padding[1] as isize;
+    let (lo, hi) = valid_range(g.out_w, g.in_w, g.stride[1], col_offset);
+    let start = ((lo * g.stride[1]) as isize + col_offset).max(0) as usize;
+    (lo, hi, start)
 }
 
 /// Fills columns `[offset, offset + rows·out_w)` of `col` (rows of `ld` floats, one for each
@@ -335,15 +343,7 @@ fn im2col_strided(
     let plane_len = g.in_h * in_w;
     let wq = in_w.div_ceil(stride);
     let mut phases = vec![0.0f32; stride * wq];
-    // Each tap's output columns [lo, hi) inside the plane, and its first input column.
-    let taps: Vec<(usize, usize, usize)> = (0..kw)
-        .map(|j| {
-            let col_offset = (j * g.dilation[1]) as isize - g.padding[1] as isize;
-            let (lo, hi) = valid_range(out_w, in_w, stride, col_offset);
-            let start = ((lo * stride) as isize + col_offset).max(0) as usize;
-            (lo, hi, start)
-        })
-        .collect();
+    let taps: Vec<(usize, usize, usize)> = (0..kw).map(|j| tap_columns(g, j)).collect();
     for c in 0..channels {
         let plane = &x[c * plane_len..(c + 1) * plane_len];
         for i in 0..kh {
@@ -385,17 +385,22 @@ fn split_phases<#[cfg(feature = "simd")] S: macerator::Simd>(
 ) {
     if stride == 2 {
         let (even, odd) = dst.split_at_mut(wq);
+        assert!(
+            even.len() >= src.len().div_ceil(2) && odd.len() >= src.len() / 2,
+            "split_phases: phases too short"
+        );
+        #[allow(unused_mut)]
+        let mut done = 0;
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: AVX-512F is present.
-            unsafe { deinterleave_avx512(src, even, odd) };
-            return;
+            done = unsafe { deinterleave_avx512(src, even, odd) };
         }
-        let pairs = src.chunks_exact(2);
+        let pairs = src[2 * done..].chunks_exact(2);
         if let Some(&v) = pairs.remainder().first() {
-            even[pairs.len()] = v;
+            even[done + pairs.len()] = v;
         }
-        for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+        for ((e, o), p) in even[done..].iter_mut().zip(&mut odd[done..]).zip(pairs) {
             *e = p[0];
             *o = p[1];
         }
@@ -406,6 +411,38 @@ fn split_phases<#[cfg(feature = "simd")] S: macerator::Simd>(
             dst[p * wq + q] = v;
         }
     }
+}
+
+/// `even[q] = src[2q]`, `odd[q] = src[2q + 1]` for the pairs of whole blocks of sixteen (two
+/// permutes a block); returns how many pairs that was, the rest left to the caller.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn deinterleave_avx512(src: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
+    use core::arch::x86_64::*;
+    let blocks = (src.len() / 32).min(even.len() / 16).min(odd.len() / 16);
+    let take_even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let take_odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for b in 0..blocks {
+        let q = 16 * b;
+        // SAFETY: block b reads src[2q..2q + 32] and writes [q, q + 16) of both phases, all
+        // inside (b < blocks).
+        unsafe {
+            let a = _mm512_loadu_ps(src.as_ptr().add(2 * q));
+            let c = _mm512_loadu_ps(src.as_ptr().add(2 * q + 16));
+            _mm512_storeu_ps(
+                even.as_mut_ptr().add(q),
+                _mm512_permutex2var_ps(a, take_even, c),
+            );
+            _mm512_storeu_ps(
+                odd.as_mut_ptr().add(q),
+                _mm512_permutex2var_ps(a, take_odd, c),
+            );
+        }
+    }
+    16 * blocks
 }
 
 /// Whether an image's column matrix is its input planes as they lie (`[cin, in_h·in_w]`): a 1×1
@@ -1019,48 +1056,6 @@ unsafe fn epilogue_rows(
         // SAFETY: the caller's.
         let row = unsafe { core::slice::from_raw_parts_mut(d.add(r * spatial), n) };
         epilogue.apply(row, at + r * spatial);
-    }
-}
-
-/// `even[q] = src[2q]`, `odd[q] = src[2q + 1]`: sixteen pairs at a time by two permutes.
-///
-/// # Safety
-/// The CPU must have AVX-512F.
-#[cfg(all(target_arch = "x86_64", feature = "std"))]
-#[target_feature(enable = "avx512f")]
-unsafe fn deinterleave_avx512(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    use core::arch::x86_64::*;
-    let pairs = src.len() / 2;
-    assert!(
-        even.len() >= src.len().div_ceil(2) && odd.len() >= pairs,
-        "deinterleave: phases too short"
-    );
-    let take_even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let take_odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let mut q = 0;
-    // SAFETY: each block reads src[2q..2q + 32] and writes [q, q + 16) of both phases, all
-    // inside (2q + 32 ≤ 2·pairs ≤ src.len()).
-    unsafe {
-        while q + 16 <= pairs {
-            let a = _mm512_loadu_ps(src.as_ptr().add(2 * q));
-            let b = _mm512_loadu_ps(src.as_ptr().add(2 * q + 16));
-            _mm512_storeu_ps(
-                even.as_mut_ptr().add(q),
-                _mm512_permutex2var_ps(a, take_even, b),
-            );
-            _mm512_storeu_ps(
-                odd.as_mut_ptr().add(q),
-                _mm512_permutex2var_ps(a, take_odd, b),
-            );
-            q += 16;
-        }
-    }
-    for q in q..pairs {
-        even[q] = src[2 * q];
-        odd[q] = src[2 * q + 1];
-    }
-    if src.len() % 2 == 1 {
-        even[pairs] = src[2 * pairs];
     }
 }
 
