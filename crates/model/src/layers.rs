@@ -267,10 +267,13 @@ impl ConvBn {
     }
 }
 
-/// Global average pooling: `[B, C, H, W]` to `[B, C]`.
+/// Global average pooling: `[B, C, H, W]` to `[B, C]`, one mean over each plane's `H·W`
+/// contiguous values (two means, over the width then the height, took ten times as long on
+/// the flex backend: 52 against 5 µs for MobileNetV2's `[1, 1280, 7, 7]`, a hundredth of a
+/// lone image's pass).
 pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
-    let [b, c, _, _] = x.dims();
-    x.mean_dim(3).mean_dim(2).reshape([b, c])
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h * w]).mean_dim(2).reshape([b, c])
 }
 
 /// Expand (1×1), depthwise (k×k), project (1×1), with a residual when shapes allow: the block
@@ -369,6 +372,21 @@ mod tests {
         (0..n)
             .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 / 500.0) - 1.0)
             .collect()
+    }
+
+    /// Each `(image, channel)` is the mean of its plane, on planes that are not square.
+    #[test]
+    fn global_avg_pool_is_each_planes_mean() {
+        let device = Device::flex();
+        let (b, c, h, w) = (2, 3, 5, 7);
+        let v = values(b * c * h * w, 3);
+        let x = Tensor::<1>::from_floats(v.as_slice(), &device).reshape([b, c, h, w]);
+        let got = global_avg_pool(x).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(got.len(), b * c);
+        for (plane, &g) in v.chunks(h * w).zip(&got) {
+            let want = plane.iter().map(|&x| x as f64).sum::<f64>() / (h * w) as f64;
+            assert!((g as f64 - want).abs() < 1e-6, "{g} against {want}");
+        }
     }
 
     /// The expansions of the mobile blocks take the banded path; anything that is not one

@@ -253,7 +253,7 @@ impl Network {
 /// thread would wait for each other. The others run as they did before (on the pool, threads
 /// handed work by stealing).
 fn with_the_pool_spinning<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     static SPINNING: AtomicBool = AtomicBool::new(false);
     /// Sets its flag when dropped, whether `work` returned or panicked.
     struct SetOnDrop<'a>(&'a AtomicBool, bool);
@@ -272,13 +272,23 @@ fn with_the_pool_spinning<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     }
     let _release = SetOnDrop(&SPINNING, false);
     let done = AtomicBool::new(false);
+    let begun = AtomicBool::new(false);
+    let arrived = AtomicUsize::new(0);
     rayon::scope(|scope| {
         let owner = rayon::current_thread_index();
-        let done = &done;
+        let (done, begun, arrived) = (&done, &begun, &arrived);
         scope.spawn_broadcast(move |_, context| {
             // The thread running `work` runs its copy while it waits inside `work` (or at the
             // scope's end): it must not spin there.
             if Some(context.index()) == owner {
+                return;
+            }
+            arrived.fetch_add(1, Ordering::AcqRel);
+            // Nor may a thread that comes to its copy after `work` has begun: it may be
+            // waiting inside a piece of `work` it stole (a thread still looking for work
+            // after the pass before can steal one before it sees this job), and spinning
+            // there it would wait for the pass while the pass waits for the piece under it.
+            if begun.load(Ordering::Acquire) {
                 return;
             }
             while !done.load(Ordering::Acquire) {
@@ -288,6 +298,16 @@ fn with_the_pool_spinning<R: Send>(work: impl FnOnce() -> R + Send) -> R {
             }
         });
         let _stop = SetOnDrop(done, true);
+        // The other threads get a moment to start spinning before `work` offers any piece of
+        // itself (a thread busy elsewhere is not waited for longer), then every piece is
+        // offered after `begun` is set, so a thread that steals one reads it set.
+        let (others, start) = (rayon::current_num_threads() - 1, std::time::Instant::now());
+        while arrived.load(Ordering::Acquire) < others
+            && start.elapsed() < std::time::Duration::from_millis(1)
+        {
+            std::hint::spin_loop();
+        }
+        begun.store(true, Ordering::Release);
         work()
     })
 }
@@ -313,15 +333,44 @@ mod tests {
         };
         let expected = |seed: u64| (0..200_000u64).map(|i| (i * seed) % 7).sum::<u64>();
         // Passes that waited on each other would hang: a watchdog fails the test instead.
+        within(60, "the passes wait on each other", move || {
+            run_together(pass, expected)
+        });
+    }
+
+    /// Passes one after the other from one thread, as a benchmark or a busy search service runs
+    /// them: a pool thread still looking for work after one pass can steal a piece of the next
+    /// before it takes that pass's spinner, and must not then spin inside that piece (the pass
+    /// would wait for the piece, the spinner for the pass).
+    #[test]
+    fn back_to_back_passes_never_wait_on_their_own_spinner() {
+        use rayon::prelude::*;
+        within(120, "one of 100,000 small passes hung", || {
+            for round in 0..100_000u64 {
+                let s: u64 = with_the_pool_spinning(|| {
+                    (0..64u32)
+                        .into_par_iter()
+                        .with_max_len(1)
+                        .map(|i| u64::from(i) ^ round)
+                        .sum()
+                });
+                assert_eq!(s, (0..64u64).map(|i| i ^ round).sum::<u64>());
+            }
+        });
+    }
+
+    /// Runs `body` on a thread of its own and fails, saying `hang`, if it has not finished
+    /// within `seconds`.
+    fn within(seconds: u64, hang: &str, body: impl FnOnce() + Send + 'static) {
         let (finished, watchdog) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            run_together(pass, expected);
+            body();
             finished.send(()).unwrap();
         });
-        match watchdog.recv_timeout(std::time::Duration::from_secs(60)) {
+        match watchdog.recv_timeout(std::time::Duration::from_secs(seconds)) {
             Ok(()) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                panic!("the passes did not finish within a minute: they wait on each other")
+                panic!("not finished within {seconds} s: {hang}")
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 panic!("a pass gave a wrong result (its panic is printed above)")
