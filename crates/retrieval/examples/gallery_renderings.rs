@@ -16,27 +16,22 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
+use data::folder::ImageEntry;
+use data::load::load_images;
 use data::rendering::{cartoon, contour_drawing, edge_drawing, pencil_sketch};
 use image::RgbImage;
 use retrieval::embed::{EmbedOptions, Member};
 use retrieval::metrics::evaluate;
-use retrieval::rank::{Hit, distances};
+use retrieval::rank::{distances, top_k};
 
-/// The decodable images of a folder and their labels (unusable files are named and left out).
-fn load(dir: &Path) -> Result<(Vec<RgbImage>, Vec<Option<String>>)> {
+/// The decodable images of a folder (`data::load::load_images`: unusable files are named on
+/// stderr and left out), with their entries.
+fn load(dir: &Path) -> Result<(Vec<ImageEntry>, Vec<RgbImage>)> {
     let (_, entries) = data::folder::list_images(dir, None)?;
-    let mut images = Vec::new();
-    let mut labels = Vec::new();
-    for e in entries {
-        match data::decode::decode_image(&e.path) {
-            Ok(i) => {
-                images.push(i);
-                labels.push(e.label.clone());
-            }
-            Err(err) => eprintln!("skipped {}: {err}", e.path.display()),
-        }
-    }
-    Ok((images, labels))
+    Ok(load_images(&entries, "decoding", true)
+        .loaded
+        .into_iter()
+        .unzip())
 }
 
 /// A rendering with the trainer's middle settings (line width 2.5 px at 224 px, 5 levels).
@@ -79,26 +74,17 @@ fn main() -> Result<()> {
     };
     let dim = member.embedding_dim();
     for pair in args[1..].chunks(2) {
-        let (queries, query_labels) = load(Path::new(&pair[0]))?;
-        let (gallery, gallery_labels) = load(Path::new(&pair[1]))?;
+        let (query_entries, queries) = load(Path::new(&pair[0]))?;
+        let (gallery_entries, gallery) = load(Path::new(&pair[1]))?;
         let q = member.embed_images(&queries, &options);
         let g = member.embed_images(&gallery, &options);
         let n = gallery.len();
-        let qlab: Vec<Option<&str>> = query_labels.iter().map(|l| l.as_deref()).collect();
-        let glab: Vec<Option<&str>> = gallery_labels.iter().map(|l| l.as_deref()).collect();
+        let qlab: Vec<Option<&str>> = query_entries.iter().map(|e| e.label.as_deref()).collect();
+        let glab: Vec<Option<&str>> = gallery_entries.iter().map(|e| e.label.as_deref()).collect();
+        let names: Vec<String> = gallery_entries.iter().map(|e| e.name.clone()).collect();
+        // Whole rankings, ties broken by name, as `retrieval evaluate` ranks.
         let report = |name: &str, d: &[f32]| {
-            let rankings: Vec<Vec<Hit>> = d
-                .chunks(n)
-                .map(|row| {
-                    let mut hits: Vec<Hit> = row
-                        .iter()
-                        .enumerate()
-                        .map(|(index, &distance)| Hit { index, distance })
-                        .collect();
-                    hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-                    hits
-                })
-                .collect();
+            let rankings = top_k(d, n, &names, 0);
             let m = evaluate(&qlab, &glab, &rankings).overall;
             println!(
                 "{:<40} {name:<22} top-1 {:.3}  score {:.0}  mAP@10 {:.3}",
