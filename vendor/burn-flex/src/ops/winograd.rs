@@ -134,18 +134,9 @@ impl Tile {
     }
 
     /// A thread's scratch for bands of at most `rows` block rows of `blocks_w` blocks.
-    fn scratch(self, blocks_w: usize, rows: usize) -> Scratch {
-        match self {
-            Tile::F2 => Scratch::F2(Lines::new(blocks_w, rows)),
-            Tile::F4 => Scratch::F4(winograd4::Lines::new(blocks_w, rows)),
-        }
+    fn scratch(self, blocks_w: usize, rows: usize) -> Planes {
+        Planes::new(self.side(), blocks_w, rows)
     }
-}
-
-/// A thread's scratch for either tiling's transforms.
-enum Scratch {
-    F2(Lines),
-    F4(winograd4::Lines),
 }
 
 /// A pointer handed to the threads, each of which writes its own disjoint part.
@@ -288,9 +279,10 @@ fn combine<#[cfg(feature = "simd")] S: macerator::Simd>(
     }
 }
 
-/// A thread's scratch for the transforms of a band of block rows: the input's four rows of one
-/// block row split into even and odd columns (`blocks_w + 1` long), and the intermediate sums
-/// of the whole band (16 lines of `rows · blocks_w`, at least `blocks_w + 1`).
+/// A thread's scratch for the weight gradient's transform of a band of block rows
+/// ([`transform_gradient`]): the gradient's two rows of one block row split into even and odd
+/// columns (`blocks_w + 1` long), and the intermediate sums of the whole band (16 lines of
+/// `rows · blocks_w`, at least `blocks_w + 1`).
 struct Lines {
     even: [Vec<f32>; 4],
     odd: [Vec<f32>; 4],
@@ -310,12 +302,226 @@ impl Lines {
     }
 }
 
+/// A thread's scratch for either tiling's input and output transforms of a band of at most
+/// `rows` tile rows of `tiles_w` tiles, tiles `m` apart (`m + 2` wide):
+///
+/// - `sub`: the band's input as `(m + 2)·m` sub-planes, one for every column `s` of a tile and
+///   row phase `ρ` (`[m + 2, m, rows + 1, tiles_w]`, see [`gather`]); the output transform
+///   keeps its `m·m` output lines here;
+/// - `mid`: the transforms' middle lines, `(m + 2)²` of `rows · tiles_w`;
+/// - `row`: one input row padded to `m·(tiles_w + 1)`.
+///
+/// Every step then runs along a whole band's tiles at once (`rows · tiles_w` long, the tiles of
+/// a band side by side as in `V`), so short rows (7 or 14 tiles) still fill the vectors.
+pub(crate) struct Planes {
+    pub(crate) sub: Vec<f32>,
+    pub(crate) mid: Vec<f32>,
+    pub(crate) row: Vec<f32>,
+}
+
+impl Planes {
+    /// Scratch for tiles `m` apart, bands of at most `rows` tile rows of `tiles_w` tiles.
+    pub(crate) fn new(m: usize, tiles_w: usize, rows: usize) -> Self {
+        let t = m + 2;
+        Self {
+            sub: alloc::vec![0.0; t * m * (rows + 1) * tiles_w],
+            mid: alloc::vec![0.0; t * t * rows * tiles_w],
+            row: alloc::vec![0.0; m * (tiles_w + 1)],
+        }
+    }
+}
+
+/// `N` lines of `n` from the start of `buf`, to write into.
+#[inline(always)]
+pub(crate) fn lines_mut<const N: usize>(buf: &mut [f32], n: usize) -> [&mut [MaybeUninit<f32>]; N] {
+    let mut lines = buf[..N * n].chunks_exact_mut(n);
+    core::array::from_fn(|_| uninit(lines.next().expect("N lines")))
+}
+
+/// `lines[σ][k] = src[M·k + σ]`: the `M` column phases of a row, as far as the shortest line
+/// (written out for M = 2 and 4, so that the compiler sees one interleaved access).
+#[inline(always)]
+fn deinterleave<const M: usize>(src: &[f32], lines: [&mut [f32]; M]) {
+    let mut lines = lines.into_iter();
+    let mut line = || lines.next().expect("tiles 2 or 4 apart");
+    if M == 4 {
+        let (a, b, c, d) = (line(), line(), line(), line());
+        for ((((q, a), b), c), d) in src.chunks_exact(4).zip(a).zip(b).zip(c).zip(d) {
+            (*a, *b, *c, *d) = (q[0], q[1], q[2], q[3]);
+        }
+    } else {
+        let (a, b) = (line(), line());
+        for ((q, a), b) in src.chunks_exact(2).zip(a).zip(b) {
+            (*a, *b) = (q[0], q[1]);
+        }
+    }
+}
+
+/// `dst[M·k + b] = lines[b][k]`: a row from its `M` column phases, as far as the shortest line
+/// (written out as [`deinterleave`] is).
+#[inline(always)]
+fn interleave<const M: usize>(dst: &mut [MaybeUninit<f32>], lines: [&[f32]; M]) {
+    let mut lines = lines.into_iter();
+    let mut line = || lines.next().expect("tiles 2 or 4 apart");
+    if M == 4 {
+        let (a, b, c, d) = (line(), line(), line(), line());
+        for ((((q, a), b), c), d) in dst.chunks_exact_mut(4).zip(a).zip(b).zip(c).zip(d) {
+            q[0].write(*a);
+            q[1].write(*b);
+            q[2].write(*c);
+            q[3].write(*d);
+        }
+    } else {
+        let (a, b) = (line(), line());
+        for ((q, a), b) in dst.chunks_exact_mut(2).zip(a).zip(b) {
+            q[0].write(*a);
+            q[1].write(*b);
+        }
+    }
+}
+
+/// The sub-planes of a band of `rows` tile rows from tile row `first` of one input plane,
+/// tiles `M` apart and `M + 2` wide: `sub[((s·M + ρ)·(rows + 1) + jj)·tiles_w + k]` is the
+/// padded input at row `M·(first + jj) + ρ` and column `M·k + s`, for every column `s` of a
+/// tile, row phase `ρ < M`, `jj ≤ rows` and tile `k` (zero in the padding). Tile `(jj, k)`'s
+/// row `r` and column `s` then lie in sub-plane `(s, r mod M)` at `(jj + r div M)·tiles_w + k`,
+/// so each of its `(M + 2)²` values is one line along the band's tiles, a whole band long.
+/// Each input row is padded once and split into its `M` column phases (a tile's columns `M`
+/// and `M + 1` are phases 0 and 1 of the next tile). Returns the sub-planes' length.
+#[inline(always)]
+pub(crate) fn gather<const M: usize>(
+    plane: &[f32],
+    g: &Geometry,
+    first: usize,
+    rows: usize,
+    tiles_w: usize,
+    planes: &mut Planes,
+) -> usize {
+    let tw = tiles_w;
+    let span = (rows + 1) * tw;
+    let wide = M * (tw + 1);
+    let Planes { sub, row, .. } = planes;
+    let row = &mut row[..wide];
+    let pad = g.padding[1];
+    let (lo, hi) = (pad.min(wide), (pad + g.in_w).min(wide));
+    for jj in 0..=rows {
+        for rho in 0..M {
+            let at = |s: usize| (s * M + rho) * span + jj * tw;
+            let y = (M * (first + jj) + rho) as isize - g.padding[0] as isize;
+            if y < 0 || y >= g.in_h as isize {
+                for s in 0..M + 2 {
+                    sub[at(s)..at(s) + tw].fill(0.0);
+                }
+                continue;
+            }
+            let input = &plane[y as usize * g.in_w..][..g.in_w];
+            row[..lo].fill(0.0);
+            copy_values(&input[..hi - lo], uninit(&mut row[lo..hi]));
+            row[hi..].fill(0.0);
+            // Columns 0..M of every tile straight into their lines, then columns M and M + 1
+            // (phases 0 and 1 one tile on).
+            let lines = sub
+                .get_disjoint_mut(core::array::from_fn::<_, M, _>(|s| at(s)..at(s) + tw))
+                .expect("distinct lines");
+            deinterleave::<M>(row, lines);
+            for sigma in 0..2 {
+                let [from, to] = sub
+                    .get_disjoint_mut([
+                        at(sigma)..at(sigma) + tw,
+                        at(sigma + M)..at(sigma + M) + tw,
+                    ])
+                    .expect("distinct lines");
+                copy_values(&from[1..], uninit(&mut to[..tw - 1]));
+                to[tw - 1] = row[M * tw + sigma];
+            }
+        }
+    }
+    span
+}
+
+/// The output rows of a band of `rows` tile rows from tile row `first` into `out` (an output
+/// plane of `geometry`): `lines[(a·M + b)·n + jj·tiles_w + k]` (`n = rows · tiles_w`) is the
+/// output at row `M·(first + jj) + a` and column `M·k + b`; rows and columns past the plane are
+/// dropped. `row` is scratch of `M`.
+#[inline(always)]
+pub(crate) fn scatter<const M: usize>(
+    lines: &[f32],
+    g: &Geometry,
+    first: usize,
+    rows: usize,
+    tiles_w: usize,
+    out: Shared,
+    row: &mut [f32],
+) {
+    let tw = tiles_w;
+    let n = rows * tw;
+    // Whole tiles straight into the row, the columns of a last tile cut by the plane's edge
+    // through `row`.
+    let whole = g.out_w / M;
+    let rest = g.out_w % M;
+    let row = &mut row[..M];
+    for jj in 0..rows {
+        for a in 0..M {
+            let oy = M * (first + jj) + a;
+            if oy >= g.out_h {
+                continue;
+            }
+            let phases: [&[f32]; M] =
+                core::array::from_fn(|b| &lines[(a * M + b) * n + jj * tw..][..tw]);
+            // SAFETY: out is this output plane ([out_h, out_w]); row oy is written by this
+            // call alone.
+            let line = unsafe { out.row(oy * g.out_w, g.out_w) };
+            interleave::<M>(&mut line[..M * whole], phases.map(|p| &p[..whole]));
+            if rest > 0 {
+                for (value, phase) in row.iter_mut().zip(&phases) {
+                    *value = phase[whole];
+                }
+                copy_values(&row[..rest], &mut line[M * whole..]);
+            }
+        }
+    }
+}
+
+/// `dst = src` (inlined into the transforms).
+#[inline(always)]
+fn copy_values(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.write(*s);
+    }
+}
+
+/// F(2×2, 3×3)'s `Bᵀ` over four lines: `[d0 - d2, d1 + d2, d2 - d1, d1 - d3]`.
+#[inline(always)]
+fn bt4(d: [&[f32]; 4], out: [&mut [MaybeUninit<f32>]; 4]) {
+    let n = out[0].len();
+    let [d0, d1, d2, d3] = d.map(|x| &x[..n]);
+    let [o0, o1, o2, o3] = out.map(|o| &mut o[..n]);
+    for k in 0..n {
+        o0[k].write(d0[k] - d2[k]);
+        o1[k].write(d1[k] + d2[k]);
+        o2[k].write(d2[k] - d1[k]);
+        o3[k].write(d1[k] - d3[k]);
+    }
+}
+
+/// F(2×2, 3×3)'s `Aᵀ` over four lines, plus `bias`: `[m0 + m1 + m2, m1 - m2 - m3]`.
+#[inline(always)]
+fn at4(m: [&[f32]; 4], out: [&mut [MaybeUninit<f32>]; 2], bias: f32) {
+    let n = out[0].len();
+    let [m0, m1, m2, m3] = m.map(|x| &x[..n]);
+    let [o0, o1] = out.map(|o| &mut o[..n]);
+    for k in 0..n {
+        o0[k].write(m0[k] + m1[k] + m2[k] + bias);
+        o1[k].write(m1[k] - m2[k] - m3[k] + bias);
+    }
+}
+
 /// `V[ξ]` of one input plane into `v` (`[16, ins, stride / ins]`: this channel's row of each
 /// `ξ` at `channel_row`), columns `column..` from the blocks of block rows `rows`
 /// (`blocks_w` blocks a row). One call a plane and band, compiled for the widest SIMD the CPU
-/// has: `·B` runs along each block row into the band's sums, then `Bᵀ·` along the whole band
-/// (the plane's blocks lie side by side in `V`), so short rows (7 or 14 wide) still fill the
-/// vectors and the dispatch is paid once a plane.
+/// has: the band split into sub-planes ([`gather`]), then `Bᵀ·` down each block column and
+/// `·B` along each block row, each along the whole band (the plane's blocks lie side by side
+/// in `V`), the second straight into `V`.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(feature = "simd", macerator::with_simd)]
 fn transform_input<#[cfg(feature = "simd")] S: macerator::Simd>(
@@ -327,89 +533,25 @@ fn transform_input<#[cfg(feature = "simd")] S: macerator::Simd>(
     stride: usize,
     channel_row: usize,
     column: usize,
-    lines: &mut Lines,
+    planes: &mut Planes,
 ) {
-    let bw = blocks_w;
-    let nb = rows.len() * bw;
-    let Lines { even, odd, sums } = lines;
-    let pad = g.padding[1];
-    // Columns k in [lo, hi) have both x = 2k and 2k + 1 inside the row.
-    let hi = (bw + 1).min((g.in_w + pad) / 2);
-    let lo = pad.div_ceil(2).min(hi);
-    for (j, by) in rows.enumerate() {
-        // Input row 2·by + r - pad_h, its columns x - pad_w for x in 0..2·bw + 2, zero in the
-        // padding, split into even and odd x.
-        for r in 0..4 {
-            let iy = (2 * by + r) as isize - g.padding[0] as isize;
-            let (e, o) = (&mut even[r][..=bw], &mut odd[r][..=bw]);
-            if iy < 0 || iy >= g.in_h as isize {
-                e.fill(0.0);
-                o.fill(0.0);
-                continue;
-            }
-            let row = &plane[iy as usize * g.in_w..(iy as usize + 1) * g.in_w];
-            let at = |x: usize| {
-                let ix = x as isize - pad as isize;
-                if ix >= 0 && (ix as usize) < g.in_w {
-                    row[ix as usize]
-                } else {
-                    0.0
-                }
-            };
-            for k in (0..lo).chain(hi..=bw) {
-                e[k] = at(2 * k);
-                o[k] = at(2 * k + 1);
-            }
-            split(
-                &row[2 * lo - pad..2 * hi - pad],
-                &mut e[lo..hi],
-                &mut o[lo..hi],
-            );
-        }
-        // ·B along each row: block bx of row r reads d0..d3 = even[bx], odd[bx], even[bx + 1],
-        // odd[bx + 1]; sums[4r + c] holds column c of the result, block row j at j·bw.
-        for r in 0..4 {
-            let (e0, e1) = (&even[r][..bw], &even[r][1..=bw]);
-            let (o0, o1) = (&odd[r][..bw], &odd[r][1..=bw]);
-            let at = j * bw;
-            let s0 = &mut sums[4 * r][at..at + bw];
-            for k in 0..bw {
-                s0[k] = e0[k] - e1[k];
-            }
-            let s1 = &mut sums[4 * r + 1][at..at + bw];
-            for k in 0..bw {
-                s1[k] = o0[k] + e1[k];
-            }
-            let s2 = &mut sums[4 * r + 2][at..at + bw];
-            for k in 0..bw {
-                s2[k] = e1[k] - o0[k];
-            }
-            let s3 = &mut sums[4 * r + 3][at..at + bw];
-            for k in 0..bw {
-                s3[k] = o0[k] - o1[k];
-            }
-        }
+    let (bw, nb) = (blocks_w, rows.len() * blocks_w);
+    let span = gather::<2>(plane, g, rows.start, rows.len(), bw, planes);
+    let Planes { sub, mid, .. } = planes;
+    // Bᵀ· down each column s of the blocks: mid[4s + i] is row i.
+    for s in 0..4 {
+        let d = |r: usize| &sub[(s * 2 + r % 2) * span + r / 2 * bw..][..nb];
+        let (_, out) = mid.split_at_mut(4 * s * nb);
+        bt4([d(0), d(1), d(2), d(3)], lines_mut(out, nb));
     }
-    // Bᵀ· down each column, along the whole band, straight into V:
-    // `v = [t0 - t2, t1 + t2, t2 - t1, t1 - t3]`.
-    for c in 0..4 {
-        let [t0, t1, t2, t3] = [0, 1, 2, 3].map(|r| &sums[4 * r + c][..nb]);
+    // ·B along each row i, straight into V[4i + c].
+    for i in 0..4 {
+        let d = |s: usize| &mid[(4 * s + i) * nb..][..nb];
         // SAFETY: the caller's v holds [16, ins, stride / ins]; this channel's row of each ξ,
         // columns [column, column + nb), is written by this call alone.
-        let row = |xi: usize| unsafe { v.row(xi * stride + channel_row + column, nb) };
-        let (v0, v1, v2, v3) = (row(c), row(4 + c), row(8 + c), row(12 + c));
-        for k in 0..nb {
-            v0[k].write(t0[k] - t2[k]);
-        }
-        for k in 0..nb {
-            v1[k].write(t1[k] + t2[k]);
-        }
-        for k in 0..nb {
-            v2[k].write(t2[k] - t1[k]);
-        }
-        for k in 0..nb {
-            v3[k].write(t1[k] - t3[k]);
-        }
+        let out =
+            [0, 1, 2, 3].map(|c| unsafe { v.row((4 * i + c) * stride + channel_row + column, nb) });
+        bt4([d(0), d(1), d(2), d(3)], out);
     }
 }
 
@@ -445,28 +587,13 @@ fn transform_inputs(
             let at = ((first + i) * ins + c) * plane_len;
             let plane = &x[at..at + plane_len];
             let (stride, row, column) = (ins * n, c * n, i * per);
-            match scratch {
-                Scratch::F2(lines) => transform_input(
-                    plane,
-                    g,
-                    rows.clone(),
-                    blocks_w,
-                    v_ptr,
-                    stride,
-                    row,
-                    column,
-                    lines,
+            let rows = rows.clone();
+            match tile {
+                Tile::F2 => transform_input(
+                    plane, g, rows, blocks_w, v_ptr, stride, row, column, scratch,
                 ),
-                Scratch::F4(lines) => winograd4::transform_input(
-                    plane,
-                    g,
-                    rows.clone(),
-                    blocks_w,
-                    v_ptr,
-                    stride,
-                    row,
-                    column,
-                    lines,
+                Tile::F4 => winograd4::transform_input(
+                    plane, g, rows, blocks_w, v_ptr, stride, row, column, scratch,
                 ),
             }
         },
@@ -478,7 +605,8 @@ fn transform_inputs(
 /// The output of block rows `rows` of one output plane from `M[ξ]` (`[16, outs, stride /
 /// outs]`, this channel's row at `channel_row`, columns from `column`), plus `bias`, into
 /// `out` (the plane). One call a plane and band, compiled for the widest SIMD the CPU has:
-/// `Aᵀ·` along the whole band, then `·A` along each output row.
+/// `Aᵀ·` down each block column and `·A` along each block row, each along the whole band, then
+/// the band's rows written out ([`scatter`]).
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(feature = "simd", macerator::with_simd)]
 fn transform_output<#[cfg(feature = "simd")] S: macerator::Simd>(
@@ -491,46 +619,27 @@ fn transform_output<#[cfg(feature = "simd")] S: macerator::Simd>(
     blocks_w: usize,
     bias: f32,
     out: Shared,
-    lines: &mut Lines,
+    planes: &mut Planes,
 ) {
-    let bw = blocks_w;
-    let nb = rows.len() * bw;
+    let nb = rows.len() * blocks_w;
     let at = |xi: usize| &m[xi * stride + channel_row + column..][..nb];
-    // Aᵀ· down each column: sums[c] and sums[4 + c] are the two rows of column c,
-    // `top = m0 + m1 + m2`, `bottom = m1 - m2 - m3`.
+    let Planes { sub, mid, row, .. } = planes;
+    // Aᵀ· down each column c: mid[2c + a] is output row a of it.
     for c in 0..4 {
-        let [m0, m1, m2, m3] = [c, 4 + c, 8 + c, 12 + c].map(at);
-        let (tops, bottoms) = lines.sums.split_at_mut(4);
-        let (top, bottom) = (&mut tops[c][..nb], &mut bottoms[c][..nb]);
-        for k in 0..nb {
-            top[k] = m0[k] + m1[k] + m2[k];
-        }
-        for k in 0..nb {
-            bottom[k] = m1[k] - m2[k] - m3[k];
-        }
+        let (_, out) = mid.split_at_mut(2 * c * nb);
+        at4(
+            [at(c), at(4 + c), at(8 + c), at(12 + c)],
+            lines_mut(out, nb),
+            0.0,
+        );
     }
-    // ·A along each row, two outputs a block (`s0 + s1 + s2`, `s1 - s2 - s3`), with the bias;
-    // the odd last column dropped.
-    for (j, by) in rows.enumerate() {
-        for r in 0..2 {
-            let oy = 2 * by + r;
-            if oy >= g.out_h {
-                continue;
-            }
-            let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|c| &lines.sums[4 * r + c][j * bw..][..bw]);
-            // SAFETY: out is this output plane ([out_h, out_w]); row oy is written by this call
-            // alone.
-            let line = unsafe { out.row(oy * g.out_w, g.out_w) };
-            let pairs = line.len() / 2;
-            for (k, two) in line.chunks_exact_mut(2).enumerate() {
-                two[0].write(s0[k] + s1[k] + s2[k] + bias);
-                two[1].write(s1[k] - s2[k] - s3[k] + bias);
-            }
-            if line.len() % 2 == 1 {
-                line[2 * pairs].write(s0[pairs] + s1[pairs] + s2[pairs] + bias);
-            }
-        }
+    // ·A along each row a, with the bias: sub[2a + b] is the output at (a, b) of every block.
+    for a in 0..2 {
+        let y = |c: usize| &mid[(2 * c + a) * nb..][..nb];
+        let (_, out) = sub.split_at_mut(2 * a * nb);
+        at4([y(0), y(1), y(2), y(3)], lines_mut(out, nb), bias);
     }
+    scatter::<2>(sub, g, rows.start, rows.len(), blocks_w, out, row);
 }
 
 /// The convolution: `x` `[batch, ins, in_h, in_w]`, `w` read as `way` says (`[outs, ins, 3, 3]`
@@ -653,12 +762,12 @@ pub(crate) fn forward(
                     let b = bias.map_or(0.0, |b| b[o]);
                     let (stride, row, column) = (outs * n, o * n, i * per);
                     let rows = rows.clone();
-                    match scratch {
-                        Scratch::F2(lines) => transform_output(
-                            &m, stride, row, column, g, rows, blocks_w, b, plane, lines,
+                    match tile {
+                        Tile::F2 => transform_output(
+                            &m, stride, row, column, g, rows, blocks_w, b, plane, scratch,
                         ),
-                        Scratch::F4(lines) => winograd4::transform_output(
-                            &m, stride, row, column, g, rows, blocks_w, b, plane, lines,
+                        Tile::F4 => winograd4::transform_output(
+                            &m, stride, row, column, g, rows, blocks_w, b, plane, scratch,
                         ),
                     }
                 });

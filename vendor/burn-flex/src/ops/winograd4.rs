@@ -23,31 +23,10 @@ use core::mem::MaybeUninit;
 
 use super::depthwise::Geometry;
 use super::planes::each_with;
-use super::winograd::{Shared, Weight, filter_taps};
+use super::winograd::{Planes, Shared, Weight, filter_taps, gather, lines_mut, scatter};
 
 /// Products a channel pair a tile (6 × 6).
 pub(crate) const PRODUCTS: usize = 36;
-
-/// A thread's scratch for a band of tile rows: the input's six rows of one tile row split by
-/// column modulo 4 (`tiles_w + 1` long), and the band's 36 intermediate lines (`rows ·
-/// tiles_w`, at least `tiles_w + 1`).
-pub(crate) struct Lines {
-    phases: [[Vec<f32>; 4]; 6],
-    sums: [Vec<f32>; 36],
-}
-
-impl Lines {
-    /// Scratch for bands of at most `rows` tile rows of `tiles_w` tiles.
-    pub(crate) fn new(tiles_w: usize, rows: usize) -> Self {
-        let band = (rows * tiles_w).max(tiles_w + 1);
-        Self {
-            phases: core::array::from_fn(|_| {
-                core::array::from_fn(|_| alloc::vec![0.0; tiles_w + 1])
-            }),
-            sums: core::array::from_fn(|_| alloc::vec![0.0; band]),
-        }
-    }
-}
 
 /// `U[ξ]` (`[36, outs, ins]`) of the weight `w`, read as `way` says.
 pub(crate) fn transform_weight(
@@ -126,10 +105,43 @@ fn g_row(r: usize, x: [&[f32]; 3], out: &mut [f32]) {
     }
 }
 
+/// F(4×4, 3×3)'s `Bᵀ` over six lines.
+#[inline(always)]
+fn bt6(d: [&[f32]; 6], out: [&mut [MaybeUninit<f32>]; 6]) {
+    let n = out[0].len();
+    let [d0, d1, d2, d3, d4, d5] = d.map(|x| &x[..n]);
+    let [o0, o1, o2, o3, o4, o5] = out.map(|o| &mut o[..n]);
+    for k in 0..n {
+        o0[k].write(4.0 * d0[k] - 5.0 * d2[k] + d4[k]);
+        o1[k].write(d3[k] + d4[k] - 4.0 * (d1[k] + d2[k]));
+        o2[k].write(d4[k] - d3[k] + 4.0 * (d1[k] - d2[k]));
+        o3[k].write(d4[k] - d2[k] + 2.0 * (d3[k] - d1[k]));
+        o4[k].write(d4[k] - d2[k] - 2.0 * (d3[k] - d1[k]));
+        o5[k].write(4.0 * d1[k] - 5.0 * d3[k] + d5[k]);
+    }
+}
+
+/// F(4×4, 3×3)'s `Aᵀ` over six lines, plus `bias`.
+#[inline(always)]
+fn at6(m: [&[f32]; 6], out: [&mut [MaybeUninit<f32>]; 4], bias: f32) {
+    let n = out[0].len();
+    let [m0, m1, m2, m3, m4, m5] = m.map(|x| &x[..n]);
+    let [o0, o1, o2, o3] = out.map(|o| &mut o[..n]);
+    for k in 0..n {
+        let (plus12, minus12) = (m1[k] + m2[k], m1[k] - m2[k]);
+        let (plus34, minus34) = (m3[k] + m4[k], m3[k] - m4[k]);
+        o0[k].write(m0[k] + plus12 + plus34 + bias);
+        o1[k].write(minus12 + 2.0 * minus34 + bias);
+        o2[k].write(plus12 + 4.0 * plus34 + bias);
+        o3[k].write(minus12 + 8.0 * minus34 + m5[k] + bias);
+    }
+}
+
 /// `V[ξ]` of one input plane into `v` (`[36, ins, stride / ins]`: this channel's row of each
 /// `ξ` at `channel_row`), columns `column..` from the tiles of tile rows `rows` (`tiles_w` a
-/// row). One call a plane and band, compiled for the widest SIMD the CPU has: `·B` along each
-/// tile row into the band's lines, then `Bᵀ·` along the whole band.
+/// row). One call a plane and band, compiled for the widest SIMD the CPU has: the band split
+/// into sub-planes ([`gather`]), then `Bᵀ·` down each tile column and `·B` along each tile row,
+/// each along the whole band, the second straight into `V`.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(feature = "simd", macerator::with_simd)]
 pub(crate) fn transform_input<#[cfg(feature = "simd")] S: macerator::Simd>(
@@ -141,104 +153,32 @@ pub(crate) fn transform_input<#[cfg(feature = "simd")] S: macerator::Simd>(
     stride: usize,
     channel_row: usize,
     column: usize,
-    lines: &mut Lines,
+    planes: &mut Planes,
 ) {
-    let tw = tiles_w;
-    let nb = rows.len() * tw;
-    let Lines { phases, sums } = lines;
-    let pad = g.padding[1];
-    // Columns k in [lo, hi) have x = 4k .. 4k + 3 all inside the row.
-    let hi = (tw + 1).min((g.in_w + pad) / 4);
-    let lo = pad.div_ceil(4).min(hi);
-    for (j, by) in rows.enumerate() {
-        // Input row 4·by + r - pad_h, its columns x - pad_w for x in 0..4·tw + 4, zero in the
-        // padding, split by x modulo 4.
-        for (r, phase) in phases.iter_mut().enumerate() {
-            let iy = (4 * by + r) as isize - g.padding[0] as isize;
-            if iy < 0 || iy >= g.in_h as isize {
-                phase.iter_mut().for_each(|p| p[..=tw].fill(0.0));
-                continue;
-            }
-            let row = &plane[iy as usize * g.in_w..(iy as usize + 1) * g.in_w];
-            let at = |x: usize| {
-                let ix = x as isize - pad as isize;
-                if ix >= 0 && (ix as usize) < g.in_w {
-                    row[ix as usize]
-                } else {
-                    0.0
-                }
-            };
-            let [p0, p1, p2, p3] = phase;
-            for k in (0..lo).chain(hi..=tw) {
-                p0[k] = at(4 * k);
-                p1[k] = at(4 * k + 1);
-                p2[k] = at(4 * k + 2);
-                p3[k] = at(4 * k + 3);
-            }
-            let inside = &row[4 * lo - pad..4 * hi - pad];
-            for (k, quad) in inside.chunks_exact(4).enumerate() {
-                p0[lo + k] = quad[0];
-                p1[lo + k] = quad[1];
-                p2[lo + k] = quad[2];
-                p3[lo + k] = quad[3];
-            }
-        }
-        // ·B along each row: tile k of row r reads d0..d5 = p0[k], p1[k], p2[k], p3[k],
-        // p0[k + 1], p1[k + 1]; sums[6r + c] holds column c of the result, tile row j at j·tw.
-        let at = j * tw;
-        for (r, phase) in phases.iter().enumerate() {
-            let d0 = &phase[0][..tw];
-            let d1 = &phase[1][..tw];
-            let d2 = &phase[2][..tw];
-            let d3 = &phase[3][..tw];
-            let d4 = &phase[0][1..=tw];
-            let d5 = &phase[1][1..=tw];
-            let s = &mut sums[6 * r..6 * r + 6];
-            let [s0, s1, s2, s3, s4, s5] = s else {
-                unreachable!()
-            };
-            let (s0, s1, s2) = (
-                &mut s0[at..at + tw],
-                &mut s1[at..at + tw],
-                &mut s2[at..at + tw],
-            );
-            let (s3, s4, s5) = (
-                &mut s3[at..at + tw],
-                &mut s4[at..at + tw],
-                &mut s5[at..at + tw],
-            );
-            for k in 0..tw {
-                s0[k] = 4.0 * d0[k] - 5.0 * d2[k] + d4[k];
-                s1[k] = d3[k] + d4[k] - 4.0 * (d1[k] + d2[k]);
-                s2[k] = d4[k] - d3[k] + 4.0 * (d1[k] - d2[k]);
-                s3[k] = d4[k] - d2[k] + 2.0 * (d3[k] - d1[k]);
-                s4[k] = d4[k] - d2[k] - 2.0 * (d3[k] - d1[k]);
-                s5[k] = 4.0 * d1[k] - 5.0 * d3[k] + d5[k];
-            }
-        }
+    let (tw, nb) = (tiles_w, rows.len() * tiles_w);
+    let span = gather::<4>(plane, g, rows.start, rows.len(), tw, planes);
+    let Planes { sub, mid, .. } = planes;
+    // Bᵀ· down each column s of the tiles: mid[6s + i] is row i.
+    for s in 0..6 {
+        let d = |r: usize| &sub[(s * 4 + r % 4) * span + r / 4 * tw..][..nb];
+        let (_, out) = mid.split_at_mut(6 * s * nb);
+        bt6([d(0), d(1), d(2), d(3), d(4), d(5)], lines_mut(out, nb));
     }
-    // Bᵀ· down each column, along the whole band, straight into V.
-    for c in 0..6 {
-        let [t0, t1, t2, t3, t4, t5] = [0, 1, 2, 3, 4, 5].map(|r| &sums[6 * r + c][..nb]);
+    // ·B along each row i, straight into V[6i + c].
+    for i in 0..6 {
+        let d = |s: usize| &mid[(6 * s + i) * nb..][..nb];
         // SAFETY: the caller's v holds [36, ins, stride / ins]; this channel's row of each ξ,
         // columns [column, column + nb), is written by this call alone.
-        let [v0, v1, v2, v3, v4, v5] = [0, 1, 2, 3, 4, 5]
-            .map(|r| unsafe { v.row((6 * r + c) * stride + channel_row + column, nb) });
-        for k in 0..nb {
-            v0[k].write(4.0 * t0[k] - 5.0 * t2[k] + t4[k]);
-            v1[k].write(t3[k] + t4[k] - 4.0 * (t1[k] + t2[k]));
-            v2[k].write(t4[k] - t3[k] + 4.0 * (t1[k] - t2[k]));
-            v3[k].write(t4[k] - t2[k] + 2.0 * (t3[k] - t1[k]));
-            v4[k].write(t4[k] - t2[k] - 2.0 * (t3[k] - t1[k]));
-            v5[k].write(4.0 * t1[k] - 5.0 * t3[k] + t5[k]);
-        }
+        let out = [0, 1, 2, 3, 4, 5]
+            .map(|c| unsafe { v.row((6 * i + c) * stride + channel_row + column, nb) });
+        bt6([d(0), d(1), d(2), d(3), d(4), d(5)], out);
     }
 }
 
 /// The output of tile rows `rows` of one output plane from `M[ξ]` (`[36, outs, stride /
 /// outs]`, this channel's row at `channel_row`, columns from `column`), plus `bias`, into
-/// `out` (the plane): `Aᵀ·` along the whole band, then `·A` along each output row, the columns
-/// and rows past the plane dropped.
+/// `out` (the plane): `Aᵀ·` down each tile column and `·A` along each tile row, each along the
+/// whole band, then the band's rows written out, the columns and rows past the plane dropped.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(feature = "simd", macerator::with_simd)]
 pub(crate) fn transform_output<#[cfg(feature = "simd")] S: macerator::Simd>(
@@ -251,64 +191,26 @@ pub(crate) fn transform_output<#[cfg(feature = "simd")] S: macerator::Simd>(
     tiles_w: usize,
     bias: f32,
     out: Shared,
-    lines: &mut Lines,
+    planes: &mut Planes,
 ) {
-    let tw = tiles_w;
-    let nb = rows.len() * tw;
+    let nb = rows.len() * tiles_w;
     let at = |xi: usize| &m[xi * stride + channel_row + column..][..nb];
-    // Aᵀ· down each column c: sums[6i + c] is row i of column c.
+    let Planes { sub, mid, row, .. } = planes;
+    // Aᵀ· down each column c: mid[4c + a] is output row a of it.
     for c in 0..6 {
-        let [m0, m1, m2, m3, m4, m5] = [0, 1, 2, 3, 4, 5].map(|r| at(6 * r + c));
-        let [o0, o1, o2, o3] = lines
-            .sums
-            .get_disjoint_mut([c, 6 + c, 12 + c, 18 + c])
-            .expect("four distinct lines of 36");
-        let (o0, o1, o2, o3) = (&mut o0[..nb], &mut o1[..nb], &mut o2[..nb], &mut o3[..nb]);
-        for k in 0..nb {
-            let (plus12, minus12) = (m1[k] + m2[k], m1[k] - m2[k]);
-            let (plus34, minus34) = (m3[k] + m4[k], m3[k] - m4[k]);
-            o0[k] = m0[k] + plus12 + plus34;
-            o1[k] = minus12 + 2.0 * minus34;
-            o2[k] = plus12 + 4.0 * plus34;
-            o3[k] = minus12 + 8.0 * minus34 + m5[k];
-        }
+        let (_, out) = mid.split_at_mut(4 * c * nb);
+        let m = [0, 1, 2, 3, 4, 5].map(|r| at(6 * r + c));
+        at6(m, lines_mut(out, nb), 0.0);
     }
-    // ·A along each row, four outputs a tile, with the bias.
-    let quads = g.out_w / 4;
-    let rest = g.out_w % 4;
-    for (j, by) in rows.enumerate() {
-        for i in 0..4 {
-            let oy = 4 * by + i;
-            if oy >= g.out_h {
-                continue;
-            }
-            let [s0, s1, s2, s3, s4, s5] =
-                [0, 1, 2, 3, 4, 5].map(|c| &lines.sums[6 * i + c][j * tw..][..tw]);
-            // SAFETY: out is this output plane ([out_h, out_w]); row oy is written by this call
-            // alone.
-            let line = unsafe { out.row(oy * g.out_w, g.out_w) };
-            let four = |k: usize| {
-                let (plus12, minus12) = (s1[k] + s2[k], s1[k] - s2[k]);
-                let (plus34, minus34) = (s3[k] + s4[k], s3[k] - s4[k]);
-                [
-                    s0[k] + plus12 + plus34 + bias,
-                    minus12 + 2.0 * minus34 + bias,
-                    plus12 + 4.0 * plus34 + bias,
-                    minus12 + 8.0 * minus34 + s5[k] + bias,
-                ]
-            };
-            for (k, quad) in line.chunks_exact_mut(4).enumerate() {
-                let values = four(k);
-                for (o, value) in quad.iter_mut().zip(values) {
-                    o.write(value);
-                }
-            }
-            if rest > 0 {
-                let values = four(quads);
-                for (o, value) in line[4 * quads..].iter_mut().zip(values) {
-                    o.write(value);
-                }
-            }
-        }
+    // ·A along each row a, with the bias: sub[4a + b] is the output at (a, b) of every tile.
+    for a in 0..4 {
+        let y = |c: usize| &mid[(4 * c + a) * nb..][..nb];
+        let (_, out) = sub.split_at_mut(4 * a * nb);
+        at6(
+            [y(0), y(1), y(2), y(3), y(4), y(5)],
+            lines_mut(out, nb),
+            bias,
+        );
     }
+    scatter::<4>(sub, g, rows.start, rows.len(), tiles_w, out, row);
 }
