@@ -186,16 +186,6 @@ pub(crate) fn filter_taps(
     }
 }
 
-/// `even[k] = src[2k]`, `odd[k] = src[2k + 1]`, for the pairs of `src` (inlined into the
-/// transforms, so compiled for their SIMD).
-#[inline(always)]
-fn split(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    for ((pair, e), o) in src.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
-        *e = pair[0];
-        *o = pair[1];
-    }
-}
-
 /// `f(i, item)` for every item, on every core where `parallel` and rayon is on.
 fn each_mut<S: Send>(parallel: bool, items: &mut [S], f: impl Fn(usize, &mut S) + Sync + Send) {
     #[cfg(feature = "rayon")]
@@ -276,29 +266,6 @@ fn combine<#[cfg(feature = "simd")] S: macerator::Simd>(
         let outer = x0[k] + x2[k];
         plus[k].write(0.5 * (outer + x1[k]));
         minus[k].write(0.5 * (outer - x1[k]));
-    }
-}
-
-/// A thread's scratch for the weight gradient's transform of a band of block rows
-/// ([`transform_gradient`]): the gradient's two rows of one block row split into even and odd
-/// columns (`blocks_w + 1` long), and the intermediate sums of the whole band (16 lines of
-/// `rows · blocks_w`, at least `blocks_w + 1`).
-struct Lines {
-    even: [Vec<f32>; 4],
-    odd: [Vec<f32>; 4],
-    sums: [Vec<f32>; 16],
-}
-
-impl Lines {
-    /// Scratch for bands of at most `rows` block rows of `blocks_w` blocks.
-    fn new(blocks_w: usize, rows: usize) -> Self {
-        let line = || alloc::vec![0.0f32; blocks_w + 1];
-        let band = (rows * blocks_w).max(blocks_w + 1);
-        Self {
-            even: core::array::from_fn(|_| line()),
-            odd: core::array::from_fn(|_| line()),
-            sums: core::array::from_fn(|_| alloc::vec![0.0f32; band]),
-        }
     }
 }
 
@@ -829,7 +796,7 @@ pub(crate) fn weight_gradient(
     let capacity = 16 * images * band * blocks_w;
     let mut v: Vec<f32> = Vec::with_capacity(ins * capacity);
     let mut gt: Vec<f32> = Vec::with_capacity(outs * capacity);
-    let lines = || Lines::new(blocks_w, band);
+    let lines = || Planes::new(2, blocks_w, band);
     for first in (0..batch).step_by(images) {
         let count = images.min(batch - first);
         for start in (0..blocks_h).step_by(band) {
@@ -909,11 +876,27 @@ pub(crate) fn weight_gradient(
     })
 }
 
+/// `G'` over two lines: `[d0, ½(d0 + d1), ½(d0 - d1), -d1]`.
+#[inline(always)]
+fn g4(d: [&[f32]; 2], out: [&mut [MaybeUninit<f32>]; 4]) {
+    let n = out[0].len();
+    let [d0, d1] = d.map(|x| &x[..n]);
+    let [o0, o1, o2, o3] = out.map(|o| &mut o[..n]);
+    for k in 0..n {
+        o0[k].write(d0[k]);
+        o1[k].write(0.5 * (d0[k] + d1[k]));
+        o2[k].write(0.5 * (d0[k] - d1[k]));
+        o3[k].write(-d1[k]);
+    }
+}
+
 /// `G'·γ·G'ᵀ` of the 2×2 blocks of one output-gradient plane into `gt` (`[16, outs, stride /
 /// outs]`, this channel's row at `channel_row`), columns from `column`, for block rows `rows`;
 /// the gradient is zero past the plane's odd last row and column. One call a plane and band,
-/// compiled for the widest SIMD the CPU has: `·G'ᵀ` along each block row into the band's sums,
-/// then `G'·` along the whole band.
+/// compiled for the widest SIMD the CPU has: the band split into sub-planes as the input
+/// transforms split theirs ([`gather`], the gradient plane read as an unpadded input), then
+/// `G'·` down each block column and `·G'ᵀ` along each block row, each along the whole band, the
+/// second straight into the transformed gradient.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(feature = "simd", macerator::with_simd)]
 fn transform_gradient<#[cfg(feature = "simd")] S: macerator::Simd>(
@@ -925,68 +908,30 @@ fn transform_gradient<#[cfg(feature = "simd")] S: macerator::Simd>(
     stride: usize,
     channel_row: usize,
     column: usize,
-    lines: &mut Lines,
+    planes: &mut Planes,
 ) {
-    let bw = blocks_w;
-    let nb = rows.len() * bw;
-    let Lines { even, odd, sums } = lines;
-    let pairs = g.out_w / 2;
-    for (j, by) in rows.enumerate() {
-        // The block row's two gradient rows, split into even and odd columns.
-        for r in 0..2 {
-            let (e, o) = (&mut even[r][..bw], &mut odd[r][..bw]);
-            let oy = 2 * by + r;
-            if oy >= g.out_h {
-                e.fill(0.0);
-                o.fill(0.0);
-                continue;
-            }
-            let row = &plane[oy * g.out_w..(oy + 1) * g.out_w];
-            split(&row[..2 * pairs], &mut e[..pairs], &mut o[..pairs]);
-            e[pairs..].fill(0.0);
-            o[pairs..].fill(0.0);
-            if g.out_w % 2 == 1 {
-                e[pairs] = row[2 * pairs];
-            }
-        }
-        // ·G'ᵀ along each row: sums[4r + c] is column c of row r, block row j at j·bw.
-        for r in 0..2 {
-            let (e, o) = (&even[r][..bw], &odd[r][..bw]);
-            let at = j * bw;
-            let s0 = &mut sums[4 * r][at..at + bw];
-            s0.copy_from_slice(e);
-            let s1 = &mut sums[4 * r + 1][at..at + bw];
-            for k in 0..bw {
-                s1[k] = 0.5 * (e[k] + o[k]);
-            }
-            let s2 = &mut sums[4 * r + 2][at..at + bw];
-            for k in 0..bw {
-                s2[k] = 0.5 * (e[k] - o[k]);
-            }
-            let s3 = &mut sums[4 * r + 3][at..at + bw];
-            for k in 0..bw {
-                s3[k] = -o[k];
-            }
-        }
+    let (bw, nb) = (blocks_w, rows.len() * blocks_w);
+    let own = Geometry {
+        in_h: g.out_h,
+        in_w: g.out_w,
+        padding: [0, 0],
+        ..*g
+    };
+    let span = gather::<2>(plane, &own, rows.start, rows.len(), bw, planes);
+    let Planes { sub, mid, .. } = planes;
+    // G'· down each column s of the blocks: mid[4s + i] is row i.
+    for s in 0..2 {
+        let d = |rho: usize| &sub[(s * 2 + rho) * span..][..nb];
+        let (_, out) = mid.split_at_mut(4 * s * nb);
+        g4([d(0), d(1)], lines_mut(out, nb));
     }
-    // G'· down each column, along the whole band, straight into the transformed gradient.
-    for c in 0..4 {
-        let (t0, t1) = (&sums[c][..nb], &sums[4 + c][..nb]);
+    // ·G'ᵀ along each row i, straight into the transformed gradient's row 4i + c.
+    for i in 0..4 {
+        let d = |s: usize| &mid[(4 * s + i) * nb..][..nb];
         // SAFETY: gt holds [16, outs, stride / outs]; this channel's row of each ξ, columns
         // [column, column + nb), is written by this call alone.
-        let row = |xi: usize| unsafe { gt.row(xi * stride + channel_row + column, nb) };
-        let (r0, r1, r2, r3) = (row(c), row(4 + c), row(8 + c), row(12 + c));
-        for k in 0..nb {
-            r0[k].write(t0[k]);
-        }
-        for k in 0..nb {
-            r1[k].write(0.5 * (t0[k] + t1[k]));
-        }
-        for k in 0..nb {
-            r2[k].write(0.5 * (t0[k] - t1[k]));
-        }
-        for k in 0..nb {
-            r3[k].write(-t1[k]);
-        }
+        let out = [0, 1, 2, 3]
+            .map(|c| unsafe { gt.row((4 * i + c) * stride + channel_row + column, nb) });
+        g4([d(0), d(1)], out);
     }
 }
