@@ -247,9 +247,7 @@ fn uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 /// `dst = src`.
 #[cfg_attr(feature = "simd", macerator::with_simd)]
 fn copy<#[cfg(feature = "simd")] S: macerator::Simd>(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        d.write(*s);
-    }
+    copy_values(src, dst);
 }
 
 /// G's middle rows over three rows `x`: `plus = ½(x0 + x1 + x2)`, `minus = ½(x0 - x1 + x2)`.
@@ -371,6 +369,9 @@ pub(crate) fn gather<const M: usize>(
     let row = &mut row[..wide];
     let pad = g.padding[1];
     let (lo, hi) = (pad.min(wide), (pad + g.in_w).min(wide));
+    // The padding columns, the same for every row (rows write only [lo, hi)).
+    row[..lo].fill(0.0);
+    row[hi..].fill(0.0);
     for jj in 0..=rows {
         for rho in 0..M {
             let at = |s: usize| (s * M + rho) * span + jj * tw;
@@ -382,9 +383,7 @@ pub(crate) fn gather<const M: usize>(
                 continue;
             }
             let input = &plane[y as usize * g.in_w..][..g.in_w];
-            row[..lo].fill(0.0);
             copy_values(&input[..hi - lo], uninit(&mut row[lo..hi]));
-            row[hi..].fill(0.0);
             // Columns 0..M of every tile straight into their lines, then columns M and M + 1
             // (phases 0 and 1 one tile on).
             let lines = sub
@@ -796,7 +795,7 @@ pub(crate) fn weight_gradient(
     let capacity = 16 * images * band * blocks_w;
     let mut v: Vec<f32> = Vec::with_capacity(ins * capacity);
     let mut gt: Vec<f32> = Vec::with_capacity(outs * capacity);
-    let lines = || Planes::new(2, blocks_w, band);
+    let scratch = || Planes::new(2, blocks_w, band);
     for first in (0..batch).step_by(images) {
         let count = images.min(batch - first);
         for start in (0..blocks_h).step_by(band) {
@@ -817,7 +816,7 @@ pub(crate) fn weight_gradient(
             );
             gt.clear();
             let gt_ptr = Shared(gt.as_mut_ptr());
-            each_with(true, count * outs, lines, |lines, job| {
+            each_with(true, count * outs, scratch, |planes, job| {
                 let (i, o) = (job / outs, job % outs);
                 let at = ((first + i) * outs + o) * spatial;
                 let plane = &grad[at..at + spatial];
@@ -831,7 +830,7 @@ pub(crate) fn weight_gradient(
                     stride,
                     row,
                     i * per,
-                    lines,
+                    planes,
                 );
             });
             // SAFETY: every (ξ, channel, block) of the pass was written above.
