@@ -5,7 +5,9 @@
 //! For each query/gallery pair it prints top-1, score and mAP@10 for the plain ranking and for
 //! each way of adding the renderings: the smaller of the photo's and a rendering's distance
 //! (`min`), or the gallery embedding moved toward a rendering's, `normalise(e + β·e_r)`
-//! (`avg`), and both over all four renderings at once.
+//! (`avg`), and both over all four renderings at once. `sym` moves the query embeddings the
+//! same way, so that a drawn query's rendering meets a photo's rendering as well as the two
+//! originals meeting each other.
 //!
 //! ```sh
 //! cargo run --release -p retrieval --example gallery_renderings -- checkpoints/arcface \
@@ -95,9 +97,12 @@ fn main() -> Result<()> {
         report("plain", &plain);
         let mut min_all = plain.clone();
         let mut mean_all = g.clone();
+        let mut query_all = q.clone();
         for kind in ["sketch", "edges", "contours", "cartoon"] {
             let rendered: Vec<RgbImage> = gallery.iter().map(|i| render(kind, i)).collect();
             let r = member.embed_images(&rendered, &options);
+            let rendered_queries: Vec<RgbImage> = queries.iter().map(|i| render(kind, i)).collect();
+            let rq = member.embed_images(&rendered_queries, &options);
             let dr = distances(&q, &r, dim, &device);
             let min: Vec<f32> = plain.iter().zip(&dr).map(|(a, b)| a.min(*b)).collect();
             min_all
@@ -109,9 +114,22 @@ fn main() -> Result<()> {
                 let d = distances(&q, &moved(&g, &r, beta, dim), dim, &device);
                 report(&format!("avg {kind} β {beta}"), &d);
             }
+            for beta in [0.25, 0.5, 1.0] {
+                let d = distances(
+                    &moved(&q, &rq, beta, dim),
+                    &moved(&g, &r, beta, dim),
+                    dim,
+                    &device,
+                );
+                report(&format!("sym {kind} β {beta}"), &d);
+            }
             mean_all
                 .iter_mut()
                 .zip(&r)
+                .for_each(|(a, b)| *a += 0.25 * b);
+            query_all
+                .iter_mut()
+                .zip(&rq)
                 .for_each(|(a, b)| *a += 0.25 * b);
         }
         report("min all", &min_all);
@@ -119,6 +137,11 @@ fn main() -> Result<()> {
         report(
             "avg all (β 0.25 each)",
             &distances(&q, &mean_all, dim, &device),
+        );
+        query_all.chunks_mut(dim).for_each(normalise);
+        report(
+            "sym all (β 0.25 each)",
+            &distances(&query_all, &mean_all, dim, &device),
         );
     }
     Ok(())
