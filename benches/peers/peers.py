@@ -8,6 +8,12 @@ lookalike's figure, the peer's and the ratio (above 1: lookalike is faster).
 
     python3 benches/peers/peers.py                      # full run, about 15 minutes on 2 cores
     python3 benches/peers/peers.py --models mobilenet_v2 --gallery-sizes 10000 --seconds 1
+    python3 benches/peers/peers.py --models resnet18 --only train --rounds 5
+
+Each of lookalike's figures is measured right before its peers' (one `speed` call for each model
+and measurement), so a ratio compares two figures taken within a minute of each other: this
+machine's speed moves by up to half within minutes. `--rounds N` repeats the whole sequence N
+times and reports each row's median ratio with its range (the figures shown are medians too).
 
 The first run makes a virtual environment at target/peers-venv with the pinned packages of
 requirements.txt beside this file (PyPI's torch wheel brings CUDA libraries: about 3 GB), then
@@ -65,6 +71,9 @@ def parse_args():
     p.add_argument("--hnsw-sizes", default="100000",
                    help="synthetic clustered gallery sizes for the HNSW comparison (--only hnsw)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every measurement this many times, lookalike and peers "
+                        "alternating; the table shows medians and each ratio's range")
     p.add_argument("--ours", help="read lookalike's figures from this JSON instead of running the binary")
     p.add_argument("--out", default=str(ROOT / "target" / "peers" / "results.json"))
     p.add_argument("--markdown", help="also write the table as Markdown here")
@@ -88,14 +97,15 @@ def measure(items, step, seconds, warmup=1, min_steps=2):
     return steps * items / (time.perf_counter() - start)
 
 
-def run_ours(args):
+def run_ours(args, models, only):
+    """lookalike's `speed` binary on `models` (comma-separated) and `only`: its figures by key."""
     out = pathlib.Path(args.out).with_name("ours.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["cargo", "run", "--release", "-p", "benches", "--",
-           "--models", args.models, "--gallery-sizes", args.gallery_sizes, "--dim", str(args.dim),
-           "--only", args.only, "--folder", args.folder, "--seconds", str(args.seconds), "--out", str(out)]
+    cmd = ["cargo", "run", "--release", "-q", "-p", "benches", "--",
+           "--models", models, "--gallery-sizes", args.gallery_sizes, "--dim", str(args.dim),
+           "--only", only, "--folder", args.folder, "--seconds", str(args.seconds), "--out", str(out)]
     print("lookalike:", " ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return {m["key"]: m for m in json.loads(out.read_text())}
 
 
@@ -412,37 +422,23 @@ def hnsw(size, dim, threads):
 
 # --- report ---------------------------------------------------------------------------------
 
-def main():
-    ensure_venv()
-    args = parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
-    models = [m for m in args.models.split(",") if m]
-    sizes = [int(s) for s in args.gallery_sizes.split(",") if s]
-    ours = json.loads(pathlib.Path(args.ours).read_text()) if args.ours else None
-    only = set(args.only.split(","))
-    if ours:
-        ours = {m["key"]: m for m in ours}
-    else:
-        # The HNSW comparison runs lookalike's `ann` binary itself.
-        ours = run_ours(args) if only - {"hnsw"} else {}
+def one_round(args, models, sizes, only, fixed):
+    """Every wanted measurement once: for each model and kind, lookalike's figure (from `fixed`,
+    the --ours file, when given) and then its peers'. Rows of (measurement, our figure, peer,
+    peer's figure)."""
+    rows = []
 
-    if not only & {"forward", "train", "folder"}:
-        models = []  # FAISS and numpy alone: no PyTorch needed
-    if models:
-        import torch
+    def ours(model, kind):
+        return fixed if fixed is not None else run_ours(args, model, kind)
 
-        torch.set_num_threads(args.threads)
-    workdir = pathlib.Path(args.out).parent
-    workdir.mkdir(parents=True, exist_ok=True)
-    rows = []  # (measurement, our key, peer, peer figure)
     batches = [1, 16, 64]
+    cuda = args.device == "cuda"
+    on = " (CUDA)" if cuda else ""
     for name in models:
         print(f"peers: {name}", file=sys.stderr)
         note = weights_note(name)
-        cuda = args.device == "cuda"
-        on = " (CUDA)" if cuda else ""
         if "forward" in only:
+            mine = ours(name, "forward")
             peers = {
                 f"PyTorch{on}": torch_forward(name, batches, args.seconds, False, args.device),
                 f"PyTorch{on} (channels-last)":
@@ -450,44 +446,105 @@ def main():
             }
             if not cuda:
                 peers["ONNX Runtime"] = onnx_forward(name, batches, args.seconds, args.threads,
-                                                     workdir)
+                                                     pathlib.Path(args.out).parent)
             for b in batches:
+                key = f"forward/{name}/{b}/folded"
                 for peer, figures in peers.items():
-                    rows.append((f"{name} embedding, batch {b}{note}",
-                                 f"forward/{name}/{b}/folded", peer, figures[b]))
+                    rows.append((f"{name} embedding, batch {b}{note}", figure_of(mine, key), peer,
+                                 figures[b]))
         if "train" in only:
+            mine = ours(name, "train")
             for peer, cl in [(f"PyTorch{on}", False), (f"PyTorch{on} (channels-last)", True)]:
-                rows.append((f"{name} training step, batch 32{note}", f"train/{name}/32", peer,
+                rows.append((f"{name} training step, batch 32{note}",
+                             figure_of(mine, f"train/{name}/32"), peer,
                              torch_train_step(name, 32, args.seconds, cl, args.device)))
-        folder = torch_folder(name, args.folder) if "folder" in only else None
-        if folder is not None:
+        if "folder" in only and weights_file(name):
+            mine = ours(name, "folder")
             rows.append((f"{name} folder embedding (decode + resize + forward)",
-                         f"folder/{name}", "PyTorch + Pillow", folder))
-    for size in sizes if "search" in only else []:
-        print(f"peers: search {size}", file=sys.stderr)
-        for peer, figure in search(size, args.dim, args.seconds, args.threads).items():
-            rows.append((f"exact search, {size} x {args.dim}, 100 queries (queries/s)",
-                         f"search/{size}x{args.dim}", peer, figure))
+                         figure_of(mine, f"folder/{name}"), "PyTorch + Pillow",
+                         torch_folder(name, args.folder)))
+    if "search" in only and sizes:
+        mine = ours(args.models.split(",")[0] or "mobilenet_v2", "search")
+        for size in sizes:
+            print(f"peers: search {size}", file=sys.stderr)
+            for peer, figure in search(size, args.dim, args.seconds, args.threads).items():
+                rows.append((f"exact search, {size} x {args.dim}, 100 queries (queries/s)",
+                             figure_of(mine, f"search/{size}x{args.dim}"), peer, figure))
+    return rows
 
+
+def figure_of(ours, key):
+    return ours.get(key, {}).get("per_second")
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def main():
+    ensure_venv()
+    args = parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    models = [m for m in args.models.split(",") if m]
+    sizes = [int(s) for s in args.gallery_sizes.split(",") if s]
+    only = set(args.only.split(","))
+    fixed = None
+    if args.ours:
+        fixed = {m["key"]: m for m in json.loads(pathlib.Path(args.ours).read_text())}
+    if not only & {"forward", "train", "folder"}:
+        models = []  # FAISS and numpy alone: no PyTorch needed
+    if models:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    rounds = []
+    for r in range(args.rounds):
+        if args.rounds > 1:
+            print(f"peers: round {r + 1} of {args.rounds}", file=sys.stderr)
+        rounds.append(one_round(args, models, sizes, only, fixed))
+
+    table = []
+    for same in zip(*rounds):
+        what, _, peer, _ = same[0]
+        mine = [m for _, m, _, _ in same]
+        theirs = [f for _, _, _, f in same]
+        ratios = [m / f for m, f in zip(mine, theirs) if m and f]
+        table.append({"measurement": what, "peer": peer,
+                      "lookalike": median(mine) if all(mine) else None,
+                      "peer_figure": median(theirs) if all(theirs) else None,
+                      "ratio": median(ratios) if ratios else None,
+                      "ratios": ratios, "lookalike_rounds": mine, "peer_rounds": theirs})
+    # The HNSW comparison runs lookalike's `ann` binary itself, once.
     for size in [int(s) for s in args.hnsw_sizes.split(",") if s] if "hnsw" in only else []:
         print(f"peers: hnsw {size}", file=sys.stderr)
         for what, figure, peer, peer_figure in hnsw(size, args.dim, args.threads):
-            ours[figure["key"]] = figure
-            rows.append((what, figure["key"], peer, peer_figure))
-
-    table = []
-    for what, key, peer, figure in rows:
-        mine = ours.get(key, {}).get("per_second")
-        table.append({"measurement": what, "lookalike": mine, "peer": peer, "peer_figure": figure,
-                      "ratio": mine / figure if mine else None})
+            mine = figure["per_second"]
+            table.append({"measurement": what, "peer": peer, "lookalike": mine,
+                          "peer_figure": peer_figure, "ratio": mine / peer_figure,
+                          "ratios": [mine / peer_figure], "lookalike_rounds": [mine],
+                          "peer_rounds": [peer_figure]})
     pathlib.Path(args.out).write_text(json.dumps(table, indent=2))
+    spread = args.rounds > 1
     header = ["measurement (items/s)", "lookalike", "peer", "peer's", "ratio"]
-    lines = [[t["measurement"], fmt(t["lookalike"]), t["peer"], fmt(t["peer_figure"]),
-              "—" if t["ratio"] is None else f"{t['ratio']:.2f}×"] for t in table]
+    if spread:
+        header += [f"ratio's range ({args.rounds} rounds)"]
+    lines = []
+    for t in table:
+        line = [t["measurement"], fmt(t["lookalike"]), t["peer"], fmt(t["peer_figure"]),
+                "—" if t["ratio"] is None else f"{t['ratio']:.2f}×"]
+        if spread:
+            line.append(f"{min(t['ratios']):.2f}–{max(t['ratios']):.2f}×" if t["ratios"] else "—")
+        lines.append(line)
     widths = [max(len(str(r[i])) for r in [header] + lines) for i in range(len(header))]
     for r in [header] + lines:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
-    print(f"{args.threads} threads for every peer; ratio = lookalike / peer; wrote {args.out}")
+    medians = " (medians over the rounds)" if spread else ""
+    print(f"{args.threads} threads for every peer; ratio = lookalike / peer{medians}; "
+          f"wrote {args.out}")
     if args.markdown:
         md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(str(c) for c in r) + " |" for r in lines]
