@@ -35,9 +35,14 @@ use super::winograd4;
 /// Fewest channels in and out: below them the GEMMs are too thin to gain from the transforms.
 const MIN_CHANNELS: usize = 16;
 
-/// Fewest output positions over the batch: the weight transform (about 40 operations a channel
-/// pair) costs what the GEMM saves on about a hundred of them.
-const MIN_POSITIONS: usize = 256;
+/// Fewest multiply-adds a channel pair the transforms must save over the batch (the direct
+/// convolution's nine an output position, less the products of the blocks that cover the
+/// plane): the weights' transform and the transformed weights' trip through memory cost about
+/// that much. Measured on ResNet-18's embedding (`speed --models resnet18 --only forward`): a
+/// lone image's 256-channel layers at 14 × 14 save 980 and gain (64–66 against 69–70 images/s
+/// through here), four images' 512-channel layers at 7 × 7 save 740 and lose (80–82 against
+/// 77–78), five images' (925) are level.
+const MIN_SAVED: usize = 900;
 
 /// Fewest blocks a GEMM should get: below it, several images share one.
 const MIN_BLOCKS: usize = 256;
@@ -47,14 +52,20 @@ const MIN_BLOCKS: usize = 256;
 const BUFFER_FLOATS: usize = 1 << 21;
 
 /// Whether a convolution of `batch` images of `geometry` goes through here: a 3×3 filter,
-/// stride 1, no dilation, at least `MIN_CHANNELS` channels in and out, and enough output.
+/// stride 1, no dilation, at least `MIN_CHANNELS` channels in and out, and `MIN_SAVED`
+/// multiply-adds a channel pair saved.
 pub(crate) fn applies(g: &Geometry, batch: usize, channels_in: usize, channels_out: usize) -> bool {
     g.kernel == [3, 3]
         && g.stride == [1, 1]
         && g.dilation == [1, 1]
         && channels_in >= MIN_CHANNELS
         && channels_out >= MIN_CHANNELS
-        && batch * g.out_h * g.out_w >= MIN_POSITIONS
+        && {
+            let tile = Tile::of(g.out_h, g.out_w, channels_in, channels_out);
+            let direct = 9 * g.out_h * g.out_w;
+            let products = tile.plane_products(g.out_h, g.out_w);
+            batch * direct.saturating_sub(products) >= MIN_SAVED
+        }
 }
 
 /// The input gradient of a 3×3 convolution at stride 1 of `geometry`, as a convolution of its
@@ -117,6 +128,12 @@ impl Tile {
         }
     }
 
+    /// Products a channel pair over an `out_h × out_w` plane, blocks hanging over its edge
+    /// counted whole.
+    fn plane_products(self, out_h: usize, out_w: usize) -> usize {
+        out_h.div_ceil(self.side()) * out_w.div_ceil(self.side()) * self.products()
+    }
+
     /// The tiling of a convolution of `ins` to `outs` channels onto an `out_h × out_w` plane:
     /// F(4×4, 3×3) where it needs fewer products over the plane (blocks hanging over its edge
     /// count whole: from 7 × 7 up, not where the plane is two or six wide) and its 36
@@ -124,9 +141,8 @@ impl Tile {
     /// ResNet-18's 512-channel weights would take 36 MiB (16 by F(2×2, 3×3)), made while a
     /// training step's activations are held, and its peak would grow.
     fn of(out_h: usize, out_w: usize, ins: usize, outs: usize) -> Self {
-        let products = |t: Tile| out_h.div_ceil(t.side()) * out_w.div_ceil(t.side()) * t.products();
         let fits = winograd4::PRODUCTS * outs * ins <= BUFFER_FLOATS;
-        if fits && products(Tile::F4) < products(Tile::F2) {
+        if fits && Tile::F4.plane_products(out_h, out_w) < Tile::F2.plane_products(out_h, out_w) {
             Tile::F4
         } else {
             Tile::F2
