@@ -32,6 +32,7 @@ import pathlib
 import subprocess
 import sys
 import time
+import warnings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VENV = ROOT / "target" / "peers-venv"
@@ -272,9 +273,15 @@ def onnx_forward(name, batches, seconds, threads, workdir):
     net, side = embedding_network(name)
     net.eval()
     path = workdir / f"{name}.onnx"
-    torch.onnx.export(net, (torch.randn(1, 3, side, side),), str(path), dynamo=False,
-                      input_names=["x"], output_names=["embedding"],
-                      dynamic_axes={"x": {0: "batch"}, "embedding": {0: "batch"}})
+    # The TorchScript exporter (its deprecation said once a run is noise here), whose tracer
+    # warns that Lite1's "same" padding is read off the input's shape as a constant: only the
+    # batch axis varies, so it is one.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(net, (torch.randn(1, 3, side, side),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["embedding"],
+                          dynamic_axes={"x": {0: "batch"}, "embedding": {0: "batch"}})
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
