@@ -471,7 +471,7 @@ def one_round(args, models, sizes, only, fixed):
                          figure_of(mine, f"folder/{name}"), "PyTorch + Pillow",
                          torch_folder(name, args.folder)))
     if "search" in only and sizes:
-        mine = ours(args.models.split(",")[0] or "mobilenet_v2", "search")
+        mine = ours(args.models, "search")
         for size in sizes:
             print(f"peers: search {size}", file=sys.stderr)
             for peer, figure in search(size, args.dim, args.seconds, args.threads).items():
@@ -488,6 +488,16 @@ def median(values):
     values = sorted(values)
     mid = len(values) // 2
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def summarise(what, peer, mine, theirs):
+    """A table row from one measurement's figures, a round each: medians and every ratio."""
+    ratios = [m / f for m, f in zip(mine, theirs) if m and f]
+    return {"measurement": what, "peer": peer,
+            "lookalike": median(mine) if all(mine) else None,
+            "peer_figure": median(theirs) if all(theirs) else None,
+            "ratio": median(ratios) if ratios else None,
+            "ratios": ratios, "lookalike_rounds": mine, "peer_rounds": theirs}
 
 
 def main():
@@ -514,26 +524,13 @@ def main():
             print(f"peers: round {r + 1} of {args.rounds}", file=sys.stderr)
         rounds.append(one_round(args, models, sizes, only, fixed))
 
-    table = []
-    for same in zip(*rounds):
-        what, _, peer, _ = same[0]
-        mine = [m for _, m, _, _ in same]
-        theirs = [f for _, _, _, f in same]
-        ratios = [m / f for m, f in zip(mine, theirs) if m and f]
-        table.append({"measurement": what, "peer": peer,
-                      "lookalike": median(mine) if all(mine) else None,
-                      "peer_figure": median(theirs) if all(theirs) else None,
-                      "ratio": median(ratios) if ratios else None,
-                      "ratios": ratios, "lookalike_rounds": mine, "peer_rounds": theirs})
+    table = [summarise(same[0][0], same[0][2], [m for _, m, _, _ in same],
+                       [f for _, _, _, f in same]) for same in zip(*rounds)]
     # The HNSW comparison runs lookalike's `ann` binary itself, once.
     for size in [int(s) for s in args.hnsw_sizes.split(",") if s] if "hnsw" in only else []:
         print(f"peers: hnsw {size}", file=sys.stderr)
         for what, figure, peer, peer_figure in hnsw(size, args.dim, args.threads):
-            mine = figure["per_second"]
-            table.append({"measurement": what, "peer": peer, "lookalike": mine,
-                          "peer_figure": peer_figure, "ratio": mine / peer_figure,
-                          "ratios": [mine / peer_figure], "lookalike_rounds": [mine],
-                          "peer_rounds": [peer_figure]})
+            table.append(summarise(what, peer, [figure["per_second"]], [peer_figure]))
     pathlib.Path(args.out).write_text(json.dumps(table, indent=2))
     spread = args.rounds > 1
     header = ["measurement (items/s)", "lookalike", "peer", "peer's", "ratio"]
