@@ -75,11 +75,14 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every measurement this many times, lookalike and peers "
                         "alternating; the table shows medians and each ratio's range")
-    p.add_argument("--ours", help="read lookalike's figures from this JSON instead of running the binary")
+    p.add_argument("--ours", action="append",
+                   help="read lookalike's figures from this JSON instead of running the binary; "
+                        "repeatable as LABEL=FILE, a row for each against the same peer "
+                        "figures (gpu.sh: vulkan=ours-vulkan.json wgpu=ours-wgpu.json)")
     p.add_argument("--out", default=str(ROOT / "target" / "peers" / "results.json"))
     p.add_argument("--markdown", help="also write the table as Markdown here")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="cuda: PyTorch on the GPU against lookalike's wgpu figures (--ours from "
+                   help="cuda: PyTorch on the GPU against lookalike's GPU figures (--ours from "
                         "`speed --device wgpu`); forward and train only, no ONNX Runtime")
     p.add_argument("--here", action="store_true",
                    help="use this Python's packages instead of target/peers-venv")
@@ -430,13 +433,16 @@ def hnsw(size, dim, threads):
 # --- report ---------------------------------------------------------------------------------
 
 def one_round(args, models, sizes, only, fixed):
-    """Every wanted measurement once: for each model and kind, lookalike's figure (from `fixed`,
-    the --ours file, when given) and then its peers'. Rows of (measurement, our figure, peer,
-    peer's figure)."""
+    """Every wanted measurement once: for each model and kind, lookalike's figures (from `fixed`,
+    the --ours files as (label, figures), when given) and then its peers'. Rows of (measurement,
+    our figure, peer, peer's figure), one for each of lookalike's figures."""
     rows = []
 
     def ours(model, kind):
-        return fixed if fixed is not None else run_ours(args, model, kind)
+        return fixed if fixed is not None else [("", run_ours(args, model, kind))]
+
+    def labelled(what, label):
+        return f"{what}, {label}" if label else what
 
     batches = [1, 16, 64]
     cuda = args.device == "cuda"
@@ -456,27 +462,32 @@ def one_round(args, models, sizes, only, fixed):
                                                      pathlib.Path(args.out).parent)
             for b in batches:
                 key = f"forward/{name}/{b}/folded"
-                for peer, figures in peers.items():
-                    rows.append((f"{name} embedding, batch {b}{note}", figure_of(mine, key), peer,
-                                 figures[b]))
+                for label, figs in mine:
+                    for peer, figures in peers.items():
+                        rows.append((labelled(f"{name} embedding, batch {b}{note}", label),
+                                     figure_of(figs, key), peer, figures[b]))
         if "train" in only:
             mine = ours(name, "train")
             for peer, cl in [(f"PyTorch{on}", False), (f"PyTorch{on} (channels-last)", True)]:
-                rows.append((f"{name} training step, batch 32{note}",
-                             figure_of(mine, f"train/{name}/32"), peer,
-                             torch_train_step(name, 32, args.seconds, cl, args.device)))
+                figure = torch_train_step(name, 32, args.seconds, cl, args.device)
+                for label, figs in mine:
+                    rows.append((labelled(f"{name} training step, batch 32{note}", label),
+                                 figure_of(figs, f"train/{name}/32"), peer, figure))
         if "folder" in only and weights_file(name):
             mine = ours(name, "folder")
-            rows.append((f"{name} folder embedding (decode + resize + forward)",
-                         figure_of(mine, f"folder/{name}"), "PyTorch + Pillow",
-                         torch_folder(name, args.folder)))
+            figure = torch_folder(name, args.folder)
+            for label, figs in mine:
+                rows.append((labelled(f"{name} folder embedding (decode + resize + forward)", label),
+                             figure_of(figs, f"folder/{name}"), "PyTorch + Pillow", figure))
     if "search" in only and sizes:
         mine = ours(args.models, "search")
         for size in sizes:
             print(f"peers: search {size}", file=sys.stderr)
             for peer, figure in search(size, args.dim, args.seconds, args.threads).items():
-                rows.append((f"exact search, {size} x {args.dim}, 100 queries (queries/s)",
-                             figure_of(mine, f"search/{size}x{args.dim}"), peer, figure))
+                for label, figs in mine:
+                    rows.append((labelled(f"exact search, {size} x {args.dim}, 100 queries "
+                                          "(queries/s)", label),
+                                 figure_of(figs, f"search/{size}x{args.dim}"), peer, figure))
     return rows
 
 
@@ -510,7 +521,10 @@ def main():
     only = set(args.only.split(","))
     fixed = None
     if args.ours:
-        fixed = {m["key"]: m for m in json.loads(pathlib.Path(args.ours).read_text())}
+        fixed = []
+        for given in args.ours:
+            label, _, path = given.partition("=") if "=" in given else ("", "", given)
+            fixed.append((label, {m["key"]: m for m in json.loads(pathlib.Path(path).read_text())}))
     if not only & {"forward", "train", "folder"}:
         models = []  # FAISS and numpy alone: no PyTorch needed
     if models:
