@@ -54,7 +54,8 @@ run)
         build=$(label "$features")
         speed=target/gpu/speed-$build
         [ -x "$speed" ] || { xz -dkf "$speed.xz" && chmod +x "$speed"; } || continue
-        # One model a call, so a build that fails or runs out of time keeps what it finished.
+        # One model a call, so a build that fails keeps the models it finished; `speed` rewrites
+        # its JSON after each figure, so a model cut short keeps those it measured.
         mkdir -p "$parts/$build"
         for model in ${MODELS//,/ }; do
             left=$((SPEED_BUDGET - SECONDS))

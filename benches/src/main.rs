@@ -1,8 +1,9 @@
 //! `speed`: lookalike's own speed and memory figures (issue 6). Per backbone: inference
 //! throughput at batch 1, 16 and 64, a training step, and end-to-end folder embedding
 //! (decode, preprocess, forward); then exact search latency on synthetic galleries, and the
-//! HNSW index's build time, memory and single-query speed. Prints a table and writes JSON. Peer figures (PyTorch, ONNX Runtime, FAISS) are not part of this
-//! binary; they come from a script run beside it.
+//! HNSW index's build time, memory and single-query speed. Prints each figure as it is measured,
+//! then a table, and writes JSON. Peer figures (PyTorch, ONNX Runtime, FAISS) are not part of
+//! this binary; they come from a script run beside it.
 //!
 //! `cargo run --release -p benches -- --out benches/results.json`
 
@@ -20,7 +21,7 @@ use clap::Parser;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use model::BackboneKind;
 use retrieval::embed::{EmbedOptions, Member};
-use timing::Measurement;
+use timing::{Measurement, Recorder};
 
 #[derive(Parser)]
 #[command(name = "speed", about = "lookalike speed and memory benchmarks")]
@@ -63,7 +64,8 @@ struct Cli {
     /// and training measurements wait for the device after every step.
     #[arg(long, default_value = "cpu")]
     device: model::device::DeviceKind,
-    /// Write the figures as JSON here too.
+    /// Write the figures as JSON here too, rewritten after each one (a run stopped early keeps
+    /// what it measured).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -96,34 +98,28 @@ fn main() -> Result<()> {
     let device = cli.device.device()?;
     let min_time = Duration::from_secs_f64(cli.seconds);
     let wanted = |what: &str| cli.only.iter().any(|w| w == what);
-    let mut rows: Vec<Measurement> = Vec::new();
+    let mut record = Recorder::new(cli.out.clone());
     for name in &cli.models {
         let kind: BackboneKind = name.parse()?;
         if wanted("forward") {
             for folded in [false, true] {
-                rows.extend(network::forward(
-                    kind,
-                    &cli.batches,
-                    folded,
-                    min_time,
-                    &device,
-                ));
+                network::forward(kind, &cli.batches, folded, min_time, &device, &mut record)?;
             }
         }
         if wanted("train") {
             for frozen_statistics in [false, true] {
-                rows.push(network::train_step(
+                record.add(network::train_step(
                     kind,
                     32,
                     frozen_statistics,
                     min_time,
                     &device,
-                ));
+                ))?;
             }
         }
         if wanted("folder") {
             match folder_embedding(kind, &cli.folder) {
-                Some(m) => rows.push(m),
+                Some(m) => record.add(m)?,
                 None => eprintln!("{kind}: no weights or no folder, folder embedding skipped"),
             }
         }
@@ -131,18 +127,20 @@ fn main() -> Result<()> {
     }
     if wanted("search") {
         for &size in &cli.gallery_sizes {
-            rows.push(search::exact(size, cli.dim, 100, min_time, &device));
+            record.add(search::exact(size, cli.dim, 100, min_time, &device))?;
         }
     }
     if wanted("hnsw") {
         for &size in &cli.hnsw_sizes {
-            rows.extend(search::hnsw(size, cli.dim, 500, min_time));
+            for m in search::hnsw(size, cli.dim, 500, min_time) {
+                record.add(m)?;
+            }
         }
     }
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(vec!["measurement", "items/s", "ms a step", "peak MiB"]);
-    for r in &rows {
+    for r in record.rows() {
         table.add_row(vec![
             r.what.clone(),
             format!("{:.1}", r.per_second),
@@ -152,7 +150,6 @@ fn main() -> Result<()> {
     }
     println!("{table}");
     if let Some(out) = &cli.out {
-        data::write_atomic(out, serde_json::to_string_pretty(&rows)?.as_bytes())?;
         println!("wrote {}", out.display());
     }
     Ok(())

@@ -8,7 +8,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use model::{BackboneKind, Network};
 
-use crate::timing::{Measurement, measure};
+use crate::timing::{Measurement, Recorder, measure};
 
 fn input(batch: usize, side: usize, device: &Device) -> Tensor<4> {
     Tensor::random(
@@ -28,14 +28,16 @@ fn backbone(kind: BackboneKind, device: &Device) -> (Network, &'static str) {
 }
 
 /// Inference throughput (images/s) of `kind`'s backbone at each batch size, with batch norms
-/// as separate layers or folded into the convolutions (what `retrieval` loads).
+/// as separate layers or folded into the convolutions (what `retrieval` loads), into `record`
+/// as each is measured.
 pub fn forward(
     kind: BackboneKind,
     batches: &[usize],
     folded: bool,
     min_time: Duration,
     device: &Device,
-) -> Vec<Measurement> {
+    record: &mut Recorder,
+) -> anyhow::Result<()> {
     let (model, note) = backbone(kind, device);
     let mut model = model.valid();
     let note = if folded {
@@ -45,25 +47,23 @@ pub fn forward(
         note.to_string()
     };
     let side = kind.input_size() as usize;
-    batches
-        .iter()
-        .map(|&b| {
-            let x = input(b, side, device);
-            let suffix = if folded { "/folded" } else { "" };
-            measure(
-                format!("forward/{kind}/{b}{suffix}"),
-                format!("{kind} forward, batch {b}{note}"),
-                b,
-                1,
-                2,
-                min_time,
-                || {
-                    let e = model.embed_once(x.clone());
-                    let _ = e.into_data();
-                },
-            )
-        })
-        .collect()
+    for &b in batches {
+        let x = input(b, side, device);
+        let suffix = if folded { "/folded" } else { "" };
+        record.add(measure(
+            format!("forward/{kind}/{b}{suffix}"),
+            format!("{kind} forward, batch {b}{note}"),
+            b,
+            1,
+            2,
+            min_time,
+            || {
+                let e = model.embed_once(x.clone());
+                let _ = e.into_data();
+            },
+        ))?;
+    }
+    Ok(())
 }
 
 /// Training throughput (images/s): forward, backward of a squared-norm loss on a 256-d head,
