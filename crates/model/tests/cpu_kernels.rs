@@ -224,6 +224,42 @@ fn depthwise_on_planes_larger_than_a_chunk_matches_the_reference() {
     }
 }
 
+/// Small output planes over many channels, as MobileNetV2's and Lite1's last stages have: the
+/// forward takes sixteen planes at a time there (7 × 7 and 8 × 8, and strided planes up to
+/// 14 × 14), so groups of sixteen that end mid-batch, a last group of fewer, rows longer than
+/// sixteen, "same" padding, 5×5 and dilation 2.
+#[test]
+fn depthwise_on_small_planes_of_many_channels_matches_the_reference() {
+    let mut rng = Lcg(23);
+    // (batch, channels, h, w, kernel, stride, padding, dilation)
+    let cases = [
+        (2, 21, 7, 7, 3, 1, [(1, 1), (1, 1)], 1),
+        (1, 40, 14, 14, 3, 2, [(0, 1), (0, 1)], 1),
+        (3, 17, 8, 8, 5, 1, [(2, 2), (2, 2)], 1),
+        (2, 33, 15, 15, 5, 2, [(2, 2), (2, 2)], 1),
+        (1, 18, 8, 8, 3, 1, [(2, 2), (2, 2)], 2),
+        (2, 16, 28, 28, 3, 2, [(1, 1), (1, 1)], 1),
+        (1, 5, 9, 6, 3, 2, [(1, 0), (0, 2)], 1),
+    ];
+    for (i, (batch, channels, h, w, kernel, stride, padding, dilation)) in
+        cases.into_iter().enumerate()
+    {
+        let case = Case {
+            batch,
+            channels_in: channels,
+            channels_out: channels,
+            groups: channels,
+            h,
+            w,
+            kernel,
+            stride,
+            padding,
+            dilation,
+        };
+        check_with_bias(&case, &mut rng, i % 2 == 0);
+    }
+}
+
 #[test]
 fn pointwise_forward_and_gradients_match_the_reference() {
     let mut rng = Lcg(18);
