@@ -78,7 +78,8 @@ def parse_args():
     p.add_argument("--ours", action="append",
                    help="read lookalike's figures from this JSON instead of running the binary; "
                         "repeatable as LABEL=FILE, a row for each against the same peer "
-                        "figures (gpu.sh: vulkan=ours-vulkan.json wgpu=ours-wgpu.json)")
+                        "figures (gpu.sh, one a build: wgpu=ours-wgpu.json "
+                        "wgpu-burn-autotune-burn-fusion=ours-wgpu-burn-autotune-burn-fusion.json)")
     p.add_argument("--out", default=str(ROOT / "target" / "peers" / "results.json"))
     p.add_argument("--markdown", help="also write the table as Markdown here")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -441,8 +442,10 @@ def one_round(args, models, sizes, only, fixed):
     def ours(model, kind):
         return fixed if fixed is not None else [("", run_ours(args, model, kind))]
 
-    def labelled(what, label):
-        return f"{what}, {label}" if label else what
+    def add(mine, what, key, peer, figure):
+        """A row for each of lookalike's figure sets against one peer figure."""
+        for label, figs in mine:
+            rows.append((f"{what}, {label}" if label else what, figure_of(figs, key), peer, figure))
 
     batches = [1, 16, 64]
     cuda = args.device == "cuda"
@@ -462,32 +465,24 @@ def one_round(args, models, sizes, only, fixed):
                                                      pathlib.Path(args.out).parent)
             for b in batches:
                 key = f"forward/{name}/{b}/folded"
-                for label, figs in mine:
-                    for peer, figures in peers.items():
-                        rows.append((labelled(f"{name} embedding, batch {b}{note}", label),
-                                     figure_of(figs, key), peer, figures[b]))
+                for peer, figures in peers.items():
+                    add(mine, f"{name} embedding, batch {b}{note}", key, peer, figures[b])
         if "train" in only:
             mine = ours(name, "train")
             for peer, cl in [(f"PyTorch{on}", False), (f"PyTorch{on} (channels-last)", True)]:
-                figure = torch_train_step(name, 32, args.seconds, cl, args.device)
-                for label, figs in mine:
-                    rows.append((labelled(f"{name} training step, batch 32{note}", label),
-                                 figure_of(figs, f"train/{name}/32"), peer, figure))
+                add(mine, f"{name} training step, batch 32{note}", f"train/{name}/32", peer,
+                    torch_train_step(name, 32, args.seconds, cl, args.device))
         if "folder" in only and weights_file(name):
             mine = ours(name, "folder")
-            figure = torch_folder(name, args.folder)
-            for label, figs in mine:
-                rows.append((labelled(f"{name} folder embedding (decode + resize + forward)", label),
-                             figure_of(figs, f"folder/{name}"), "PyTorch + Pillow", figure))
+            add(mine, f"{name} folder embedding (decode + resize + forward)", f"folder/{name}",
+                "PyTorch + Pillow", torch_folder(name, args.folder))
     if "search" in only and sizes:
         mine = ours(args.models, "search")
         for size in sizes:
             print(f"peers: search {size}", file=sys.stderr)
             for peer, figure in search(size, args.dim, args.seconds, args.threads).items():
-                for label, figs in mine:
-                    rows.append((labelled(f"exact search, {size} x {args.dim}, 100 queries "
-                                          "(queries/s)", label),
-                                 figure_of(figs, f"search/{size}x{args.dim}"), peer, figure))
+                add(mine, f"exact search, {size} x {args.dim}, 100 queries (queries/s)",
+                    f"search/{size}x{args.dim}", peer, figure)
     return rows
 
 
