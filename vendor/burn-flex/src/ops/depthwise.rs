@@ -28,6 +28,8 @@ use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
 use super::fused::Epilogue;
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+use super::planes::first_lanes;
 use super::planes::{collect_chunks_with, copy_row, for_each_chunk_with};
 
 /// The shape of one convolution (depthwise here, dense in `dense.rs`): `padding` is the padding
@@ -425,7 +427,7 @@ unsafe fn interleave_avx512(
     assert!(lanes == 0 || at + len <= plane);
     for j0 in (0..len).step_by(GROUP) {
         let n = (len - j0).min(GROUP);
-        let mask = (((1u32 << n) - 1) & 0xffff) as u16;
+        let mask = first_lanes(n);
         let mut r = [_mm512_setzero_ps(); GROUP];
         for (l, reg) in r.iter_mut().enumerate().take(lanes) {
             // SAFETY: positions at + j0 .. at + j0 + n of plane l are inside `planes`.
@@ -451,7 +453,7 @@ unsafe fn deinterleave_avx512_planes(src: &[f32], plane: usize, lanes: usize, ou
     assert!(src.len() >= plane.next_multiple_of(GROUP) * GROUP && out.len() >= lanes * plane);
     for p0 in (0..plane).step_by(GROUP) {
         let n = (plane - p0).min(GROUP);
-        let mask = (((1u32 << n) - 1) & 0xffff) as u16;
+        let mask = first_lanes(n);
         let mut r = [_mm512_setzero_ps(); GROUP];
         for (j, reg) in r.iter_mut().enumerate() {
             // SAFETY: (p0 + j + 1)·GROUP ≤ src.len(): src holds whole blocks.

@@ -124,6 +124,14 @@ pub(super) fn per_channel<T: Send>(
     }
 }
 
+/// The mask of an AVX-512 register's first `n` lanes (`n` ≤ 16), for masked loads and stores
+/// of a vector's worth or less.
+#[inline(always)]
+pub(super) fn first_lanes(n: usize) -> u16 {
+    debug_assert!(n <= 16, "first_lanes: {n} lanes");
+    ((1u32 << n) - 1) as u16
+}
+
 /// `dst.copy_from_slice(src)` for the short rows of small planes (a depthwise convolution's
 /// 7 to 112 floats), inline: on MobileNetV2's 7×7 and 14×14 planes a call to `memcpy` a row
 /// cost more than the copy. Blocks of eight, the last one overlapping the one before.

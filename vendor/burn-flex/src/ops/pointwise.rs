@@ -69,6 +69,7 @@ pub(crate) unsafe fn gemm(
 
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 mod avx512 {
+    use super::super::planes::first_lanes;
     use super::{KC, MR, NR};
     use core::arch::x86_64::*;
 
@@ -106,8 +107,7 @@ mod avx512 {
                             Start::Dst
                         },
                         masks: core::array::from_fn(|v| {
-                            let left = width.saturating_sub(16 * v).min(16);
-                            ((1u32 << left) - 1) as __mmask16
+                            first_lanes(width.saturating_sub(16 * v).min(16))
                         }),
                     };
                     // SAFETY: the tile lies inside the caller's operands (rows r0..r0 + rb,
