@@ -357,7 +357,9 @@ fn dense_forward_and_gradients_match_the_reference() {
 /// (`vendor/burn-flex/src/ops/winograd.rs`), forward and for the input gradient: odd and
 /// even sizes, paddings 0 to 2 (symmetric and not), one image (its steps on every core) and
 /// several (images in parallel, small planes sharing GEMMs), and a plane cut into bands of
-/// block rows. The transposed convolution called as such takes the same route.
+/// block rows; the weight gradient both in chunks with sums of each thread's own and, for the
+/// widest case, in bands onto shared sums. The transposed convolution called as such takes
+/// the same route.
 #[test]
 fn winograd_convolutions_match_the_reference() {
     let mut rng = Lcg(29);
@@ -373,6 +375,9 @@ fn winograd_convolutions_match_the_reference() {
         // case above goes by F(4×4, 3×3).
         (8, 16, 20, 6, 6, [(1, 1), (1, 1)]),
         (20, 16, 16, 4, 7, [(0, 0), (2, 1)]),
+        // Wide enough (16 × 272 × 256 sums) that the weight gradient shares one set of sums
+        // between the threads instead of each thread keeping its own.
+        (2, 272, 256, 7, 9, [(1, 1), (1, 1)]),
     ];
     for (i, (batch, channels_in, channels_out, h, w, padding)) in cases.into_iter().enumerate() {
         let case = Case {

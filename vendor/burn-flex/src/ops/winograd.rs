@@ -51,6 +51,15 @@ const MIN_BLOCKS: usize = 256;
 /// `dense.rs`'s column buffer holds): larger images are taken in bands of block rows that fit.
 const BUFFER_FLOATS: usize = 1 << 21;
 
+/// Most floats each thread's own sums `M[ξ]` may take (16 × 256 × 256, 4 MiB) for the weight
+/// gradient to run in cache-sized chunks ([`weight_gradient_in_chunks`]); wider layers share one
+/// `M` between the threads ([`weight_gradient_in_bands`]).
+const OWN_SUMS_FLOATS: usize = 1 << 20;
+
+/// Most floats a chunk's transformed input and output gradient take together (1 MiB), so that
+/// both are still in the core's cache when its GEMMs read them.
+const CHUNK_FLOATS: usize = 1 << 18;
+
 /// Whether a convolution of `batch` images of `geometry` goes through here: a 3×3 filter,
 /// stride 1, no dilation, at least `MIN_CHANNELS` channels in and out, and `MIN_SAVED`
 /// multiply-adds a channel pair saved.
@@ -790,6 +799,164 @@ pub(crate) fn weight_gradient(
     outs: usize,
     g: &Geometry,
 ) -> Vec<f32> {
+    if g.out_h * g.out_w * batch == 0 {
+        return alloc::vec![0.0; outs * ins * 9];
+    }
+    if 16 * outs * ins <= OWN_SUMS_FLOATS {
+        weight_gradient_in_chunks(x, grad, batch, ins, outs, g)
+    } else {
+        weight_gradient_in_bands(x, grad, batch, ins, outs, g)
+    }
+}
+
+/// [`weight_gradient`] for layers whose `M` a thread can keep of its own: the blocks of the
+/// batch cut into chunks (a few block rows of one image, or a few whole images) whose
+/// transformed input and gradient fit [`CHUNK_FLOATS`], each thread taking a run of
+/// consecutive chunks and, for each, transforming its input and gradient planes and running
+/// the 16 GEMMs onto its own `M` while both are in its cache; the threads' `M` are summed at
+/// the end.
+fn weight_gradient_in_chunks(
+    x: &[f32],
+    grad: &[f32],
+    batch: usize,
+    ins: usize,
+    outs: usize,
+    g: &Geometry,
+) -> Vec<f32> {
+    let (blocks_h, blocks_w) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
+    let per_image = blocks_h * blocks_w;
+    let spatial = g.out_h * g.out_w;
+    let most = (CHUNK_FLOATS / (16 * (ins + outs))).max(1);
+    let (images, band) = if per_image >= most {
+        (1, (most / blocks_w).clamp(1, blocks_h))
+    } else {
+        ((most / per_image).clamp(1, batch), blocks_h)
+    };
+    // (first image, images, block rows) of every chunk.
+    let mut chunks = Vec::new();
+    for first in (0..batch).step_by(images) {
+        for start in (0..blocks_h).step_by(band) {
+            chunks.push((
+                first,
+                images.min(batch - first),
+                start..(start + band).min(blocks_h),
+            ));
+        }
+    }
+    let runs = threads().min(chunks.len());
+    let per_run = chunks.len().div_ceil(runs);
+    let capacity = 16 * images * band * blocks_w;
+    // Each run's buffers made here, on the calling thread (see `forward`).
+    let mut state: Vec<_> = (0..runs)
+        .map(|_| {
+            (
+                Vec::<f32>::with_capacity(ins * capacity),
+                Vec::<f32>::with_capacity(outs * capacity),
+                alloc::vec![0.0f32; 16 * outs * ins],
+                Planes::new(2, blocks_w, band),
+            )
+        })
+        .collect();
+    each_mut(runs > 1, &mut state, |run, (v, gt, sums, planes)| {
+        let end = ((run + 1) * per_run).min(chunks.len());
+        for (first, count, rows) in chunks[run * per_run..end].iter().cloned() {
+            let per = rows.len() * blocks_w;
+            let n = count * per;
+            transform_inputs(
+                Tile::F2,
+                x,
+                first,
+                count,
+                ins,
+                g,
+                rows.clone(),
+                blocks_w,
+                v,
+                false,
+            );
+            gt.clear();
+            let gt_ptr = Shared(gt.as_mut_ptr());
+            for i in 0..count {
+                for o in 0..outs {
+                    let at = ((first + i) * outs + o) * spatial;
+                    let plane = &grad[at..at + spatial];
+                    transform_gradient(
+                        plane,
+                        g,
+                        rows.clone(),
+                        blocks_w,
+                        gt_ptr,
+                        outs * n,
+                        o * n,
+                        i * per,
+                        planes,
+                    );
+                }
+            }
+            // SAFETY: every (ξ, channel, block) of the chunk was written above.
+            unsafe { gt.set_len(16 * outs * n) };
+            for xi in 0..16 {
+                // SAFETY: M[ξ] is [outs, ins] row-major in this run's sums; the gradient's G[ξ]
+                // is [outs, n] and V[ξ] [ins, n], row-major, V read transposed.
+                unsafe {
+                    gemm(
+                        (outs, ins, n),
+                        sums.as_mut_ptr().add(xi * outs * ins),
+                        ins,
+                        true,
+                        (gt.as_ptr().add(xi * outs * n), 1, n as isize),
+                        (v.as_ptr().add(xi * ins * n), n as isize, 1),
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        }
+    });
+    let mut state = state.into_iter().map(|(_, _, sums, _)| sums);
+    let mut sums = state.next().expect("one run or more");
+    for other in state {
+        for (s, o) in sums.iter_mut().zip(&other) {
+            *s += o;
+        }
+    }
+    filters_from_sums(&sums, outs, ins)
+}
+
+/// Each filter's gradient `Aᵀ·M·A` (3×3, `Aᵀ` rows `[1, 1, 1, 0]`, `[0, 1, -1, 0]`,
+/// `[0, 1, 1, 1]`) from the summed `M[ξ]` (`[16, outs, ins]`); returns `[outs, ins, 3, 3]`.
+fn filters_from_sums(sums: &[f32], outs: usize, ins: usize) -> Vec<f32> {
+    let plane = outs * ins;
+    super::planes::collect_chunks(outs * ins * 9, ins * 9, |o, dst| {
+        for (i, out) in dst.chunks_exact_mut(9).enumerate() {
+            let m = |r: usize, c: usize| sums[(r * 4 + c) * plane + o * ins + i];
+            let mut t = [[0.0f32; 4]; 3];
+            for c in 0..4 {
+                let (a, b, d, e) = (m(0, c), m(1, c), m(2, c), m(3, c));
+                t[0][c] = a + b + d;
+                t[1][c] = b - d;
+                t[2][c] = b + d + e;
+            }
+            for (r, row) in t.iter().enumerate() {
+                let (a, b, d, e) = (row[0], row[1], row[2], row[3]);
+                out[r * 3].write(a + b + d);
+                out[r * 3 + 1].write(b - d);
+                out[r * 3 + 2].write(b + d + e);
+            }
+        }
+    })
+}
+
+/// [`weight_gradient`] for layers too wide for a thread to keep its own `M`: bands of block rows
+/// (or several images) whose transformed input and gradient fit [`BUFFER_FLOATS`], each step
+/// on every core, the 16 GEMMs sharing the threads by `ξ` onto one `M`.
+fn weight_gradient_in_bands(
+    x: &[f32],
+    grad: &[f32],
+    batch: usize,
+    ins: usize,
+    outs: usize,
+    g: &Geometry,
+) -> Vec<f32> {
     let (blocks_h, blocks_w) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
     let per_image = blocks_h * blocks_w;
     let spatial = g.out_h * g.out_w;
@@ -869,26 +1036,7 @@ pub(crate) fn weight_gradient(
             });
         }
     }
-    // Aᵀ·M·A for every filter.
-    let plane = outs * ins;
-    super::planes::collect_chunks(outs * ins * 9, ins * 9, |o, dst| {
-        for (i, out) in dst.chunks_exact_mut(9).enumerate() {
-            let m = |r: usize, c: usize| sums[(r * 4 + c) * plane + o * ins + i];
-            let mut t = [[0.0f32; 4]; 3];
-            for c in 0..4 {
-                let (a, b, d, e) = (m(0, c), m(1, c), m(2, c), m(3, c));
-                t[0][c] = a + b + d;
-                t[1][c] = b - d;
-                t[2][c] = b + d + e;
-            }
-            for (r, row) in t.iter().enumerate() {
-                let (a, b, d, e) = (row[0], row[1], row[2], row[3]);
-                out[r * 3].write(a + b + d);
-                out[r * 3 + 1].write(b - d);
-                out[r * 3 + 2].write(b + d + e);
-            }
-        }
-    })
+    filters_from_sums(&sums, outs, ins)
 }
 
 /// `G'` over two lines: `[d0, ½(d0 + d1), ½(d0 - d1), -d1]`.
