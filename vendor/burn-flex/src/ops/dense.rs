@@ -42,7 +42,7 @@ use core::ops::Range;
 use super::conv_backward::{all_f32_4d, geometry};
 use super::depthwise::Geometry;
 use super::fused::Epilogue;
-use super::planes::{copy_row, f32_tensor, valid_range};
+use super::planes::{copy_row, f32_tensor, sum_of, valid_range};
 use super::pointwise;
 use super::winograd;
 
@@ -621,7 +621,7 @@ pub(crate) unsafe fn gemm(
 /// needs, so that a task never grows them: allocated on a worker thread they would come from that
 /// thread's own malloc arena, whose freed blocks the tensors (allocated on the calling thread)
 /// cannot reuse, and the training step's peak memory grew by the difference.
-fn for_each_task<T: Send, S: Send>(
+pub(crate) fn for_each_task<T: Send, S: Send>(
     data: &mut [T],
     len: usize,
     make: impl Fn() -> S,
@@ -936,7 +936,12 @@ fn forward_tiles(
         let x_b = &x[t.image * in_len..(t.image + 1) * in_len];
         if plan.direct {
             let c0 = t.columns.start;
-            write(t, c0, t.columns.len(), (x_b[c0..].as_ptr(), 1, spatial as isize));
+            write(
+                t,
+                c0,
+                t.columns.len(),
+                (x_b[c0..].as_ptr(), 1, spatial as isize),
+            );
             return;
         }
         let rows = t.columns.start / g.out_w..t.columns.end / g.out_w;
@@ -1225,12 +1230,5 @@ pub(crate) fn weight_gradient(
         |(dw, col, gathered), t, _| task(dw, col, gathered, t),
     );
     // An empty batch has no run: its gradient is zero.
-    let mut runs = runs.into_iter().map(|(dw, _, _)| dw);
-    let mut dw = runs.next().unwrap_or_else(|| vec![0.0; channels_out * k]);
-    for other in runs {
-        for (x, y) in dw.iter_mut().zip(&other) {
-            *x += *y;
-        }
-    }
-    dw
+    sum_of(runs.into_iter().map(|(dw, _, _)| dw)).unwrap_or_else(|| vec![0.0; channels_out * k])
 }

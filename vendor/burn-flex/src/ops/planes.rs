@@ -124,6 +124,19 @@ pub(super) fn per_channel<T: Send>(
     }
 }
 
+/// The element-wise sum of `parts` (each thread's share of a weight gradient, all of one
+/// length), or `None` where there are none.
+pub(crate) fn sum_of(parts: impl IntoIterator<Item = Vec<f32>>) -> Option<Vec<f32>> {
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next()?;
+    for part in parts {
+        for (s, p) in sum.iter_mut().zip(&part) {
+            *s += p;
+        }
+    }
+    Some(sum)
+}
+
 /// The mask of an AVX-512 register's first `n` lanes (`n` ≤ 16), for masked loads and stores
 /// of a vector's worth or less.
 #[inline(always)]

@@ -26,10 +26,10 @@
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
-use super::dense::{gemm, threads};
+use super::dense::{for_each_task, gemm, threads};
 use super::depthwise::Geometry;
 use super::fused::Epilogue;
-use super::planes::{each, each_with};
+use super::planes::{each, each_with, sum_of};
 use super::winograd4;
 
 /// Fewest channels in and out: below them the GEMMs are too thin to gain from the transforms.
@@ -809,12 +809,44 @@ pub(crate) fn weight_gradient(
     }
 }
 
-/// [`weight_gradient`] for layers whose `M` a thread can keep of its own: the blocks of the
-/// batch cut into chunks (a few block rows of one image, or a few whole images) whose
-/// transformed input and gradient fit [`CHUNK_FLOATS`], each thread taking a run of
-/// consecutive chunks and, for each, transforming its input and gradient planes and running
-/// the 16 GEMMs onto its own `M` while both are in its cache; the threads' `M` are summed at
-/// the end.
+/// How a weight gradient cuts the batch's blocks: into chunks of a few block rows of one image,
+/// or of a few whole images, whose transformed input and gradient take at most `floats`.
+struct Chunks {
+    /// (first image, images, block rows) of every chunk, in order.
+    list: Vec<(usize, usize, core::ops::Range<usize>)>,
+    /// Blocks the largest chunk holds.
+    blocks: usize,
+}
+
+impl Chunks {
+    fn new(batch: usize, ins: usize, outs: usize, g: &Geometry, floats: usize) -> Self {
+        let (blocks_h, blocks_w) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
+        let per_image = blocks_h * blocks_w;
+        let most = (floats / (16 * (ins + outs))).max(1);
+        let (images, band) = if per_image >= most {
+            (1, (most / blocks_w).clamp(1, blocks_h))
+        } else {
+            ((most / per_image).clamp(1, batch), blocks_h)
+        };
+        let mut list = Vec::new();
+        for first in (0..batch).step_by(images) {
+            for start in (0..blocks_h).step_by(band) {
+                let rows = start..(start + band).min(blocks_h);
+                list.push((first, images.min(batch - first), rows));
+            }
+        }
+        Self {
+            list,
+            blocks: images * band * blocks_w,
+        }
+    }
+}
+
+/// [`weight_gradient`] for layers whose `M` a thread can keep of its own: the batch's blocks cut
+/// into chunks whose transformed input and gradient fit [`CHUNK_FLOATS`], each thread taking a
+/// run of consecutive chunks and, for each, transforming its input and gradient planes and
+/// running the 16 GEMMs onto its own `M` while both are in its cache; the threads' `M` are
+/// summed at the end.
 fn weight_gradient_in_chunks(
     x: &[f32],
     grad: &[f32],
@@ -823,103 +855,115 @@ fn weight_gradient_in_chunks(
     outs: usize,
     g: &Geometry,
 ) -> Vec<f32> {
-    let (blocks_h, blocks_w) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
-    let per_image = blocks_h * blocks_w;
-    let spatial = g.out_h * g.out_w;
-    let most = (CHUNK_FLOATS / (16 * (ins + outs))).max(1);
-    let (images, band) = if per_image >= most {
-        (1, (most / blocks_w).clamp(1, blocks_h))
-    } else {
-        ((most / per_image).clamp(1, batch), blocks_h)
+    let Chunks { mut list, blocks } = Chunks::new(batch, ins, outs, g, CHUNK_FLOATS);
+    let make = || {
+        (
+            Vec::with_capacity(16 * ins * blocks),
+            Vec::with_capacity(16 * outs * blocks),
+            alloc::vec![0.0f32; 16 * outs * ins],
+        )
     };
-    // (first image, images, block rows) of every chunk.
-    let mut chunks = Vec::new();
-    for first in (0..batch).step_by(images) {
-        for start in (0..blocks_h).step_by(band) {
-            chunks.push((
-                first,
-                images.min(batch - first),
-                start..(start + band).min(blocks_h),
-            ));
-        }
-    }
-    let runs = threads().min(chunks.len());
-    let per_run = chunks.len().div_ceil(runs);
-    let capacity = 16 * images * band * blocks_w;
-    // Each run's buffers made here, on the calling thread (see `forward`).
-    let mut state: Vec<_> = (0..runs)
-        .map(|_| {
-            (
-                Vec::<f32>::with_capacity(ins * capacity),
-                Vec::<f32>::with_capacity(outs * capacity),
-                alloc::vec![0.0f32; 16 * outs * ins],
-                Planes::new(2, blocks_w, band),
-            )
-        })
-        .collect();
-    each_mut(runs > 1, &mut state, |run, (v, gt, sums, planes)| {
-        let end = ((run + 1) * per_run).min(chunks.len());
-        for (first, count, rows) in chunks[run * per_run..end].iter().cloned() {
-            let per = rows.len() * blocks_w;
-            let n = count * per;
-            transform_inputs(
-                Tile::F2,
-                x,
-                first,
-                count,
+    let runs = for_each_task(&mut list, 1, make, |(v, gt, sums), _, chunk| {
+        let (first, count, rows) = chunk[0].clone();
+        let n = transform_pair(x, grad, first, count, ins, outs, g, rows, v, gt, false);
+        add_products(sums, v, gt, ins, outs, n, false);
+    });
+    let sums = sum_of(runs.into_iter().map(|(_, _, sums)| sums)).expect("a run or more");
+    filters_from_sums(&sums, outs, ins)
+}
+
+/// `V[ξ]` of the inputs into `v` and `G'·γ·G'ᵀ` of the output gradients into `gt` (each
+/// replacing what it held) for block rows `rows` of `count` images from `first`, the planes
+/// spread over every core where `parallel`; returns the blocks transformed.
+#[allow(clippy::too_many_arguments)]
+fn transform_pair(
+    x: &[f32],
+    grad: &[f32],
+    first: usize,
+    count: usize,
+    ins: usize,
+    outs: usize,
+    g: &Geometry,
+    rows: core::ops::Range<usize>,
+    v: &mut Vec<f32>,
+    gt: &mut Vec<f32>,
+    parallel: bool,
+) -> usize {
+    let blocks_w = g.out_w.div_ceil(2);
+    let spatial = g.out_h * g.out_w;
+    let per = rows.len() * blocks_w;
+    let n = count * per;
+    let band = rows.len();
+    transform_inputs(
+        Tile::F2,
+        x,
+        first,
+        count,
+        ins,
+        g,
+        rows.clone(),
+        blocks_w,
+        v,
+        parallel,
+    );
+    gt.clear();
+    assert!(
+        gt.capacity() >= 16 * outs * n,
+        "winograd: the gradient's buffer too small"
+    );
+    let gt_ptr = Shared(gt.as_mut_ptr());
+    let scratch = || Planes::new(2, blocks_w, band);
+    each_with(parallel, count * outs, scratch, |planes, job| {
+        let (i, o) = (job / outs, job % outs);
+        let at = ((first + i) * outs + o) * spatial;
+        let plane = &grad[at..at + spatial];
+        transform_gradient(
+            plane,
+            g,
+            rows.clone(),
+            blocks_w,
+            gt_ptr,
+            outs * n,
+            o * n,
+            i * per,
+            planes,
+        );
+    });
+    // SAFETY: every (ξ, channel, block) of the pass was written above, inside the capacity.
+    unsafe { gt.set_len(16 * outs * n) };
+    n
+}
+
+/// `M[ξ] += G[ξ]·V[ξ]ᵀ` for the 16 `ξ`: `sums` `[16, outs, ins]`, the transformed gradient `gt`
+/// `[16, outs, n]` and input `v` `[16, ins, n]`; the GEMMs share the threads by `ξ` where
+/// `parallel`.
+fn add_products(
+    sums: &mut [f32],
+    v: &[f32],
+    gt: &[f32],
+    ins: usize,
+    outs: usize,
+    n: usize,
+    parallel: bool,
+) {
+    assert!(sums.len() >= 16 * outs * ins && gt.len() >= 16 * outs * n && v.len() >= 16 * ins * n);
+    let sums_ptr = Shared(sums.as_mut_ptr());
+    each(parallel, 16, |xi| {
+        // SAFETY: M[ξ] is [outs, ins] row-major in sums, added onto by this ξ alone; the
+        // gradient's G[ξ] is [outs, n] and V[ξ] [ins, n], row-major, V read transposed (all
+        // inside the lengths checked above).
+        unsafe {
+            gemm(
+                (outs, ins, n),
+                sums_ptr.at(xi * outs * ins),
                 ins,
-                g,
-                rows.clone(),
-                blocks_w,
-                v,
-                false,
+                true,
+                (gt.as_ptr().add(xi * outs * n), 1, n as isize),
+                (v.as_ptr().add(xi * ins * n), n as isize, 1),
+                gemm::Parallelism::None,
             );
-            gt.clear();
-            let gt_ptr = Shared(gt.as_mut_ptr());
-            for i in 0..count {
-                for o in 0..outs {
-                    let at = ((first + i) * outs + o) * spatial;
-                    let plane = &grad[at..at + spatial];
-                    transform_gradient(
-                        plane,
-                        g,
-                        rows.clone(),
-                        blocks_w,
-                        gt_ptr,
-                        outs * n,
-                        o * n,
-                        i * per,
-                        planes,
-                    );
-                }
-            }
-            // SAFETY: every (ξ, channel, block) of the chunk was written above.
-            unsafe { gt.set_len(16 * outs * n) };
-            for xi in 0..16 {
-                // SAFETY: M[ξ] is [outs, ins] row-major in this run's sums; the gradient's G[ξ]
-                // is [outs, n] and V[ξ] [ins, n], row-major, V read transposed.
-                unsafe {
-                    gemm(
-                        (outs, ins, n),
-                        sums.as_mut_ptr().add(xi * outs * ins),
-                        ins,
-                        true,
-                        (gt.as_ptr().add(xi * outs * n), 1, n as isize),
-                        (v.as_ptr().add(xi * ins * n), n as isize, 1),
-                        gemm::Parallelism::None,
-                    );
-                }
-            }
         }
     });
-    let mut state = state.into_iter().map(|(_, _, sums, _)| sums);
-    let mut sums = state.next().expect("one run or more");
-    for other in state {
-        for (s, o) in sums.iter_mut().zip(&other) {
-            *s += o;
-        }
-    }
-    filters_from_sums(&sums, outs, ins)
 }
 
 /// Each filter's gradient `Aᵀ·M·A` (3×3, `Aᵀ` rows `[1, 1, 1, 0]`, `[0, 1, -1, 0]`,
@@ -957,84 +1001,15 @@ fn weight_gradient_in_bands(
     outs: usize,
     g: &Geometry,
 ) -> Vec<f32> {
-    let (blocks_h, blocks_w) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
-    let per_image = blocks_h * blocks_w;
-    let spatial = g.out_h * g.out_w;
-    if batch * per_image == 0 {
-        return alloc::vec![0.0; outs * ins * 9];
-    }
+    let Chunks { list, blocks } = Chunks::new(batch, ins, outs, g, BUFFER_FLOATS);
     let mut sums = alloc::vec![0.0f32; 16 * outs * ins];
-    let most = (BUFFER_FLOATS / (16 * (ins + outs))).max(1);
-    let images = if per_image >= most {
-        1
-    } else {
-        (most / per_image).clamp(1, batch)
-    };
-    let band = if images == 1 {
-        (most / blocks_w).clamp(1, blocks_h)
-    } else {
-        blocks_h
-    };
-    let capacity = 16 * images * band * blocks_w;
-    let mut v: Vec<f32> = Vec::with_capacity(ins * capacity);
-    let mut gt: Vec<f32> = Vec::with_capacity(outs * capacity);
-    let scratch = || Planes::new(2, blocks_w, band);
-    for first in (0..batch).step_by(images) {
-        let count = images.min(batch - first);
-        for start in (0..blocks_h).step_by(band) {
-            let rows = start..(start + band).min(blocks_h);
-            let per = rows.len() * blocks_w;
-            let n = count * per;
-            transform_inputs(
-                Tile::F2,
-                x,
-                first,
-                count,
-                ins,
-                g,
-                rows.clone(),
-                blocks_w,
-                &mut v,
-                true,
-            );
-            gt.clear();
-            let gt_ptr = Shared(gt.as_mut_ptr());
-            each_with(true, count * outs, scratch, |planes, job| {
-                let (i, o) = (job / outs, job % outs);
-                let at = ((first + i) * outs + o) * spatial;
-                let plane = &grad[at..at + spatial];
-                let (stride, row) = (outs * n, o * n);
-                transform_gradient(
-                    plane,
-                    g,
-                    rows.clone(),
-                    blocks_w,
-                    gt_ptr,
-                    stride,
-                    row,
-                    i * per,
-                    planes,
-                );
-            });
-            // SAFETY: every (ξ, channel, block) of the pass was written above.
-            unsafe { gt.set_len(16 * outs * n) };
-            let sums_ptr = Shared(sums.as_mut_ptr());
-            each(true, 16, |xi| {
-                // SAFETY: M[ξ] is [outs, ins] row-major in sums, added onto by this ξ alone; the
-                // gradient's G[ξ] is [outs, n] and V[ξ] [ins, n], row-major, V read transposed.
-                unsafe {
-                    gemm(
-                        (outs, ins, n),
-                        sums_ptr.at(xi * outs * ins),
-                        ins,
-                        true,
-                        (gt.as_ptr().add(xi * outs * n), 1, n as isize),
-                        (v.as_ptr().add(xi * ins * n), n as isize, 1),
-                        gemm::Parallelism::None,
-                    );
-                }
-            });
-        }
+    let mut v: Vec<f32> = Vec::with_capacity(16 * ins * blocks);
+    let mut gt: Vec<f32> = Vec::with_capacity(16 * outs * blocks);
+    for (first, count, rows) in list {
+        let n = transform_pair(
+            x, grad, first, count, ins, outs, g, rows, &mut v, &mut gt, true,
+        );
+        add_products(&mut sums, &v, &gt, ins, outs, n, true);
     }
     filters_from_sums(&sums, outs, ins)
 }
