@@ -64,6 +64,20 @@ impl EmbeddingSet {
         }
     }
 
+    /// The rows of `embeddings` `[N, D]`, row `i` for `entries[i]` (a probe's own embedding).
+    pub fn from_tensor(entries: &[ImageEntry], embeddings: Tensor<2>) -> Result<Self> {
+        let dim = embeddings.dims()[1];
+        let values = embeddings
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("embeddings are not f32: {e:?}"))?;
+        Ok(Self {
+            entries: entries.to_vec(),
+            dim,
+            values,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

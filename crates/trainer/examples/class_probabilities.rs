@@ -70,19 +70,6 @@ fn features(
 /// An embedding of (the model's features, the pretrained network's features), by name.
 type Variant<'a> = (String, Box<dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<2> + 'a>);
 
-fn set(entries: &[ImageEntry], e: Tensor<2>) -> Result<EmbeddingSet> {
-    let dim = e.dims()[1];
-    let values = e
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok(EmbeddingSet {
-        entries: entries.to_vec(),
-        dim,
-        values,
-    })
-}
-
 fn main() -> Result<()> {
     let device = Device::flex();
     println!("model,pair,variant,top1,map10,score");
@@ -118,8 +105,8 @@ fn main() -> Result<()> {
                 v
             };
             for (variant, embed) in &variants {
-                let q = set(&qe, embed(qf.clone(), qt.clone()))?;
-                let g = set(&ge, embed(gf.clone(), gt.clone()))?;
+                let q = EmbeddingSet::from_tensor(&qe, embed(qf.clone(), qt.clone()))?;
+                let g = EmbeddingSet::from_tensor(&ge, embed(gf.clone(), gt.clone()))?;
                 let r = evaluate_sets(&q, &g, None, &device)?.overall;
                 println!(
                     "{spec},{name},{variant},{:.3},{:.3},{:.0}",

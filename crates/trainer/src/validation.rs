@@ -153,7 +153,7 @@ impl Validation {
 
     /// The embeddings `[pool, D]` of the pool, row-major; the backbone runs only when its
     /// fingerprint differs from the one the kept features were made with.
-    fn embed(&self, model: Network, device: &Device, batch_size: usize) -> Result<Vec<f32>> {
+    pub fn embed(&self, model: Network, device: &Device, batch_size: usize) -> Result<Vec<f32>> {
         Ok(if model.flip || self.pool.is_empty() {
             // Flip averaging mixes two feature sets per image: embedded whole, nothing kept.
             let member = Member::network(model, device, "training");
@@ -190,6 +190,17 @@ impl Validation {
     ) -> Result<Vec<(String, Metrics)>> {
         let dim = model.embedding_dim();
         let values = self.embed(model, device, batch_size)?;
+        self.evaluate_embeddings(&values, dim, device)
+    }
+
+    /// Evaluates every pair on embeddings `[pool, dim]` of the pool, row-major (as
+    /// [`Self::embed`] gives them, or several models' joined).
+    pub fn evaluate_embeddings(
+        &self,
+        values: &[f32],
+        dim: usize,
+        device: &Device,
+    ) -> Result<Vec<(String, Metrics)>> {
         let set = |side: &Side| EmbeddingSet {
             entries: side.entries.clone(),
             dim,

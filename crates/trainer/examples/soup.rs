@@ -1,0 +1,120 @@
+//! Model soups of finished runs (Wortsman et al., ICML 2022): the kept models of several runs
+//! of one configuration (other seeds) averaged weight by weight, scored on the first run's
+//! validation pairs.
+//!
+//! `cargo run --release -p trainer --example soup -- RUN_DIR RUN_DIR [RUN_DIR...]`
+//!
+//! Prints, for each pair, top-1 / top-5 / mAP@10 / score of:
+//! - `RUN_DIR`: each run's kept model alone;
+//! - `soup`: every weight averaged, the metric heads included;
+//! - `soup, head of RUN_DIR`: the backbones averaged under one run's own head;
+//! - `soup, features`: the backbones averaged, the pooled features as the embedding (no head);
+//! - `ensemble`: every run's embedding concatenated (the runs' cost at every query, the
+//!   figure a soup tries to reach at the cost of one).
+//!
+//! Every run starts from the same pretrained backbone; each seed draws its own head, so the
+//! heads need not average into one that works.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use model::Network;
+use model::network::EmbeddingOutput;
+use trainer::config::TrainConfig;
+use trainer::validation::Validation;
+
+/// The uniform average of `nets`' weights (the first one's buffers and settings).
+fn average(nets: &[Network]) -> Result<Network> {
+    let mut soup = nets[0].clone();
+    for (i, net) in nets.iter().enumerate().skip(1) {
+        // Running mean: after n models, soup = ((n−1)·soup + net) / n.
+        let n = (i + 1) as f64;
+        soup = model::interpolate::interpolate(soup, net, (n - 1.0) / n)?;
+    }
+    Ok(soup)
+}
+
+/// In inference mode, batch norms folded, as `--model` loads a checkpoint. (Weights are
+/// averaged before folding: a folded convolution is the product of a weight and its batch
+/// norm's scale, and the mean of products is not the product of means.)
+fn inference(net: Network) -> Network {
+    let mut net = net.valid();
+    net.backbone = net.backbone.fold_batch_norm();
+    net
+}
+
+/// Row-wise unit length of `[rows, dim]`, in place.
+fn normalise_rows(values: &mut [f32], dim: usize) {
+    for row in values.chunks_mut(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+fn main() -> Result<()> {
+    model::allocator::keep_freed_memory();
+    let runs: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
+    if runs.len() < 2 {
+        bail!("usage: soup RUN_DIR RUN_DIR [RUN_DIR...] (finished runs of one configuration)");
+    }
+    let config = TrainConfig::load(&runs[0].join("config.toml"), &[])
+        .with_context(|| format!("{}: not a finished run", runs[0].display()))?;
+    let device = config.device.device()?;
+    let nets: Vec<Network> = runs
+        .iter()
+        .map(|r| Network::load_checkpoint(r, &device))
+        .collect::<Result<_>>()?;
+    let validation = Validation::load(&config.validation, &nets[0].preprocess())?;
+    let batch = config.eval_batch_size;
+    println!("model,pair,top1,top5,map10,score");
+    let report = |name: &str, net: Network| -> Result<()> {
+        for (pair, r) in validation.evaluate(inference(net), &device, batch)? {
+            println!(
+                "{name},{pair},{:.4},{:.4},{:.4},{:.1}",
+                r.top1, r.top5, r.map10, r.score
+            );
+        }
+        Ok(())
+    };
+    for (run, net) in runs.iter().zip(&nets) {
+        report(&run.display().to_string(), net.clone())?;
+    }
+    let soup = average(&nets)?;
+    report("soup", soup.clone())?;
+    for (run, net) in runs.iter().zip(&nets) {
+        let mut m = soup.clone();
+        m.head = net.head.clone();
+        report(&format!("soup, head of {}", run.display()), m)?;
+    }
+    let mut features = soup;
+    features.output = EmbeddingOutput::Features;
+    report("soup, features", features)?;
+    // The ensemble: each run's embedding, concatenated and re-normalised.
+    let mut joined = Vec::new();
+    let mut dim = 0;
+    let embedded: Vec<(Vec<f32>, usize)> = nets
+        .iter()
+        .map(|n| {
+            let d = n.embedding_dim();
+            Ok((validation.embed(inference(n.clone()), &device, batch)?, d))
+        })
+        .collect::<Result<_>>()?;
+    let rows = embedded[0].0.len() / embedded[0].1;
+    for r in 0..rows {
+        for (values, d) in &embedded {
+            joined.extend_from_slice(&values[r * d..(r + 1) * d]);
+        }
+    }
+    for (_, d) in &embedded {
+        dim += d;
+    }
+    normalise_rows(&mut joined, dim);
+    for (pair, r) in validation.evaluate_embeddings(&joined, dim, &device)? {
+        println!(
+            "ensemble,{pair},{:.4},{:.4},{:.4},{:.1}",
+            r.top1, r.top5, r.map10, r.score
+        );
+    }
+    Ok(())
+}
