@@ -74,6 +74,21 @@ pub fn interpolate<M: Module>(module: M, other: &M, alpha: f64) -> anyhow::Resul
     }
 }
 
+/// The uniform mean of `modules`, parameter by parameter (a model soup; running statistics
+/// and flags are the first module's). Fails when they do not all have the same parameters.
+pub fn average<M: Module + Clone>(modules: &[M]) -> anyhow::Result<M> {
+    let Some(first) = modules.first() else {
+        anyhow::bail!("cannot average no modules");
+    };
+    let mut mean = first.clone();
+    for (i, next) in modules.iter().enumerate().skip(1) {
+        // The running mean of i + 1 modules: i/(i+1) of the mean so far, 1/(i+1) of the next.
+        let kept = i as f64 / (i + 1) as f64;
+        mean = interpolate(mean, next, kept)?;
+    }
+    Ok(mean)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +96,23 @@ mod tests {
 
     fn values(l: &Linear) -> Vec<f32> {
         l.weight.val().into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn average_is_the_mean_of_every_module() {
+        let device = crate::device::device("cpu").unwrap();
+        let layers: Vec<Linear> = (0..3)
+            .map(|_| LinearConfig::new(3, 2).init(&device))
+            .collect();
+        let mean = average(&layers).unwrap();
+        let each: Vec<Vec<f32>> = layers.iter().map(values).collect();
+        for (i, got) in values(&mean).into_iter().enumerate() {
+            let want = (each[0][i] + each[1][i] + each[2][i]) / 3.0;
+            assert!((got - want).abs() < 1e-6, "{got} against {want}");
+        }
+        assert!(average::<Linear>(&[]).is_err());
+        let wider = LinearConfig::new(4, 2).init(&device);
+        assert!(average(&[layers[0].clone(), wider]).is_err());
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Model soups of finished runs (Wortsman et al., ICML 2022): the kept models of several runs
 //! of one configuration (other seeds) averaged weight by weight, scored on the first run's
-//! validation pairs.
+//! validation pairs, beside what a soup could be instead (the backbones averaged under one
+//! run's head, the features alone, the runs' ensemble). `[soup]` in a configuration trains
+//! the runs and keeps the plain soup.
 //!
 //! `cargo run --release -p trainer --example soup -- RUN_DIR RUN_DIR [RUN_DIR...]`
 //!
 //! Prints, for each pair, top-1 / top-5 / mAP@10 / score of:
 //! - `RUN_DIR`: each run's kept model alone;
 //! - `soup`: every weight averaged, the metric heads included;
-//! - `soup, head of RUN_DIR`: the backbones averaged under one run's own head;
-//! - `soup, features`: the backbones averaged, the pooled features as the embedding (no head);
+//! - `soup with the head of RUN_DIR`: the backbones averaged under one run's own head;
+//! - `soup features`: the backbones averaged, the pooled features as the embedding (no head);
 //! - `ensemble`: every run's embedding concatenated (the runs' cost at every query, the
 //!   figure a soup tries to reach at the cost of one).
 //!
@@ -23,17 +25,6 @@ use model::Network;
 use model::network::EmbeddingOutput;
 use trainer::config::TrainConfig;
 use trainer::validation::Validation;
-
-/// The uniform average of `nets`' weights (the first one's buffers and settings).
-fn average(nets: &[Network]) -> Result<Network> {
-    let mut soup = nets[0].clone();
-    for (i, net) in nets.iter().enumerate().skip(1) {
-        // Running mean: after n models, soup = ((n−1)·soup + net) / n.
-        let n = (i + 1) as f64;
-        soup = model::interpolate::interpolate(soup, net, (n - 1.0) / n)?;
-    }
-    Ok(soup)
-}
 
 /// In inference mode, batch norms folded, as `--model` loads a checkpoint. (Weights are
 /// averaged before folding: a folded convolution is the product of a weight and its batch
@@ -80,16 +71,16 @@ fn main() -> Result<()> {
     for (run, net) in runs.iter().zip(&nets) {
         report(&run.display().to_string(), net.clone())?;
     }
-    let soup = average(&nets)?;
+    let soup = model::interpolate::average(&nets)?;
     report("soup", soup.clone())?;
     for (run, net) in runs.iter().zip(&nets) {
         let mut m = soup.clone();
         m.head = net.head.clone();
-        report(&format!("soup, head of {}", run.display()), m)?;
+        report(&format!("soup with the head of {}", run.display()), m)?;
     }
     let mut features = soup;
     features.output = EmbeddingOutput::Features;
-    report("soup, features", features)?;
+    report("soup features", features)?;
     // The ensemble: each run's embedding, concatenated and re-normalised.
     let mut joined = Vec::new();
     let mut dim = 0;

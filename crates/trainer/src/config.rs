@@ -134,6 +134,18 @@ impl Default for FreezeConfig {
     }
 }
 
+/// `[soup]`: a model soup of seeds (Wortsman et al., "Model soups", ICML 2022). The run is
+/// trained once per seed, each into `out_dir/seed-N` (a run of its own: `metrics.csv`, its
+/// kept model, `--resume`), and the mean of their kept models, weight by weight, is saved in
+/// `out_dir`: one model at one model's cost to embed. Every seed starts from the same
+/// pretrained backbone, so the fine-tuned networks lie in one basin and average well.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoupConfig {
+    /// One run each, in this order (`seed` is not used); at least two, no repeats.
+    pub seeds: Vec<u64>,
+}
+
 /// `[distill_classes]`: KL(teacher ‖ student) between class probabilities at a temperature,
 /// times the temperature squared (so its gradients keep their size as it changes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,6 +309,9 @@ pub struct TrainConfig {
     /// Style mixing inside the backbone during training (`[mixstyle]`, see
     /// [`MixStyleConfig`]). Absent: none.
     pub mixstyle: Option<MixStyleConfig>,
+    /// Train once per seed and keep the mean of the runs (`[soup]`, see [`SoupConfig`]).
+    /// Absent: one run, with `seed`.
+    pub soup: Option<SoupConfig>,
     pub seed: u64,
     pub out_dir: PathBuf,
     pub device: DeviceKind,
@@ -336,6 +351,7 @@ impl Default for TrainConfig {
             soup_from_epoch: None,
             augment: AugmentConfig::default(),
             mixstyle: None,
+            soup: None,
             seed: 17,
             out_dir: PathBuf::from("checkpoints/run"),
             device: DeviceKind::Cpu,
@@ -463,6 +479,17 @@ impl TrainConfig {
             }
             if m.strides.is_empty() {
                 bail!("mixstyle.strides is empty: name at least one output stride (4, 8, 16)");
+            }
+        }
+        if let Some(soup) = &self.soup {
+            let mut seeds = soup.seeds.clone();
+            seeds.sort_unstable();
+            seeds.dedup();
+            if seeds.len() != soup.seeds.len() || seeds.len() < 2 {
+                bail!(
+                    "soup.seeds must name at least two different seeds (got {:?})",
+                    soup.seeds
+                );
             }
         }
         if self.wise_ft.is_some() && !self.pretrained {

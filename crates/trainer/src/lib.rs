@@ -22,5 +22,6 @@ pub mod loss;
 pub mod mixstyle;
 pub mod run_log;
 pub mod schedule;
+pub mod soup;
 pub mod training;
 pub mod validation;

@@ -34,6 +34,9 @@ fn main() {
 
 fn run(cli: &Cli) -> Result<()> {
     let config = TrainConfig::load(&cli.config, &cli.overrides)?;
+    if config.soup.is_some() {
+        return soup(&config, cli);
+    }
     let outcome = trainer::training::train(&config, cli.resume, cli.quiet)?;
     match outcome.best {
         Some((value, epoch)) => println!(
@@ -43,5 +46,35 @@ fn run(cli: &Cli) -> Result<()> {
         ),
         None => println!("done in {:.0}s; no epoch completed", outcome.seconds),
     }
+    Ok(())
+}
+
+/// `[soup]`: one run per seed, then their mean; prints each model's figures.
+fn soup(config: &TrainConfig, cli: &Cli) -> Result<()> {
+    let outcome = trainer::soup::train_soup(config, cli.resume, cli.quiet)?;
+    for row in &outcome.rows {
+        let figures: Vec<String> = row
+            .validation
+            .iter()
+            .map(|(pair, m)| {
+                format!(
+                    "{pair}: top-1 {:.3} mAP@10 {:.3} score {:.0}",
+                    m.top1, m.map10, m.score
+                )
+            })
+            .collect();
+        println!(
+            "{:>8} | {} | selection {:.1}",
+            row.name,
+            figures.join(" | "),
+            row.selection
+        );
+    }
+    println!(
+        "done in {:.0}s; the soup saved in {} ({} beside it)",
+        outcome.seconds,
+        config.out_dir.display(),
+        trainer::soup::SOUP_FILE
+    );
     Ok(())
 }

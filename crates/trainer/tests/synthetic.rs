@@ -419,3 +419,64 @@ fn runs_side_by_side_match_a_run_alone() {
     assert_eq!(a, alone);
     assert_eq!(b, alone);
 }
+
+/// A soup of seeds: one ordinary run per seed in `out/seed-N`, the mean of their kept models
+/// saved in `out` (usable as --model) with every model's figures in `soup.csv`; resumed, a
+/// finished soup trains nothing again and comes to the same model.
+#[test]
+fn soup_of_seeds_is_the_mean_of_its_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_data(tmp.path());
+    let out = tmp.path().join("soup");
+    let text = config_text(tmp.path(), &out, 2);
+    let config = TrainConfig::parse(&text, &["soup.seeds=[3, 4]".into()]).unwrap();
+    let outcome = trainer::soup::train_soup(&config, false, true).unwrap();
+    let names: Vec<&str> = outcome.rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["seed-3", "seed-4", "soup"]);
+
+    let device = burn::prelude::Device::flex();
+    let load = |dir: &Path| model::Network::load_checkpoint(dir, &device).unwrap();
+    let weights = |net: &model::Network| -> Vec<f32> {
+        let head = net.head.as_ref().unwrap();
+        head.projection
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (load(&out.join("seed-3")), load(&out.join("seed-4")));
+    let soup = load(&out);
+    assert_ne!(weights(&a), weights(&b), "the seeds trained the same model");
+    for ((s, a), b) in weights(&soup).iter().zip(weights(&a)).zip(weights(&b)) {
+        assert!(
+            (s - (a + b) / 2.0).abs() < 1e-6,
+            "{s} is not the mean of {a} and {b}"
+        );
+    }
+    let meta = std::fs::read_to_string(out.join("model.json")).unwrap();
+    assert!(meta.contains("soup of seeds 3, 4"), "{meta}");
+    let figures = std::fs::read_to_string(out.join(trainer::soup::SOUP_FILE)).unwrap();
+    assert_eq!(figures.lines().count(), 1 + 3, "{figures}");
+    assert!(figures.lines().last().unwrap().starts_with("soup,"));
+    let member = retrieval::embed::Member::load(out.to_str().unwrap(), &device).unwrap();
+    assert_eq!(member.embedding_dim(), 32);
+
+    // Resumed, a finished soup trains nothing again: the members' logs stay as they were.
+    let log = |seed: u64| std::fs::read(out.join(format!("seed-{seed}/metrics.csv"))).unwrap();
+    let logs = (log(3), log(4));
+    let again = trainer::soup::train_soup(&config, true, true).unwrap();
+    assert_eq!((log(3), log(4)), logs);
+    assert_eq!(weights(&load(&out)), weights(&soup));
+    assert_eq!(
+        again.rows.last().unwrap().selection,
+        outcome.rows.last().unwrap().selection
+    );
+
+    for seeds in ["soup.seeds=[3]", "soup.seeds=[3, 3]"] {
+        assert!(
+            TrainConfig::parse(&text, &[seeds.into()]).is_err(),
+            "{seeds}"
+        );
+    }
+}
