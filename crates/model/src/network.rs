@@ -127,9 +127,17 @@ impl Network {
             ModelSpec::Pretrained(kind) => Self::pretrained(*kind, device)?,
             ModelSpec::Checkpoint(dir) => Self::load_checkpoint(dir, device)?,
         };
-        let mut model = model.valid();
+        Ok(model.into_inference())
+    }
+
+    /// In inference mode, batch norms folded into the convolutions: what [`Self::load`] gives.
+    /// Weights to be averaged or blended are combined before this, not after (a folded
+    /// convolution is a weight times its batch norm's scale, and the mean of products is not
+    /// the product of means).
+    pub fn into_inference(self) -> Self {
+        let mut model = self.valid();
         model.backbone = model.backbone.fold_batch_norm();
-        Ok(model)
+        model
     }
 
     pub fn preprocess(&self) -> Preprocess {

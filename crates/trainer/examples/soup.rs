@@ -14,34 +14,18 @@
 //! - `ensemble`: every run's embedding concatenated (the runs' cost at every query, the
 //!   figure a soup tries to reach at the cost of one).
 //!
-//! Every run starts from the same pretrained backbone; each seed draws its own head, so the
-//! heads need not average into one that works.
+//! Every run starts from the same pretrained backbone; each seed draws its own head, and the
+//! rows under one run's head say whether averaging the heads too costs anything.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
+use burn::prelude::*;
 use model::Network;
+use model::head::l2_normalize;
 use model::network::EmbeddingOutput;
 use trainer::config::TrainConfig;
 use trainer::validation::Validation;
-
-/// In inference mode, batch norms folded, as `--model` loads a checkpoint. (Weights are
-/// averaged before folding: a folded convolution is the product of a weight and its batch
-/// norm's scale, and the mean of products is not the product of means.)
-fn inference(net: Network) -> Network {
-    let mut net = net.valid();
-    net.backbone = net.backbone.fold_batch_norm();
-    net
-}
-
-/// Row-wise unit length of `[rows, dim]`, in place.
-fn normalise_rows(values: &mut [f32], dim: usize) {
-    for row in values.chunks_mut(dim) {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-        row.iter_mut().for_each(|v| *v /= norm);
-    }
-}
 
 fn main() -> Result<()> {
     model::allocator::keep_freed_memory();
@@ -60,7 +44,7 @@ fn main() -> Result<()> {
     let batch = config.eval_batch_size;
     println!("model,pair,top1,top5,map10,score");
     let report = |name: &str, net: Network| -> Result<()> {
-        for (pair, r) in validation.evaluate(inference(net), &device, batch)? {
+        for (pair, r) in validation.evaluate(net.into_inference(), &device, batch)? {
             println!(
                 "{name},{pair},{:.4},{:.4},{:.4},{:.1}",
                 r.top1, r.top5, r.map10, r.score
@@ -82,25 +66,21 @@ fn main() -> Result<()> {
     features.output = EmbeddingOutput::Features;
     report("soup features", features)?;
     // The ensemble: each run's embedding, concatenated and re-normalised.
-    let mut joined = Vec::new();
-    let mut dim = 0;
-    let embedded: Vec<(Vec<f32>, usize)> = nets
+    let embedded: Vec<Tensor<2>> = nets
         .iter()
         .map(|n| {
-            let d = n.embedding_dim();
-            Ok((validation.embed(inference(n.clone()), &device, batch)?, d))
+            let values = validation.embed(n.clone().into_inference(), &device, batch)?;
+            let rows = values.len() / n.embedding_dim();
+            let shape = [rows, n.embedding_dim()];
+            Ok(Tensor::from_data(TensorData::new(values, shape), &device))
         })
         .collect::<Result<_>>()?;
-    let rows = embedded[0].0.len() / embedded[0].1;
-    for r in 0..rows {
-        for (values, d) in &embedded {
-            joined.extend_from_slice(&values[r * d..(r + 1) * d]);
-        }
-    }
-    for (_, d) in &embedded {
-        dim += d;
-    }
-    normalise_rows(&mut joined, dim);
+    let joined = l2_normalize(Tensor::cat(embedded, 1));
+    let dim = joined.dims()[1];
+    let joined = joined
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     for (pair, r) in validation.evaluate_embeddings(&joined, dim, &device)? {
         println!(
             "ensemble,{pair},{:.4},{:.4},{:.4},{:.1}",

@@ -53,20 +53,10 @@ fn run(cli: &Cli) -> Result<()> {
 fn soup(config: &TrainConfig, cli: &Cli) -> Result<()> {
     let outcome = trainer::soup::train_soup(config, cli.resume, cli.quiet)?;
     for row in &outcome.rows {
-        let figures: Vec<String> = row
-            .validation
-            .iter()
-            .map(|(pair, m)| {
-                format!(
-                    "{pair}: top-1 {:.3} mAP@10 {:.3} score {:.0}",
-                    m.top1, m.map10, m.score
-                )
-            })
-            .collect();
         println!(
             "{:>8} | {} | selection {:.1}",
             row.name,
-            figures.join(" | "),
+            trainer::run_log::figures_line(&row.validation),
             row.selection
         );
     }

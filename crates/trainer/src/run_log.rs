@@ -43,11 +43,9 @@ impl RunLog {
         ]
         .map(String::from)
         .to_vec();
-        for v in &config.validation {
-            for m in ["top1", "top3", "top5", "top10", "map10", "map_r", "score"] {
-                header.push(format!("{}_{m}", v.name));
-            }
-        }
+        header.extend(metric_columns(
+            config.validation.iter().map(|v| v.name.as_str()),
+        ));
         header.push("selection".into());
         let log = Self {
             path: out.join("metrics.csv"),
@@ -84,12 +82,7 @@ impl RunLog {
             format!("{:.1}", r.train_s),
             format!("{:.1}", r.eval_s),
         ];
-        for (_, m) in &r.validation {
-            for v in [m.top1, m.top3, m.top5, m.top10, m.map10, m.map_r] {
-                row.push(format!("{v:.4}"));
-            }
-            row.push(format!("{:.1}", m.score));
-        }
+        row.extend(metric_cells(&r.validation));
         row.push(format!("{:.2}", r.selection));
         let file = std::fs::OpenOptions::new()
             .append(true)
@@ -106,18 +99,9 @@ impl RunLog {
     }
 
     fn print(&self, record: &EpochRecord) {
-        let figures: Vec<String> = record
-            .validation
-            .iter()
-            .map(|(n, m)| {
-                format!(
-                    "{n}: top-1 {:.3} top-5 {:.3} mAP@10 {:.3} score {:.0}",
-                    m.top1, m.top5, m.map10, m.score
-                )
-            })
-            .collect();
+        let figures = figures_line(&record.validation);
         if record.epoch == 0 {
-            eprintln!("before training | {}", figures.join(" | "));
+            eprintln!("before training | {figures}");
             return;
         }
         eprintln!(
@@ -129,7 +113,45 @@ impl RunLog {
             record.augment_s,
             record.train_s,
             record.eval_s,
-            figures.join(" | ")
+            figures
         );
     }
+}
+
+/// The columns a model's figures take in `metrics.csv` (and a soup's `soup.csv`): for each
+/// validation pair, `{pair}_top1` … `{pair}_score`.
+pub fn metric_columns<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut columns = Vec::new();
+    for pair in pairs {
+        for m in ["top1", "top3", "top5", "top10", "map10", "map_r", "score"] {
+            columns.push(format!("{pair}_{m}"));
+        }
+    }
+    columns
+}
+
+/// A model's figures under [`metric_columns`].
+pub fn metric_cells(validation: &[(String, Metrics)]) -> Vec<String> {
+    let mut cells = Vec::new();
+    for (_, m) in validation {
+        for v in [m.top1, m.top3, m.top5, m.top10, m.map10, m.map_r] {
+            cells.push(format!("{v:.4}"));
+        }
+        cells.push(format!("{:.1}", m.score));
+    }
+    cells
+}
+
+/// A model's figures on one line, pair by pair (the terminal's view of a row).
+pub fn figures_line(validation: &[(String, Metrics)]) -> String {
+    let figures: Vec<String> = validation
+        .iter()
+        .map(|(n, m)| {
+            format!(
+                "{n}: top-1 {:.3} top-5 {:.3} mAP@10 {:.3} score {:.0}",
+                m.top1, m.top5, m.map10, m.score
+            )
+        })
+        .collect();
+    figures.join(" | ")
 }

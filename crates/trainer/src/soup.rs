@@ -14,6 +14,7 @@ use retrieval::metrics::Metrics;
 
 use crate::checkpoint;
 use crate::config::TrainConfig;
+use crate::run_log::{metric_cells, metric_columns};
 use crate::training::train;
 use crate::validation::Validation;
 
@@ -97,10 +98,7 @@ pub fn train_soup(config: &TrainConfig, resume: bool, quiet: bool) -> Result<Sou
         .map(|&s| Network::load_checkpoint(&member_dir(config, s), &device))
         .collect::<Result<_>>()?;
     let mean = model::interpolate::average(&members)?;
-    let size = config
-        .image_size
-        .unwrap_or_else(|| config.backbone.input_size());
-    let validation = Validation::load(&config.validation, &config.backbone.preprocess_at(size))?;
+    let validation = Validation::load(&config.validation, &mean.preprocess())?;
     let mut rows = Vec::new();
     let names = soup.seeds.iter().map(|s| format!("seed-{s}"));
     for (name, net) in names
@@ -131,21 +129,13 @@ pub fn train_soup(config: &TrainConfig, resume: bool, quiet: bool) -> Result<Sou
 fn figures_csv(rows: &[SoupRow]) -> Result<Vec<u8>> {
     let mut out = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["model".to_string()];
-    for (pair, _) in rows.first().map_or(&[][..], |r| &r.validation) {
-        for m in ["top1", "top3", "top5", "top10", "map10", "map_r", "score"] {
-            header.push(format!("{pair}_{m}"));
-        }
-    }
+    let pairs = rows.first().map_or(&[][..], |r| &r.validation);
+    header.extend(metric_columns(pairs.iter().map(|(pair, _)| pair.as_str())));
     header.push("selection".into());
     out.write_record(&header)?;
     for r in rows {
         let mut row = vec![r.name.clone()];
-        for (_, m) in &r.validation {
-            for v in [m.top1, m.top3, m.top5, m.top10, m.map10, m.map_r] {
-                row.push(format!("{v:.4}"));
-            }
-            row.push(format!("{:.1}", m.score));
-        }
+        row.extend(metric_cells(&r.validation));
         row.push(format!("{:.2}", r.selection));
         out.write_record(&row)?;
     }
